@@ -1,0 +1,371 @@
+"""The settings model, and loading it from a TOML file, the environment and a legacy `workflow.cfg`.
+
+Precedence, highest first: environment variables `AWF_<SECTION>__<KEY>`, the TOML file, the legacy
+`workflow.cfg`, the defaults below. Only the CLI calls `load_settings`; everything else receives the
+`Settings` object (or one of its sections) as an argument.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from abiquo_workflow.domain import WORKFLOW_TASK_TYPES
+from abiquo_workflow.exceptions import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("abiquo-workflow.toml")
+ENV_PREFIX = "AWF_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _split_list(value: object) -> object:
+    """Let list keys be written as one string too ("DEPLOY, UNDEPLOY"), as environment values are."""
+    if isinstance(value, str):
+        return tuple(part for part in value.replace(",", " ").split() if part)
+    return value
+
+
+class ServerSettings(_Section):
+    bind: str = Field("127.0.0.1:8080", description="host:port the web server listens on")
+    public_url: AnyHttpUrl | None = Field(
+        None, description="base URL of the links in emails; defaults to http://<bind>"
+    )
+    secret_key: SecretStr | None = Field(
+        None, description="signs the accept/decline links; required by `serve`"
+    )
+    callback_token: SecretStr | None = Field(
+        None, description="shared secret /callback requires (path, ?token= or bearer)"
+    )
+    callback_allow: tuple[str, ...] = Field(
+        (), description="CIDRs allowed to POST /callback; empty allows any source"
+    )
+    max_body: int = Field(1_048_576, gt=0, description="largest callback body accepted, bytes")
+
+    @field_validator("bind")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value
+
+    _split_allow = field_validator("callback_allow", mode="before")(_split_list)
+
+    @field_validator("callback_allow")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP network such as 10.0.0.0/8") from None
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.bind.rpartition(":")[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.bind.rpartition(":")[2])
+
+    @property
+    def base_url(self) -> str:
+        """Where people reach us, without a trailing slash."""
+        if self.public_url is not None:
+            return str(self.public_url).rstrip("/")
+        return f"http://{self.bind}"
+
+
+class DatabaseSettings(_Section):
+    url: str = Field(
+        "sqlite:///./abiquo-workflow.db",
+        description="sqlite:///path or postgresql://user@host/db",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "sqlite+", "postgresql:", "postgresql+", "postgres:")):
+            raise ValueError(f"expected a sqlite:/// or postgresql:// URL, got {value!r}")
+        return value
+
+
+class AbiquoSettings(_Section):
+    api_url: AnyHttpUrl = Field(
+        AnyHttpUrl("http://127.0.0.1:8081/api"),  # the simulator's default address
+        description="Abiquo API root, for example https://abiquo.example.com/api",
+    )
+    username: str = Field("admin", description="API user (needs WORKFLOW_OVERRIDE on every tenant)")
+    password: SecretStr = Field(SecretStr("xabiquo"), description="that user's password")
+    verify_tls: bool = Field(True, description="verify the API's TLS certificate")
+    api_version: str | None = Field(
+        None, description="sent as '; version=X.Y' on media types, for example 3.10"
+    )
+    timeout: float = Field(10.0, gt=0, description="seconds per API request")
+    max_connections: int = Field(10, gt=0, description="concurrent API requests at most")
+    retries: int = Field(3, ge=0, description="extra attempts on 5xx and connection errors")
+
+    @property
+    def base_url(self) -> str:
+        return str(self.api_url).rstrip("/")
+
+
+class MailSettings(_Section):
+    smtp_host: str = Field("127.0.0.1", description="SMTP relay host")
+    smtp_port: int = Field(25, gt=0, lt=65536, description="SMTP relay port")
+    smtp_user: str | None = Field(None, description="SMTP login, if the relay needs one")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password")
+    security: Literal["none", "starttls", "tls"] = Field(
+        "none", description="none, starttls (upgrade) or tls (implicit, usually port 465)"
+    )
+    timeout: float = Field(10.0, gt=0, description="seconds per SMTP conversation step")
+    sender: str = Field("abiquo-workflow@localhost", description="From: address of every message")
+    approver_subject: str = Field(
+        "Approval needed: {task_type} requested by {requester}",
+        description="subject of approval requests; {task_type}, {requester}, {vapp}, {count}",
+    )
+    requester_subject: str = Field(
+        "Your {task_type} request was {outcome}",
+        description="subject of outcome emails; {task_type}, {outcome}, {vapp}, {count}",
+    )
+    templates: Path | None = Field(None, description="folder whose templates override ours")
+    logo: Path | None = Field(None, description="image shown at the top of emails")
+
+
+DefaultAction = Literal["accept", "cancel"]
+
+
+class PolicySettings(_Section):
+    approver_role: str = Field(
+        "ENTERPRISE_ADMIN", description="role whose users approve their enterprise's tasks"
+    )
+    task_types: tuple[str, ...] = Field(
+        WORKFLOW_TASK_TYPES, description="task types that need approval; others continue at once"
+    )
+    when_no_approver: DefaultAction = Field(
+        "cancel", description="what to do when the enterprise has no approver with an email"
+    )
+    when_requester_is_approver: DefaultAction | Literal["ask"] = Field(
+        "accept", description="accept, cancel, or ask the approvers anyway"
+    )
+
+    @field_validator("task_types", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        value = _split_list(value)
+        if isinstance(value, list | tuple):
+            return tuple(str(v).strip().upper() for v in value)
+        return value
+
+
+class LinksSettings(_Section):
+    one_click: bool = Field(False, description="decide on GET, as the 2013 tool did (unsafe)")
+    ttl: int = Field(7 * 24 * 3600, gt=0, description="seconds an emailed link stays valid")
+
+
+class WorkerSettings(_Section):
+    concurrency: int = Field(4, gt=0, description="jobs run at once per process")
+    max_attempts: int = Field(8, gt=0, description="tries before a job counts as failed")
+    retry_max_delay: float = Field(60.0, gt=0, description="cap of the retry backoff, seconds")
+    lease: float = Field(60.0, gt=0, description="seconds a claimed job stays owned")
+
+
+class Settings(_Section):
+    """Every setting of the connector. See the README's Configuration section for each key."""
+
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    abiquo: AbiquoSettings = AbiquoSettings()
+    mail: MailSettings = MailSettings()
+    policy: PolicySettings = PolicySettings()
+    links: LinksSettings = LinksSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+
+@dataclass(frozen=True)
+class LegacyKey:
+    """Where a key of the 2013 tool's `workflow.cfg` goes in our settings."""
+
+    section: str
+    key: str
+    target: str | None
+    note: str = ""
+
+
+LEGACY_KEYS: tuple[LegacyKey, ...] = (
+    LegacyKey("server", "bind_address", "server.bind", "host part"),
+    LegacyKey("server", "bind_port", "server.bind", "port part"),
+    LegacyKey("server", "hostname", "server.public_url", "with port"),
+    LegacyKey("server", "port", "server.public_url", "port part"),
+    LegacyKey("server", "default_action", "policy.when_no_approver"),
+    LegacyKey("abiquo", "api_location", "abiquo.api_url"),
+    LegacyKey("abiquo", "api_username", "abiquo.username"),
+    LegacyKey("abiquo", "api_password", "abiquo.password"),
+    LegacyKey("abiquo", "api_approve_role", "policy.approver_role"),
+    LegacyKey("mail", "from", "mail.sender"),
+    LegacyKey("mail", "admin_subject", "mail.approver_subject"),
+    LegacyKey("mail", "requester_subject", "mail.requester_subject"),
+)
+
+
+@dataclass(frozen=True)
+class LegacyConfig:
+    values: dict[str, dict[str, Any]]
+    warnings: list[str]
+
+
+def read_legacy_config(path: Path) -> LegacyConfig:
+    """Read the original tool's INI `workflow.cfg` into our sections, with a warning per key moved.
+
+    Keys we do not know (such as the old SMTP settings, which lived in code) get a warning too.
+    """
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except (OSError, configparser.Error) as exc:
+        raise ConfigError([f"{path}: cannot read legacy config ({exc})"]) from None
+    known = {(k.section, k.key): k for k in LEGACY_KEYS}
+    values: dict[str, dict[str, Any]] = {}
+    warnings: list[str] = []
+    server = dict(parser["server"]) if parser.has_section("server") else {}
+
+    def put(target: str, value: Any) -> None:
+        section, key = target.split(".")
+        values.setdefault(section, {})[key] = value
+
+    for section in parser.sections():
+        for key, raw in parser[section].items():
+            legacy = known.get((section, key))
+            if legacy is None or legacy.target is None:
+                warnings.append(f"{path}: [{section}] {key} is not used by abiquo-workflow; ignored")
+                continue
+            warnings.append(f"{path}: [{section}] {key} is deprecated; set {legacy.target} in the TOML file")
+            if legacy.target in ("server.bind", "server.public_url"):
+                continue  # assembled below from two keys each
+            if legacy.target == "policy.when_no_approver":
+                put(legacy.target, raw.strip().lower())
+            else:
+                put(legacy.target, raw.strip())
+    if "bind_address" in server or "bind_port" in server:
+        put(
+            "server.bind",
+            f"{server.get('bind_address', '127.0.0.1')}:{server.get('bind_port', '8080')}",
+        )
+    if "hostname" in server:
+        host = server["hostname"].strip()
+        if not host.startswith(("http://", "https://")):
+            host = f"http://{host}"
+        port = server.get("port", "").strip()
+        put("server.public_url", f"{host}:{port}" if port else host)
+    return LegacyConfig(values, warnings)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file ({exc.strerror})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    value = error.get("input")
+    if error["type"] != "missing" and isinstance(value, str | int | float | bool):
+        shown = "***" if "password" in key or "secret" in key or "token" in key else repr(value)
+        return f"{key}: {message} (got {shown})"
+    return f"{key}: {message}"
+
+
+def environment_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """`AWF_MAIL__SMTP_PORT=2525` → `{"mail": {"smtp_port": "2525"}}`; values stay strings."""
+    overrides: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        section, sep, key = name.removeprefix(ENV_PREFIX).lower().partition("__")
+        if not sep or not key:
+            continue  # AWF_TEST_POSTGRES_URL and friends are not settings
+        overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def build_settings(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate file data, overridden by the environment, into `Settings`; or raise `ConfigError`."""
+    merged = _merge(dict(data), environment_overrides(os.environ if environ is None else environ))
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError([_describe(e) for e in exc.errors()]) from None
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    settings: Settings
+    #: Where the settings came from, for `check` and the start-up log.
+    sources: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+
+def load_settings(
+    config_file: Path | None = None,
+    legacy_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> LoadedSettings:
+    """Load settings the way every command does.
+
+    Without `config_file`, `./abiquo-workflow.toml` is read when it exists.
+    """
+    data: dict[str, Any] = {}
+    sources: list[str] = []
+    warnings: list[str] = []
+    if legacy_file is not None:
+        legacy = read_legacy_config(legacy_file)
+        data = _merge(data, legacy.values)
+        warnings.extend(legacy.warnings)
+        sources.append(str(legacy_file))
+    if config_file is None and DEFAULT_CONFIG_FILE.exists():
+        config_file = DEFAULT_CONFIG_FILE
+    if config_file is not None:
+        data = _merge(data, _read_toml(config_file))
+        sources.append(str(config_file))
+    if environment_overrides(os.environ if environ is None else environ):
+        sources.append("environment")
+    settings = build_settings(data, environ)
+    return LoadedSettings(settings, tuple(sources), tuple(warnings))
