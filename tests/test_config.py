@@ -45,7 +45,9 @@ def test_defaults_need_no_file() -> None:
 
 
 def test_the_toml_file_sets_values(tmp_path: Path) -> None:
-    path = write(tmp_path, "c.toml", '[abiquo]\napi_url = "https://a.example.com/api"\n[mail]\nsmtp_port = 2525\n')
+    path = write(
+        tmp_path, "c.toml", '[abiquo]\napi_url = "https://a.example.com/api"\n[mail]\nsmtp_port = 2525\n'
+    )
     settings = load_settings(path, environ={}).settings
     assert settings.abiquo.base_url == "https://a.example.com/api"
     assert settings.mail.smtp_port == 2525
@@ -104,7 +106,11 @@ def test_a_rejected_password_is_not_echoed() -> None:
 def test_secrets_never_appear_in_repr() -> None:
     settings = build_settings(
         {"server": {"secret_key": "sk-1"}},
-        environ={"AWF_ABIQUO__PASSWORD": "pw-2", "AWF_MAIL__SMTP_PASSWORD": "pw-3", "AWF_SERVER__CALLBACK_TOKEN": "t-4"},
+        environ={
+            "AWF_ABIQUO__PASSWORD": "pw-2",
+            "AWF_MAIL__SMTP_PASSWORD": "pw-3",
+            "AWF_SERVER__CALLBACK_TOKEN": "t-4",
+        },
     )
     shown = repr(settings) + str(settings)
     for secret in ("sk-1", "pw-2", "pw-3", "t-4"):

@@ -31,7 +31,11 @@ _SALT = "abiquo-workflow/action-link/v1"
 
 #: `/multiple?action=` values. DESIGN.md names the decline action `cancel` on this route, after the
 #: task's Abiquo link; `decline` is accepted too.
-MULTIPLE_ACTIONS: dict[str, Action] = {"accept": Action.ACCEPT, "cancel": Action.DECLINE, "decline": Action.DECLINE}
+MULTIPLE_ACTIONS: dict[str, Action] = {
+    "accept": Action.ACCEPT,
+    "cancel": Action.DECLINE,
+    "decline": Action.DECLINE,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +85,9 @@ class LinkSigner:
     def __repr__(self) -> str:
         return f"LinkSigner(base_url={self._base_url!r}, ttl={self.ttl})"
 
-    def token(self, task_ids: Sequence[str], action: Action, approver: str, *, now: float | None = None) -> str:
+    def token(
+        self, task_ids: Sequence[str], action: Action, approver: str, *, now: float | None = None
+    ) -> str:
         expires = int((time.time() if now is None else now) + self.ttl)
         payload = {"h": _digest(task_ids), "a": action.value, "p": approver, "e": expires}
         return str(self._serializer.dumps(payload))

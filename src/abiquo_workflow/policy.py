@@ -64,7 +64,9 @@ def holds_role(user: User | None, role: str) -> bool:
     return user is not None and user.role is not None and user.role.upper() == role.upper()
 
 
-def approvers_among(users: Sequence[User], requester: User | None, settings: PolicySettings) -> tuple[User, ...]:
+def approvers_among(
+    users: Sequence[User], requester: User | None, settings: PolicySettings
+) -> tuple[User, ...]:
     """Users with the approver role and an email, active, without the requester (rule 3)."""
     chosen: dict[str, User] = {}
     for user in users:
