@@ -1,0 +1,576 @@
+"""Approval and outcome emails: what they say, how they are built, and that names cannot break them."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from abiquo_workflow.config import MailSettings
+from abiquo_workflow.domain import (
+    Datacenter,
+    DecidedBy,
+    DecisionState,
+    DeliveryState,
+    Disk,
+    Enterprise,
+    RequestDetails,
+    User,
+    VirtualAppliance,
+    VirtualDatacenter,
+    VirtualMachine,
+    VmDetails,
+    Volume,
+)
+from abiquo_workflow.exceptions import ConfigError
+from abiquo_workflow.mail import words
+from abiquo_workflow.mail.model import ActionLinks, ApprovalRequest, OutcomeNotice, TaskResult
+from abiquo_workflow.mail.render import render_approval, render_outcome
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
+
+# --- A request from the seeded world: John Doe deploys vApp 1 of "Production <EU>" ------------------
+
+JDOE = User("20", "jdoe", "John", "Doe", "john.doe@acme.example", "USER", "2", "Acme & Söhne <Ltd>")
+ASMITH = User("10", "asmith", "Alice", "Smith", "alice.smith@acme.example", "ENTERPRISE_ADMIN", "2")
+HOSTILE = 'db <primary> & "co"'
+
+WEB = VirtualMachine("1", "web-01", cpu=2, ram_mb=4096, disks=(Disk("1", 0, 20480),))
+DB = VirtualMachine(
+    "2",
+    HOSTILE,
+    cpu=4,
+    ram_mb=8192,
+    disks=(Disk("3", 1, 51200), Disk("2", 0, 20480)),
+    volumes=(Volume("7", "db-data", 102400),),
+)
+CACHE = VirtualMachine("3", "cache-03", cpu=1, ram_mb=1536, disks=(Disk("4", 0, 20480),))
+
+
+def details(*vms: VmDetails) -> RequestDetails:
+    return RequestDetails(
+        requester=JDOE,
+        enterprise=Enterprise("2", "Acme & Söhne <Ltd>"),
+        vdc=VirtualDatacenter("1", "Production <EU>"),
+        datacenter=Datacenter("1", "Barcelona DC", "Barcelona, ES"),
+        vapp=VirtualAppliance("1", "Web tier & cache"),
+        vms=vms,
+    )
+
+
+def task(vm: VirtualMachine, task_type: str = "DEPLOY") -> VmDetails:
+    return VmDetails(task_id=f"task-{vm.id}", task_type=task_type, vm=vm)
+
+
+def links_for(task_id: str) -> ActionLinks:
+    return ActionLinks(
+        f"https://awf.example/accept?task={task_id}&token=A-{task_id}",
+        f"https://awf.example/decline?task={task_id}&token=D-{task_id}",
+    )
+
+
+ALL = ActionLinks(
+    "https://awf.example/multiple?action=accept&tasks=all&token=AA",
+    "https://awf.example/multiple?action=cancel&tasks=all&token=DD",
+)
+EXPIRES = datetime(2026, 12, 3, 14, 5, tzinfo=UTC)
+
+
+def approval(
+    *vms: VmDetails, approver: User = ASMITH, request_details: RequestDetails | None = None
+) -> ApprovalRequest:
+    return ApprovalRequest(
+        details=request_details or details(*vms),
+        approver=approver,
+        task_links={vm.task_id: links_for(vm.task_id) for vm in vms},
+        all_links=ALL,
+        expires_at=EXPIRES,
+        request_id="req-42",
+    )
+
+
+SETTINGS = MailSettings(sender="Approvals <approvals@acme.example>")
+
+
+def text_of(message: EmailMessage) -> str:
+    part = message.get_body(preferencelist=("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def html_of(message: EmailMessage) -> str:
+    part = message.get_body(preferencelist=("html",))
+    assert part is not None
+    return str(part.get_content())
+
+
+class Tags(HTMLParser):
+    """The names of every element of an HTML document."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.names: set[str] = set()
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.names.add(tag)
+
+
+class Anchors(HTMLParser):
+    """Every link of an HTML document: (href, visible text)."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self._href: str | None = None
+        self._text: list[str] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._href, self._text = dict(attrs).get("href") or "", []
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._href is not None:
+            self.links.append((self._href, "".join(self._text).strip()))
+            self._href = None
+
+
+def links_of(message: EmailMessage) -> list[tuple[str, str]]:
+    return Anchors(html_of(message)).links
+
+
+# --- The approval email -------------------------------------------------------------------------------
+
+
+def test_approval_is_text_and_html_alternatives_in_utf8() -> None:
+    message = render_approval(approval(task(WEB)), SETTINGS)
+
+    assert message.get_content_type() == "multipart/alternative"
+    parts = [part.get_content_type() for part in message.iter_parts()]
+    assert parts == ["text/plain", "text/html"]
+    assert all(part.get_content_charset() == "utf-8" for part in message.iter_parts())
+
+
+def test_approval_goes_from_the_sender_to_the_approver() -> None:
+    message = render_approval(approval(task(WEB)), SETTINGS)
+
+    assert message["From"] == "Approvals <approvals@acme.example>"
+    assert message["To"] == "Alice Smith <alice.smith@acme.example>"
+    assert message["Message-ID"].endswith("@acme.example>")
+
+
+def test_approval_css_is_inlined_into_style_attributes() -> None:
+    html = html_of(render_approval(approval(task(WEB)), SETTINGS))
+
+    assert "<style" not in html
+    assert 'style="' in html
+
+
+@pytest.mark.parametrize("part", [text_of, html_of], ids=["text", "html"])
+def test_approval_names_requester_task_type_and_place(part: object) -> None:
+    body = part(render_approval(approval(task(WEB)), SETTINGS))  # type: ignore[operator]
+    unescaped = body.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+    assert "John Doe (jdoe)" in unescaped
+    assert "john.doe@acme.example" in unescaped
+    assert "Deploy" in unescaped
+    assert "Acme & Söhne <Ltd>" in unescaped
+    assert "Production <EU> (Barcelona DC)" in unescaped
+    assert "Web tier & cache" in unescaped
+
+
+def test_approval_subject_defaults_to_task_type_and_requester() -> None:
+    message = render_approval(approval(task(WEB), task(DB)), MailSettings())
+
+    assert message["Subject"] == "Approval needed: Deploy requested by John Doe (jdoe)"
+
+
+def test_mixed_task_types_are_named_together() -> None:
+    message = render_approval(approval(task(WEB), task(DB, "UNDEPLOY")), MailSettings())
+
+    assert message["Subject"] == "Approval needed: Deploy and Undeploy requested by John Doe (jdoe)"
+
+
+def test_each_vm_has_its_own_accept_and_decline_buttons() -> None:
+    vms = (task(WEB), task(DB), task(CACHE))
+    links = links_of(render_approval(approval(*vms), SETTINGS))
+
+    for vm in vms:
+        assert (links_for(vm.task_id).accept_url, "Accept") in links
+        assert (links_for(vm.task_id).decline_url, "Decline") in links
+
+
+def test_vm_rows_show_cpu_ram_disks_and_volumes_humanised() -> None:
+    text = text_of(render_approval(approval(task(WEB), task(DB)), SETTINGS))
+
+    assert "CPU: 4   RAM: 8 GB" in text
+    assert "Disks: 20 GB, 50 GB" in text  # in disk sequence order, boot disk first
+    assert "Volumes: db-data (100 GB)" in text
+    assert "CPU: 2   RAM: 4 GB" in text
+    assert "Volumes: none" in text
+
+
+def test_accept_all_and_decline_all_appear_with_several_tasks() -> None:
+    message = render_approval(approval(task(WEB), task(DB)), SETTINGS)
+
+    assert (ALL.accept_url, "Accept all") in links_of(message)
+    assert (ALL.decline_url, "Decline all") in links_of(message)
+    assert ALL.accept_url in text_of(message)
+
+
+def test_accept_all_is_left_out_for_a_single_task() -> None:
+    message = render_approval(approval(task(WEB)), SETTINGS)
+
+    assert ALL.accept_url not in html_of(message).replace("&amp;", "&")
+    assert ALL.accept_url not in text_of(message)
+    assert [text for _, text in links_of(message)] == ["Accept", "Decline"]
+
+
+def test_text_part_carries_every_link() -> None:
+    text = text_of(render_approval(approval(task(WEB), task(DB)), SETTINGS))
+
+    for task_id in ("task-1", "task-2"):
+        assert f"Accept:  {links_for(task_id).accept_url}" in text
+        assert f"Decline: {links_for(task_id).decline_url}" in text
+
+
+@pytest.mark.parametrize("part", [text_of, html_of], ids=["text", "html"])
+def test_approval_says_links_open_a_confirmation_page_and_until_when(part: object) -> None:
+    body = part(render_approval(approval(task(WEB)), SETTINGS))  # type: ignore[operator]
+
+    assert "opens a confirmation page" in body
+    assert "nothing is decided until you confirm" in body
+    assert "valid until 3 Dec 2026, 14:05 UTC" in body
+
+
+def test_hostile_vm_name_is_text_not_markup() -> None:
+    message = render_approval(approval(task(DB)), SETTINGS)
+    html = html_of(message)
+
+    assert HOSTILE not in html
+    assert '>db &lt;primary&gt; &amp; "co"</div>' in html  # quotes need no escaping in text
+    assert HOSTILE in text_of(message)
+
+
+def test_script_in_a_name_never_reaches_the_html() -> None:
+    evil = dataclasses.replace(WEB, name="<script>alert(1)</script><img src=x onerror=alert(2)>")
+    html = html_of(render_approval(approval(task(evil)), SETTINGS))
+
+    assert "script" not in Tags(html).names
+    assert "img" not in Tags(html).names
+    assert "<script" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_line_breaks_in_names_cannot_inject_headers() -> None:
+    intruder = dataclasses.replace(JDOE, name="John\r\nBcc: victim@evil.example\r\n", surname="Doe")
+    request_details = dataclasses.replace(details(task(WEB)), requester=intruder)
+    message = render_approval(approval(task(WEB), request_details=request_details), MailSettings())
+
+    assert message["Bcc"] is None
+    assert "\n" not in message["Subject"] and "\r" not in message["Subject"]
+    assert b"\r\nBcc:" not in message.as_bytes()
+    assert (
+        message["Subject"] == "Approval needed: Deploy requested by John Bcc: victim@evil.example Doe (jdoe)"
+    )
+
+
+def test_line_breaks_in_names_cannot_forge_lines_in_the_text_part() -> None:
+    forged = dataclasses.replace(WEB, name="web-01\n  Accept:  https://evil.example/")
+    text = text_of(render_approval(approval(task(forged)), SETTINGS))
+
+    assert "\n  Accept:  https://evil.example/" not in text
+    assert "* web-01 Accept: https://evil.example/ (Deploy)" in text
+
+
+def test_custom_subject_fills_every_field() -> None:
+    settings = MailSettings(approver_subject="[{count}] {task_type} of {vapp} for {requester}")
+    message = render_approval(approval(task(WEB), task(DB)), settings)
+
+    assert message["Subject"] == "[2] Deploy of Web tier & cache for John Doe (jdoe)"
+
+
+@pytest.mark.parametrize(
+    ("template", "subject"),
+    [
+        ("{vapp} {unknown}", "Web tier & cache {unknown}"),  # an unknown field is left as written
+        ("{vapp} {", "Web tier & cache {"),  # a stray brace
+        ("} {count} VMs", "} 1 VMs"),  # a stray closing brace
+        ("{0} {vapp}", "{0} Web tier & cache"),  # a positional field
+        ("{vapp.name} {count}", "{vapp.name} 1"),  # attribute access
+    ],
+)
+def test_custom_subject_with_mistakes_still_renders(template: str, subject: str) -> None:
+    message = render_approval(approval(task(WEB)), MailSettings(approver_subject=template))
+
+    assert message["Subject"] == subject
+
+
+def test_vm_whose_details_could_not_be_read_shows_unknown() -> None:
+    unread = VmDetails("task-9", "DEPLOY", vm=None, error="Abiquo answered 404 for virtual machine 9")
+    message = render_approval(approval(unread, task(WEB)), SETTINGS)
+    text = text_of(message)
+
+    assert "* unknown (Deploy)" in text
+    assert "Details unavailable: Abiquo answered 404 for virtual machine 9" in text
+    assert "CPU: unknown   RAM: unknown" in text
+    assert (links_for("task-9").accept_url, "Accept") in links_of(message)
+
+
+def test_request_without_place_or_requester_shows_unknown() -> None:
+    bare = RequestDetails(None, None, None, None, None, (task(WEB),))
+    message = render_approval(approval(task(WEB), request_details=bare), MailSettings())
+    text = text_of(message)
+
+    assert message["Subject"] == "Approval needed: Deploy requested by unknown"
+    assert "Virtual datacenter:  unknown (unknown)" in text
+    assert "Virtual appliance:   unknown" in text
+
+
+def test_datacenter_name_falls_back_to_the_vdc_link_title() -> None:
+    vdc = VirtualDatacenter("1", "Production <EU>", datacenter_name="Barcelona DC")
+    request_details = dataclasses.replace(details(task(WEB)), vdc=vdc, datacenter=None)
+    text = text_of(render_approval(approval(task(WEB), request_details=request_details), SETTINGS))
+
+    assert "Production <EU> (Barcelona DC)" in text
+
+
+def test_approver_without_email_is_refused_with_a_sentence() -> None:
+    carol = User("12", "cnomail", "Carol", "Nomail", None, "ENTERPRISE_ADMIN")
+
+    with pytest.raises(ValueError, match="approver 'cnomail' has no email address"):
+        render_approval(approval(task(WEB), approver=carol), SETTINGS)
+
+
+def test_override_folder_template_wins(tmp_path: Path) -> None:
+    (tmp_path / "approval.txt").write_text("Site text for {{ approver_name }}: {{ vms | length }} VM\n")
+    message = render_approval(approval(task(WEB)), MailSettings(templates=tmp_path))
+
+    assert text_of(message) == "Site text for Alice Smith: 1 VM\n"
+    assert "Approval needed" in html_of(message)  # approval.html was not overridden
+
+
+def test_override_of_the_layout_restyles_every_email(tmp_path: Path) -> None:
+    (tmp_path / "base.html").write_text(
+        "<html><head><style>.brand { color: #ff0000; }</style></head>"
+        '<body><p class="brand">ACME</p>{% block content %}{% endblock %}</body></html>'
+    )
+    html = html_of(render_approval(approval(task(WEB)), MailSettings(templates=tmp_path)))
+
+    assert '<p class="brand" style="color: #ff0000;">ACME</p>' in html
+
+
+def test_broken_override_template_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "approval.txt").write_text("{% if %}")
+
+    with pytest.raises(
+        ConfigError, match=r"mail.templates: the email template approval.txt cannot be rendered"
+    ):
+        render_approval(approval(task(WEB)), MailSettings(templates=tmp_path))
+
+
+# 1x1 transparent PNG
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
+
+def test_logo_is_embedded_as_an_inline_image(tmp_path: Path) -> None:
+    logo = tmp_path / "logo.png"
+    logo.write_bytes(PNG)
+    message = render_approval(approval(task(WEB)), MailSettings(logo=logo))
+
+    images = [part for part in message.walk() if part.get_content_maintype() == "image"]
+    assert len(images) == 1
+    assert images[0].get_payload(decode=True) == PNG
+    cid = str(images[0]["Content-ID"]).strip("<>")
+    assert f'src="cid:{cid}"' in html_of(message)
+
+
+def test_unreadable_logo_is_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        message = render_approval(approval(task(WEB)), MailSettings(logo=tmp_path / "missing.png"))
+
+    assert not [part for part in message.walk() if part.get_content_maintype() == "image"]
+    assert "cid:" not in html_of(message)
+    assert "mail.logo" in caplog.text and "missing.png" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("megabytes", "words_"),
+    [
+        (4096, "4 GB"),
+        (20480, "20 GB"),
+        (1536, "1.5 GB"),  # one decimal when not whole
+        (512, "512 MB"),
+        (1048576, "1 TB"),
+        (None, "unknown"),
+    ],
+)
+def test_sizes_are_humanised(megabytes: int | None, words_: str) -> None:
+    assert words.size_words(megabytes) == words_
+
+
+# --- The outcome email ---------------------------------------------------------------------------------
+
+
+def result(
+    vm: VirtualMachine,
+    decision: DecisionState,
+    decided_by: DecidedBy | None,
+    *,
+    actor: str | None = None,
+    reason: str | None = None,
+    delivery: DeliveryState | None = DeliveryState.DELIVERED,
+    abiquo_state: str | None = None,
+) -> TaskResult:
+    return TaskResult(
+        f"task-{vm.id}", vm.name, "DEPLOY", decision, decided_by, actor, reason, delivery, abiquo_state
+    )
+
+
+def outcome(*results: TaskResult) -> EmailMessage:
+    vms = tuple(task(vm) for vm in (WEB, DB, CACHE))
+    return render_outcome(OutcomeNotice(details(*vms), JDOE, results, "req-42"), MailSettings())
+
+
+ACCEPTED, DECLINED = DecisionState.ACCEPTED, DecisionState.DECLINED
+
+
+@pytest.mark.parametrize(
+    ("task_result", "line"),
+    [
+        (
+            result(WEB, ACCEPTED, DecidedBy.APPROVER, actor="Alice Smith"),
+            "* web-01 (Deploy): Accepted by Alice Smith",
+        ),
+        (
+            result(WEB, DECLINED, DecidedBy.APPROVER, actor="Bob Jones"),
+            "* web-01 (Deploy): Declined by Bob Jones",
+        ),
+        # policy reasons are clauses that read after "because"
+        (
+            result(WEB, ACCEPTED, DecidedBy.POLICY, reason="the requester holds the ENTERPRISE_ADMIN role"),
+            "* web-01 (Deploy): Accepted automatically because the requester holds the ENTERPRISE_ADMIN role",
+        ),
+        (
+            result(WEB, DECLINED, DecidedBy.NO_APPROVER, reason="nobody in the enterprise holds the role"),
+            "* web-01 (Deploy): Cancelled because nobody in the enterprise holds the role",
+        ),
+        (
+            result(WEB, DECLINED, DecidedBy.NO_APPROVER),
+            "* web-01 (Deploy): Cancelled because no approver could be found",
+        ),
+        (
+            result(WEB, DECLINED, DecidedBy.DEADLINE),
+            "* web-01 (Deploy): Cancelled because nobody decided before the deadline",
+        ),
+        (result(WEB, ACCEPTED, DecidedBy.EXTERNAL), "* web-01 (Deploy): Accepted in Abiquo"),
+    ],
+)
+def test_outcome_says_what_happened_to_each_vm(task_result: TaskResult, line: str) -> None:
+    assert line in text_of(outcome(task_result))
+
+
+def test_approver_reason_is_shown_beside_the_verdict() -> None:
+    message = outcome(
+        result(WEB, DECLINED, DecidedBy.APPROVER, actor="Alice Smith", reason="too big <really>")
+    )
+
+    assert "  Reason: too big <really>" in text_of(message)
+    assert "Reason: too big &lt;really&gt;" in html_of(message)
+
+
+def test_outcome_notes_a_task_already_decided_in_abiquo() -> None:
+    superseded = result(
+        WEB,
+        ACCEPTED,
+        DecidedBy.APPROVER,
+        actor="Alice Smith",
+        delivery=DeliveryState.SUPERSEDED,
+        abiquo_state="CANCELLED",
+    )
+
+    assert (
+        "Note: Abiquo reported that this task had already been decided elsewhere (Abiquo shows it as "
+        "CANCELLED), so this decision did not apply."
+    ) in text_of(outcome(superseded))
+
+
+def test_outcome_notes_a_decision_that_could_not_be_delivered() -> None:
+    failed = result(WEB, ACCEPTED, DecidedBy.APPROVER, actor="Alice Smith", delivery=DeliveryState.FAILED)
+
+    assert "Note: This decision could not be passed on to Abiquo" in text_of(outcome(failed))
+
+
+@pytest.mark.parametrize(
+    ("decisions", "subject"),
+    [
+        ((ACCEPTED, ACCEPTED), "Your Deploy request was accepted"),
+        ((DECLINED, DECLINED), "Your Deploy request was declined"),
+        ((ACCEPTED, DECLINED), "Your Deploy request was partly accepted"),
+    ],
+)
+def test_outcome_subject_sums_up_the_decisions(decisions: tuple[DecisionState, ...], subject: str) -> None:
+    results = [
+        result(vm, d, DecidedBy.APPROVER, actor="Alice") for vm, d in zip((WEB, DB), decisions, strict=True)
+    ]
+
+    assert outcome(*results)["Subject"] == subject
+
+
+def test_outcome_goes_to_the_requester_with_a_custom_subject() -> None:
+    settings = MailSettings(requester_subject="{outcome}: {count} VMs of {vapp} ({task_type})")
+    notice = OutcomeNotice(details(task(WEB)), JDOE, [result(WEB, ACCEPTED, DecidedBy.APPROVER)], "req-42")
+    message = render_outcome(notice, settings)
+
+    assert message["To"] == "John Doe <john.doe@acme.example>"
+    assert message["Subject"] == "accepted: 1 VMs of Web tier & cache (Deploy)"
+
+
+def test_outcome_escapes_names_and_takes_unnamed_vms_from_the_details() -> None:
+    unnamed = dataclasses.replace(result(DB, DECLINED, DecidedBy.APPROVER, actor="<b>Eve</b>"), vm_name=None)
+    html = html_of(outcome(unnamed))
+
+    assert "db &lt;primary&gt; &amp;" in html
+    assert "Declined by &lt;b&gt;Eve&lt;/b&gt;" in html
+    assert "<b>Eve" not in html
+
+
+# --- In a real browser ------------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.asyncio(loop_scope="session")
+async def test_every_button_is_visible_and_links_in_chromium(chromium_browser: Browser) -> None:
+    vms = (task(WEB), task(DB), task(CACHE))
+    html = html_of(render_approval(approval(*vms), SETTINGS))
+    context = await chromium_browser.new_context(viewport={"width": 800, "height": 900})
+    try:
+        page = await context.new_page()
+        await page.set_content(html)
+        expected = [(links_for(vm.task_id).accept_url, "Accept") for vm in vms]
+        expected += [(links_for(vm.task_id).decline_url, "Decline") for vm in vms]
+        expected += [(ALL.accept_url, "Accept all"), (ALL.decline_url, "Decline all")]
+        for href, label in expected:
+            button = page.locator(f'a[href="{href}"]')
+            assert await button.count() == 1
+            assert await button.is_visible()
+            assert (await button.inner_text()).strip() == label
+            box = await button.bounding_box()
+            assert box is not None and box["width"] > 40 and box["height"] > 20  # a button, not a bare link
+    finally:
+        await context.close()

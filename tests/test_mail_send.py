@@ -1,0 +1,268 @@
+"""Sending through a real SMTP server (the aiosmtpd inbox): plain, STARTTLS, implicit TLS, logins, and
+every way the relay can fail, each as one MailError naming host:port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+import trustme
+from pydantic import SecretStr
+
+from abiquo_workflow.config import MailSettings
+from abiquo_workflow.exceptions import MailError
+from abiquo_workflow.mail.inbox import Inbox
+from abiquo_workflow.mail.send import Mailer, send_test_email
+
+# Nothing here may hang: a failure must be an error, never a wait for pytest's patience.
+GUARD = 30
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+@pytest.fixture(scope="module")
+def client_tls(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+@pytest.fixture
+def starttls_inbox(server_tls: ssl.SSLContext) -> Iterator[Inbox]:
+    with Inbox(tls_context=server_tls, auth=("relay-user", RELAY_PASSWORD)) as inbox:
+        yield inbox
+
+
+@pytest.fixture
+def tls_inbox(server_tls: ssl.SSLContext) -> Iterator[Inbox]:
+    with Inbox(tls_context=server_tls, implicit_tls=True, auth=("relay-user", RELAY_PASSWORD)) as inbox:
+        yield inbox
+
+
+def settings_for(inbox: Inbox, **overrides: Any) -> MailSettings:
+    values: dict[str, Any] = {"smtp_port": inbox.port, "sender": "approvals@acme.example", "timeout": 5.0}
+    return MailSettings(**(values | overrides))
+
+
+RELAY_PASSWORD = "s3cret-pass"
+
+
+def login(password: str = RELAY_PASSWORD) -> dict[str, Any]:
+    return {"smtp_user": "relay-user", "smtp_password": SecretStr(password)}
+
+
+def message(to: str = "alice.smith@acme.example") -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "approvals@acme.example"
+    msg["To"] = to
+    msg["Subject"] = "Approval needed: Deploy — Zoë"
+    msg.set_content("Hello Zoë\n")
+    return msg
+
+
+async def send(
+    settings: MailSettings, tls: ssl.SSLContext | None = None, msg: EmailMessage | None = None
+) -> None:
+    async with asyncio.timeout(GUARD):
+        await Mailer(settings, tls_context=tls).send(msg or message())
+
+
+async def test_plain_smtp_delivers_the_message_with_its_envelope(smtp_inbox: Inbox) -> None:
+    await send(settings_for(smtp_inbox))
+
+    [received] = await smtp_inbox.wait_for(1)
+    assert received.mail_from == "approvals@acme.example"
+    assert received.rcpt_tos == ("alice.smith@acme.example",)
+    assert received.subject == "Approval needed: Deploy — Zoë"
+    assert received.text() == "Hello Zoë\n"
+
+
+async def test_starttls_with_login_delivers(starttls_inbox: Inbox, client_tls: ssl.SSLContext) -> None:
+    await send(settings_for(starttls_inbox, security="starttls", **login()), client_tls)
+
+    [received] = await starttls_inbox.wait_for(1)
+    assert received.rcpt_tos == ("alice.smith@acme.example",)
+
+
+async def test_implicit_tls_with_login_delivers(tls_inbox: Inbox, client_tls: ssl.SSLContext) -> None:
+    await send(settings_for(tls_inbox, security="tls", **login()), client_tls)
+
+    [received] = await tls_inbox.wait_for(1)
+    assert received.rcpt_tos == ("alice.smith@acme.example",)
+
+
+async def test_wrong_password_is_a_mail_error_not_a_hang(
+    starttls_inbox: Inbox, client_tls: ssl.SSLContext
+) -> None:
+    settings = settings_for(starttls_inbox, security="starttls", **login("wrong-pass"))
+
+    with pytest.raises(MailError) as caught:
+        await send(settings, client_tls)
+
+    assert str(caught.value).startswith(
+        f"the SMTP relay at 127.0.0.1:{starttls_inbox.port} refused the login"
+    )
+    assert "'relay-user'" in str(caught.value)
+    assert "wrong-pass" not in str(caught.value)
+
+
+async def test_wrong_password_over_implicit_tls_is_a_mail_error(
+    tls_inbox: Inbox, client_tls: ssl.SSLContext
+) -> None:
+    with pytest.raises(MailError, match="refused the login"):
+        await send(settings_for(tls_inbox, security="tls", **login("wrong-pass")), client_tls)
+
+
+async def test_relay_that_requires_a_login_refuses_anonymous_mail(
+    starttls_inbox: Inbox, client_tls: ssl.SSLContext
+) -> None:
+    with pytest.raises(MailError, match=r"refused the sender approvals@acme\.example: 530"):
+        await send(settings_for(starttls_inbox, security="starttls"), client_tls)
+
+
+async def test_relay_that_is_down_is_a_mail_error_naming_host_and_port(smtp_inbox: Inbox) -> None:
+    smtp_inbox.stop()
+
+    with pytest.raises(
+        MailError, match=rf"could not connect to the SMTP relay at 127.0.0.1:{smtp_inbox.port}"
+    ):
+        await send(settings_for(smtp_inbox))
+
+
+async def test_relay_that_comes_back_up_accepts_mail_again(smtp_inbox: Inbox) -> None:
+    settings = settings_for(smtp_inbox)
+    smtp_inbox.stop()
+    with pytest.raises(MailError):
+        await send(settings)
+
+    smtp_inbox.start()
+    await send(settings)
+
+    assert len(await smtp_inbox.wait_for(1)) == 1
+
+
+async def test_relay_that_refuses_temporarily_is_a_mail_error(smtp_inbox: Inbox) -> None:
+    smtp_inbox.refuse = True
+
+    with pytest.raises(MailError, match=r"refused the sender approvals@acme.example: 451"):
+        await send(settings_for(smtp_inbox))
+    assert smtp_inbox.messages == []
+
+
+async def test_refused_recipient_is_a_mail_error_naming_them(smtp_inbox: Inbox) -> None:
+    smtp_inbox.reject_recipients.add("nobody@acme.example")
+
+    with pytest.raises(MailError, match=r"refused every recipient: nobody@acme.example \(550"):
+        await send(settings_for(smtp_inbox), msg=message("nobody@acme.example"))
+
+
+async def test_one_refused_recipient_among_several_is_a_mail_error(smtp_inbox: Inbox) -> None:
+    smtp_inbox.reject_recipients.add("nobody@acme.example")
+
+    with pytest.raises(MailError, match=r"refused the recipient\(s\) nobody@acme.example \(550"):
+        await send(settings_for(smtp_inbox), msg=message("alice.smith@acme.example, nobody@acme.example"))
+
+
+@contextlib.asynccontextmanager
+async def stalled_relay(greeting: bytes) -> AsyncIterator[int]:
+    """A relay that sends `greeting` (maybe nothing) on connect and then never says another word."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(greeting)
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_relay_that_never_greets_times_out_as_a_mail_error() -> None:
+    async with stalled_relay(b"") as port:
+        with pytest.raises(
+            MailError, match=rf"timed out after 0.2 s connecting to the SMTP relay at 127.0.0.1:{port}"
+        ):
+            await send(MailSettings(smtp_port=port, timeout=0.2))
+
+
+async def test_relay_that_stops_answering_times_out_as_a_mail_error() -> None:
+    async with stalled_relay(b"220 relay.example ESMTP\r\n") as port:
+        with pytest.raises(
+            MailError, match=rf"the SMTP relay at 127.0.0.1:{port} did not answer within 0.2 s"
+        ):
+            await send(MailSettings(smtp_port=port, timeout=0.2))
+
+
+async def test_starttls_required_but_not_offered_is_a_mail_error(smtp_inbox: Inbox) -> None:
+    with pytest.raises(MailError, match=rf"127.0.0.1:{smtp_inbox.port}.*STARTTLS"):
+        await send(settings_for(smtp_inbox, security="starttls"))
+
+
+async def test_untrusted_certificate_is_a_mail_error(starttls_inbox: Inbox) -> None:
+    # No tls_context: the system's trust store, which does not know the test CA.
+    with pytest.raises(MailError, match=r"TLS handshake .* failed: .*CERTIFICATE_VERIFY_FAILED"):
+        await send(settings_for(starttls_inbox, security="starttls", **login()))
+
+
+async def test_check_passes_against_a_working_relay(
+    starttls_inbox: Inbox, client_tls: ssl.SSLContext
+) -> None:
+    settings = settings_for(starttls_inbox, security="starttls", **login())
+
+    async with asyncio.timeout(GUARD):
+        await Mailer(settings, tls_context=client_tls).check()
+
+    assert starttls_inbox.messages == []
+
+
+async def test_check_fails_on_a_wrong_password(starttls_inbox: Inbox, client_tls: ssl.SSLContext) -> None:
+    settings = settings_for(starttls_inbox, security="starttls", **login("wrong-pass"))
+
+    with pytest.raises(MailError, match="refused the login") as caught:
+        async with asyncio.timeout(GUARD):
+            await Mailer(settings, tls_context=client_tls).check()
+    assert "wrong-pass" not in str(caught.value)
+
+
+async def test_check_fails_when_the_relay_is_down(smtp_inbox: Inbox) -> None:
+    smtp_inbox.stop()
+
+    with pytest.raises(MailError, match="could not connect"):
+        async with asyncio.timeout(GUARD):
+            await Mailer(settings_for(smtp_inbox)).check()
+
+
+async def test_send_test_email_arrives_with_both_parts(smtp_inbox: Inbox) -> None:
+    async with asyncio.timeout(GUARD):
+        await send_test_email(settings_for(smtp_inbox), "ops@acme.example")
+
+    [received] = await smtp_inbox.wait_for(1)
+    assert received.rcpt_tos == ("ops@acme.example",)
+    assert received.subject == "abiquo-workflow test message"
+    assert "send-test-email" in (received.text() or "")
+    assert "send-test-email" in (received.html() or "")
+
+
+async def test_send_test_email_to_a_non_address_is_a_mail_error(smtp_inbox: Inbox) -> None:
+    with pytest.raises(MailError, match="is not an email address"):
+        await send_test_email(settings_for(smtp_inbox), "not an address <")
