@@ -9,6 +9,7 @@
     │   ├── AbiquoNotFound         404 on something we needed
     │   └── AbiquoProtocolError    an answer we cannot read
     ├── MailError              the SMTP relay refused or could not be reached
+    ├── StoreError             the database is unreachable, locked, too old, or refused a statement
     └── TokenError             an action link's token is missing, forged, expired or for another task
 
 Messages are sentences for the person reading a log or a page; each says what went wrong and, where it
@@ -66,6 +67,10 @@ class AbiquoProtocolError(AbiquoError):
 
 class MailError(AbiquoWorkflowError):
     """The SMTP relay refused the message or could not be reached."""
+
+
+class StoreError(AbiquoWorkflowError):
+    """The database could not do what we asked: unreachable, locked, schema too old, or statement refused."""
 
 
 class TokenError(AbiquoWorkflowError):

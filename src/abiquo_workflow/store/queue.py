@@ -1,0 +1,329 @@
+"""The job queue (the outbox): claims with leases, and waking workers when work arrives.
+
+A job moves queued → running (claimed by one worker for a lease) → done, or back to queued to be
+retried later, or dead once its attempts run out (visible, and requeued by hand with `requeue`).
+
+How it fails, and what then:
+- A worker that dies mid-job leaves it `running`; when its lease runs out, the next `claim` by any worker
+  takes it over (attempts + 1). If that was its last attempt, `claim` buries it instead, naming the cause.
+- Two workers never hold the same job: on PostgreSQL they pick rows with `FOR UPDATE SKIP LOCKED`; on
+  SQLite each claim runs under `BEGIN IMMEDIATE`, one writer at a time. A worker whose lease ran out and
+  whose job was taken over can no longer complete, retry, bury or extend it (those calls return False).
+- A job can run more than once (a worker dies after the work but before `complete`): each job kind
+  must be safe to repeat, which is why task transitions are conditional.
+
+Wake-ups: the store sets `Wakeup` after the COMMIT of a transaction that enqueued (before it the
+worker would not see the row). On PostgreSQL the enqueuing transaction also sends NOTIFY, and
+`JobListener` LISTENs, so an enqueue in another process wakes this one. Without either, workers still
+find work by polling: a wake-up only saves the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from sqlalchemy import and_, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from abiquo_workflow.store.records import JobRecord, JobStatus
+from abiquo_workflow.store.tables import jobs
+
+logger = logging.getLogger(__name__)
+
+#: The PostgreSQL NOTIFY channel enqueues are announced on.
+JOBS_CHANNEL = "awf_jobs"
+
+#: Attempts a job gets when the caller does not say (the worker's `max_attempts` setting overrides it).
+DEFAULT_MAX_ATTEMPTS = 8
+
+#: How the listener's connection shows in `pg_stat_activity`.
+LISTENER_APPLICATION_NAME = "abiquo-workflow job listener"
+
+
+async def enqueue(
+    conn: AsyncConnection,
+    now: datetime,
+    kind: str,
+    payload: Mapping[str, Any],
+    *,
+    run_after: datetime | None,
+    dedupe_key: str | None,
+    max_attempts: int,
+) -> int | None:
+    """Insert a queued job; None (and nothing inserted) when `dedupe_key` is already taken."""
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+    values = {
+        "kind": kind,
+        "payload": dict(payload),
+        "status": JobStatus.QUEUED,
+        "attempts": 0,
+        "max_attempts": max_attempts,
+        "run_after": run_after or now,
+        "dedupe_key": dedupe_key,
+        "created_at": now,
+        "updated_at": now,
+    }
+    if dedupe_key is None:
+        statement = insert(jobs).values(values).returning(jobs.c.id)
+    else:
+        dialect_insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        statement = (
+            dialect_insert(jobs)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=[jobs.c.dedupe_key])
+            .returning(jobs.c.id)
+        )
+    job_id: int | None = (await conn.execute(statement)).scalar_one_or_none()
+    if job_id is not None:
+        await notify(conn)
+    return job_id
+
+
+async def notify(conn: AsyncConnection) -> None:
+    """On PostgreSQL, announce new work to other processes; delivered at COMMIT, dropped on ROLLBACK."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": JOBS_CHANNEL})
+
+
+async def claim(
+    conn: AsyncConnection,
+    now: datetime,
+    worker_id: str,
+    *,
+    limit: int,
+    lease: float,
+    kinds: Sequence[str] | None,
+) -> list[JobRecord]:
+    """Take up to `limit` due jobs for `worker_id`; see `Store.claim`."""
+    await _bury_abandoned(conn, now, kinds)
+    due = or_(
+        and_(jobs.c.status == JobStatus.QUEUED, jobs.c.run_after <= now),
+        # Crash recovery: the worker holding it stopped renewing its lease.
+        and_(
+            jobs.c.status == JobStatus.RUNNING,
+            jobs.c.locked_until <= now,
+            jobs.c.attempts < jobs.c.max_attempts,
+        ),
+    )
+    ids = await _lock_ids(conn, due, kinds, limit=limit)
+    if not ids:
+        return []
+    claimed = await conn.execute(
+        update(jobs)
+        .where(jobs.c.id.in_(ids))
+        .values(
+            status=JobStatus.RUNNING,
+            attempts=jobs.c.attempts + 1,
+            locked_by=worker_id,
+            locked_until=now + timedelta(seconds=lease),
+            updated_at=now,
+        )
+        .returning(*jobs.c)
+    )
+    records = [JobRecord.from_row(row) for row in claimed.mappings()]
+    return sorted(records, key=lambda job: (job.run_after, job.id))
+
+
+async def _bury_abandoned(conn: AsyncConnection, now: datetime, kinds: Sequence[str] | None) -> None:
+    """Mark dead the running jobs whose lease ran out during their last allowed attempt."""
+    abandoned = and_(
+        jobs.c.status == JobStatus.RUNNING,
+        jobs.c.locked_until <= now,
+        jobs.c.attempts >= jobs.c.max_attempts,
+    )
+    ids = await _lock_ids(conn, abandoned, kinds, limit=None)
+    if ids:
+        await conn.execute(
+            update(jobs)
+            .where(jobs.c.id.in_(ids))
+            .values(
+                status=JobStatus.DEAD,
+                last_error="the worker running its last attempt stopped before finishing (its lease ran out)",
+                locked_until=None,
+                finished_at=now,
+                updated_at=now,
+            )
+        )
+
+
+async def _lock_ids(
+    conn: AsyncConnection, condition: Any, kinds: Sequence[str] | None, *, limit: int | None
+) -> list[int]:
+    """Ids of matching jobs, oldest first, locked for this transaction.
+
+    PostgreSQL skips rows another claimer holds; SQLite renders no FOR UPDATE, and needs none: the
+    transaction began IMMEDIATE, so no other writer runs until it commits.
+    """
+    query = select(jobs.c.id).where(condition)
+    if kinds is not None:
+        query = query.where(jobs.c.kind.in_(list(kinds)))
+    query = query.order_by(jobs.c.run_after, jobs.c.id).limit(limit).with_for_update(skip_locked=True)
+    return list((await conn.execute(query)).scalars())
+
+
+async def complete(conn: AsyncConnection, now: datetime, job_id: int, worker_id: str) -> bool:
+    return await _finish_run(
+        conn, job_id, worker_id, status=JobStatus.DONE, locked_until=None, finished_at=now, updated_at=now
+    )
+
+
+async def retry(
+    conn: AsyncConnection, now: datetime, job_id: int, worker_id: str, *, error: str, run_after: datetime
+) -> bool:
+    return await _finish_run(
+        conn,
+        job_id,
+        worker_id,
+        status=JobStatus.QUEUED,
+        run_after=run_after,
+        last_error=error,
+        locked_until=None,
+        updated_at=now,
+    )
+
+
+async def bury(conn: AsyncConnection, now: datetime, job_id: int, worker_id: str, *, error: str) -> bool:
+    return await _finish_run(
+        conn,
+        job_id,
+        worker_id,
+        status=JobStatus.DEAD,
+        last_error=error,
+        locked_until=None,
+        finished_at=now,
+        updated_at=now,
+    )
+
+
+async def extend_lease(
+    conn: AsyncConnection, now: datetime, job_id: int, worker_id: str, lease: float
+) -> bool:
+    return await _finish_run(
+        conn, job_id, worker_id, locked_until=now + timedelta(seconds=lease), updated_at=now
+    )
+
+
+async def _finish_run(conn: AsyncConnection, job_id: int, worker_id: str, **values: Any) -> bool:
+    """Change a running job, but only for the worker that holds it."""
+    changed = await conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING, jobs.c.locked_by == worker_id)
+        .values(**values)
+        .returning(jobs.c.id)
+    )
+    return changed.scalar_one_or_none() is not None
+
+
+async def requeue(conn: AsyncConnection, now: datetime, job_id: int) -> bool:
+    """Give a dead job a fresh set of attempts, due now. False when the job is not dead."""
+    changed = await conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job_id, jobs.c.status == JobStatus.DEAD)
+        .values(
+            status=JobStatus.QUEUED,
+            attempts=0,
+            run_after=now,
+            locked_by=None,
+            locked_until=None,
+            finished_at=None,
+            updated_at=now,
+        )
+        .returning(jobs.c.id)
+    )
+    if changed.scalar_one_or_none() is None:
+        return False
+    await notify(conn)
+    return True
+
+
+class Wakeup:
+    """A flag set when jobs may have become due, for workers to wait on instead of sleeping blindly.
+
+    `wait` returns at once if the flag was set since the last wait, and clears it; every waiter waiting
+    when it is set wakes up. Claim until nothing is left after waking: one wake-up may stand for many jobs.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    # A timeout argument (ASYNC109) on purpose: running out of time is the normal case, not an error.
+    async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Wait up to `timeout` seconds; True if woken, False if the time ran out."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+        except TimeoutError:
+            return False
+        self._event.clear()
+        return True
+
+
+class JobListener:
+    """LISTENs on `JOBS_CHANNEL` over its own PostgreSQL connection and sets a Wakeup on each NOTIFY.
+
+    If the connection drops, it tries again every `reconnect_delay` seconds and sets the Wakeup once
+    back (jobs may have arrived meanwhile); until then workers fall back to polling.
+    """
+
+    def __init__(self, conninfo: str, wakeup: Wakeup, *, reconnect_delay: float = 5.0) -> None:
+        self._conninfo = conninfo
+        self._wakeup = wakeup
+        self._reconnect_delay = reconnect_delay
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect and LISTEN now, so no NOTIFY sent after `start` returns is missed. Raises psycopg.Error."""
+        connection = await self._listen()
+        self._task = asyncio.create_task(self._run(connection), name="awf-job-listener")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _listen(self) -> psycopg.AsyncConnection[Any]:
+        connection = await psycopg.AsyncConnection.connect(
+            self._conninfo, autocommit=True, application_name=LISTENER_APPLICATION_NAME
+        )
+        try:
+            await connection.execute(f"LISTEN {JOBS_CHANNEL}")
+        except BaseException:
+            await connection.close()
+            raise
+        return connection
+
+    async def _run(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        while True:
+            try:
+                async with connection:
+                    async for _ in connection.notifies():
+                        self._wakeup.set()
+            except psycopg.Error as error:
+                logger.warning("lost the PostgreSQL connection listening for jobs: %s", error)
+            connection = await self._reconnect()
+            self._wakeup.set()
+
+    async def _reconnect(self) -> psycopg.AsyncConnection[Any]:
+        while True:
+            await asyncio.sleep(self._reconnect_delay)
+            try:
+                return await self._listen()
+            except psycopg.Error as error:
+                logger.warning("cannot listen for jobs on PostgreSQL yet: %s", error)

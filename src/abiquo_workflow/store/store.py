@@ -1,0 +1,667 @@
+"""The Store: every read and write of the connector's state, and the unit of work that groups writes.
+
+The approvals layer composes a use case from the fine-grained operations of a `UnitOfWork`, which all
+run in one database transaction: a state change and the job that acts on it commit together or not at
+all (the outbox, DESIGN.md "State of a task"). Each transition is one conditional statement
+(`UPDATE … WHERE decision = 'pending' … RETURNING`), so a click, callback or job that arrives twice
+changes nothing the second time, and the caller learns that from the rows returned.
+
+Driver errors never leave the store: they become `StoreError`, with a sentence and the cause chained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+from sqlalchemy import Executable, Result, bindparam, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from abiquo_workflow.domain import (
+    Callback,
+    Channel,
+    DecidedBy,
+    DecisionState,
+    DeliveryState,
+    HeldTask,
+)
+from abiquo_workflow.exceptions import StoreError
+from abiquo_workflow.store import queue, schema
+from abiquo_workflow.store.engine import (
+    READ_ONLY_OPTION,
+    create_async_store_engine,
+    display_url,
+    libpq_conninfo,
+    parse_url,
+    schema_too_new,
+    schema_too_old,
+    translated_errors,
+)
+from abiquo_workflow.store.records import (
+    AuditRecord,
+    JobRecord,
+    JobStatus,
+    NotificationRecord,
+    NotificationStatus,
+    RequestRecord,
+    TaskRecord,
+)
+from abiquo_workflow.store.tables import audit, jobs, notifications, requests, tasks
+
+#: Returns the current time, timezone-aware. Tests pass their own to move time without sleeping.
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Reader:
+    """Reads over one connection: the store's reads outside a transaction, and a UnitOfWork's inside one."""
+
+    def __init__(self, conn: AsyncConnection, *, url: str, clock: Clock) -> None:
+        self._conn = conn
+        self._url = url
+        self._clock = clock
+
+    async def _execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
+        with translated_errors(self._url):
+            return await self._conn.execute(statement, parameters)
+
+    async def get_request(self, request_id: str) -> RequestRecord | None:
+        result = await self._execute(select(requests).where(requests.c.id == request_id))
+        row = result.mappings().one_or_none()
+        return None if row is None else RequestRecord.from_row(row)
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        found = await self.get_tasks([task_id])
+        return found[0] if found else None
+
+    async def get_tasks(self, task_ids: Iterable[str]) -> list[TaskRecord]:
+        """The known tasks among `task_ids`, in the order asked; unknown ids are left out."""
+        wanted = list(dict.fromkeys(task_ids))
+        if not wanted:
+            return []
+        result = await self._execute(select(tasks).where(tasks.c.task_id.in_(wanted)))
+        found = {row["task_id"]: TaskRecord.from_row(row) for row in result.mappings()}
+        return [found[task_id] for task_id in wanted if task_id in found]
+
+    async def tasks_of_request(self, request_id: str) -> list[TaskRecord]:
+        """A request's tasks in the order Abiquo sent them."""
+        result = await self._execute(
+            select(tasks).where(tasks.c.request_id == request_id).order_by(tasks.c.position)
+        )
+        return [TaskRecord.from_row(row) for row in result.mappings()]
+
+    async def list_tasks(
+        self,
+        *,
+        decision: DecisionState | None = None,
+        delivery: DeliveryState | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRecord]:
+        """Tasks, newest first, optionally only those in one decision and/or delivery state."""
+        query = select(tasks)
+        if decision is not None:
+            query = query.where(tasks.c.decision == decision)
+        if delivery is not None:
+            query = query.where(tasks.c.delivery == delivery)
+        query = query.order_by(tasks.c.created_at.desc(), tasks.c.request_id, tasks.c.position)
+        result = await self._execute(query.limit(limit).offset(offset))
+        return [TaskRecord.from_row(row) for row in result.mappings()]
+
+    async def get_job(self, job_id: int) -> JobRecord | None:
+        result = await self._execute(select(jobs).where(jobs.c.id == job_id))
+        row = result.mappings().one_or_none()
+        return None if row is None else JobRecord.from_row(row)
+
+    async def list_jobs(
+        self, *, status: JobStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[JobRecord]:
+        """Jobs in the order they were enqueued, optionally only those in one status."""
+        query = select(jobs)
+        if status is not None:
+            query = query.where(jobs.c.status == status)
+        result = await self._execute(query.order_by(jobs.c.id).limit(limit).offset(offset))
+        return [JobRecord.from_row(row) for row in result.mappings()]
+
+    async def audit_log(
+        self, *, task_id: str | None = None, request_id: str | None = None
+    ) -> list[AuditRecord]:
+        """Audit lines in the order they were written, about one task and/or one request if given."""
+        query = select(audit)
+        if task_id is not None:
+            query = query.where(audit.c.task_id == task_id)
+        if request_id is not None:
+            query = query.where(audit.c.request_id == request_id)
+        result = await self._execute(query.order_by(audit.c.id))
+        return [AuditRecord.from_row(row) for row in result.mappings()]
+
+    async def notifications(self, request_id: str) -> list[NotificationRecord]:
+        """A request's notifications in the order they were added."""
+        result = await self._execute(
+            select(notifications).where(notifications.c.request_id == request_id).order_by(notifications.c.id)
+        )
+        return [NotificationRecord.from_row(row) for row in result.mappings()]
+
+
+class UnitOfWork(Reader):
+    """The operations of one database transaction; obtained from `Store.transaction()`, valid inside it.
+
+    Nothing is visible to others until the `async with` block ends without an exception; then all of
+    it commits at once. If the block raises, everything written in it is rolled back, jobs included.
+    """
+
+    def __init__(self, conn: AsyncConnection, *, url: str, clock: Clock) -> None:
+        super().__init__(conn, url=url, clock=clock)
+        #: True once a job was enqueued or requeued: the store wakes workers after the COMMIT.
+        self.enqueued = False
+
+    def _insert(self, table: Any) -> Any:
+        """INSERT with ON CONFLICT support for the database in use."""
+        return postgresql_insert(table) if self._conn.dialect.name == "postgresql" else sqlite_insert(table)
+
+    async def insert_request(
+        self, callback: Callback, *, body: str, content_type: str | None, source: str | None
+    ) -> str:
+        """Store one callback as received and return its new id.
+
+        The requester is the first task's user (Abiquo sends one user for the whole callback).
+        """
+        request_id = str(uuid.uuid4())
+        first = callback.tasks[0] if callback.tasks else None
+        await self._execute(
+            insert(requests).values(
+                id=request_id,
+                received_at=self._clock(),
+                format=callback.format,
+                single_root=callback.single_root,
+                content_type=content_type,
+                source=source,
+                body=body,
+                requester_id=first.user_id if first else None,
+                requester_href=first.user_href if first else None,
+            )
+        )
+        return request_id
+
+    async def insert_tasks(self, request_id: str, held: Sequence[HeldTask]) -> list[str]:
+        """Store a request's held tasks and return the ids actually inserted, in the order given.
+
+        A task id we already have (Abiquo sent the same task again) is skipped, not overwritten: it
+        keeps its first request and its decision.
+        """
+        first_of_each: dict[str, HeldTask] = {}
+        for task in held:
+            first_of_each.setdefault(task.task_id, task)
+        unique = list(first_of_each.values())
+        if not unique:
+            return []
+        now = self._clock()
+        rows = [
+            {
+                "task_id": task.task_id,
+                "request_id": request_id,
+                "position": position,
+                "task_type": task.task_type,
+                "user_id": task.user_id,
+                "owner_id": task.owner_id,
+                "state": task.state,
+                "target_href": task.target_href,
+                "user_href": task.user_href,
+                "self_href": task.self_href,
+                "continue_href": task.continue_href,
+                "cancel_href": task.cancel_href,
+                "created_at": now,
+                "decision": DecisionState.PENDING,
+                "delivery_attempts": 0,
+            }
+            for position, task in enumerate(unique)
+        ]
+        statement = (
+            self._insert(tasks)
+            .on_conflict_do_nothing(index_elements=[tasks.c.task_id])
+            .returning(tasks.c.task_id)
+        )
+        # Many rows at once: SQLAlchemy batches them into multi-row INSERTs within the driver's limits.
+        inserted = set((await self._execute(statement, rows)).scalars())
+        return [task.task_id for task in unique if task.task_id in inserted]
+
+    async def decide(
+        self,
+        task_ids: Iterable[str],
+        state: DecisionState,
+        *,
+        decided_by: DecidedBy,
+        actor: str,
+        reason: str | None,
+        channel: Channel,
+        delivery: DeliveryState = DeliveryState.QUEUED,
+    ) -> list[TaskRecord]:
+        """Decide the tasks among `task_ids` that are still pending; return only those this call changed.
+
+        One conditional UPDATE: of two concurrent decisions on a task exactly one wins, and the loser
+        gets an empty list. Delivery starts as `queued` (enqueue the delivery job in the same
+        transaction); a decision already taken in Abiquo (`DecidedBy.EXTERNAL`) may pass
+        `delivery=DeliveryState.SUPERSEDED` instead, as there is nothing left to deliver.
+        """
+        if state is DecisionState.PENDING:
+            raise ValueError("decide() needs a decision: accepted or declined, not pending")
+        wanted = list(dict.fromkeys(task_ids))
+        if not wanted:
+            return []
+        result = await self._execute(
+            update(tasks)
+            .where(tasks.c.task_id.in_(wanted), tasks.c.decision == DecisionState.PENDING)
+            .values(
+                decision=state,
+                decided_by=decided_by,
+                actor=actor,
+                decided_at=self._clock(),
+                reason=reason,
+                channel=channel,
+                delivery=delivery,
+            )
+            .returning(*tasks.c)
+        )
+        changed = {row["task_id"]: TaskRecord.from_row(row) for row in result.mappings()}
+        return [changed[task_id] for task_id in wanted if task_id in changed]
+
+    async def set_delivery(
+        self,
+        task_id: str,
+        state: DeliveryState,
+        *,
+        detail: str | None,
+        abiquo_state: str | None = None,
+        expect: DeliveryState | None = None,
+        attempted: bool = True,
+    ) -> TaskRecord | None:
+        """Move a decided task's delivery to `state`; return the task, or None if nothing changed.
+
+        With `expect`, only a task whose delivery is in that state changes (for example
+        `expect=QUEUED`, so a delivery job that runs twice records its outcome once). Pending tasks
+        never change: they have nothing to deliver. `attempted` counts one more POST to Abiquo;
+        pass False for changes that are not an attempt (requeueing a failed delivery by hand).
+        `abiquo_state`, when given, records the task state Abiquo reported.
+        """
+        conditions = [tasks.c.task_id == task_id, tasks.c.delivery.is_not(None)]
+        if expect is not None:
+            conditions.append(tasks.c.delivery == expect)
+        values: dict[str, Any] = {"delivery": state, "delivery_detail": detail}
+        if attempted:
+            values["delivery_attempts"] = tasks.c.delivery_attempts + 1
+        if abiquo_state is not None:
+            values["abiquo_state"] = abiquo_state
+        if state is DeliveryState.DELIVERED:
+            values["delivered_at"] = self._clock()
+        result = await self._execute(update(tasks).where(*conditions).values(values).returning(*tasks.c))
+        row = result.mappings().one_or_none()
+        return None if row is None else TaskRecord.from_row(row)
+
+    async def save_triage(
+        self,
+        request_id: str,
+        details: Mapping[str, Any] | None,
+        approvers: Sequence[str],
+        vm_names: Mapping[str, str],
+        *,
+        error: str | None = None,
+    ) -> RequestRecord | None:
+        """Record what triage learned: the enriched snapshot, the approvers, each task's VM name.
+
+        `error` says what triage could not find out (the request still goes ahead with what it has).
+        Running it again overwrites the earlier result. Returns None for an unknown request.
+        """
+        result = await self._execute(
+            update(requests)
+            .where(requests.c.id == request_id)
+            .values(
+                details=None if details is None else dict(details),
+                approvers=list(approvers),
+                triaged_at=self._clock(),
+                triage_error=error,
+            )
+            .returning(*requests.c)
+        )
+        row = result.mappings().one_or_none()
+        if row is None:
+            return None
+        if vm_names:
+            await self._execute(
+                update(tasks)
+                .where(tasks.c.request_id == request_id, tasks.c.task_id == bindparam("named_task"))
+                .values(vm_name=bindparam("vm_name")),
+                [{"named_task": task_id, "vm_name": name} for task_id, name in vm_names.items()],
+            )
+        return RequestRecord.from_row(row)
+
+    async def enqueue(
+        self,
+        kind: str,
+        payload: Mapping[str, Any],
+        *,
+        run_after: datetime | None = None,
+        dedupe_key: str | None = None,
+        max_attempts: int = queue.DEFAULT_MAX_ATTEMPTS,
+    ) -> int | None:
+        """Add a job, due at `run_after` (now if None); return its id.
+
+        With `dedupe_key`, a second job with the same key is not added and None is returned: "enqueue
+        once" (the key stays taken after the job is done). `payload` must be JSON-serialisable.
+        Workers are woken after this transaction commits.
+        """
+        with translated_errors(self._url):
+            job_id = await queue.enqueue(
+                self._conn,
+                self._clock(),
+                kind,
+                payload,
+                run_after=run_after,
+                dedupe_key=dedupe_key,
+                max_attempts=max_attempts,
+            )
+        self.enqueued = self.enqueued or job_id is not None
+        return job_id
+
+    async def requeue(self, job_id: int) -> bool:
+        """Give a dead job a fresh set of attempts, due now (`tasks retry`). False if it is not dead."""
+        with translated_errors(self._url):
+            requeued = await queue.requeue(self._conn, self._clock(), job_id)
+        self.enqueued = self.enqueued or requeued
+        return requeued
+
+    async def audit(
+        self,
+        action: str,
+        *,
+        actor: str | None = None,
+        channel: Channel | None = None,
+        request_id: str | None = None,
+        task_id: str | None = None,
+        detail: str | None = None,
+    ) -> int:
+        """Append one line to the audit log and return its id. Lines are never changed or removed."""
+        result = await self._execute(
+            insert(audit)
+            .values(
+                at=self._clock(),
+                request_id=request_id,
+                task_id=task_id,
+                actor=actor,
+                action=action,
+                channel=channel,
+                detail=detail,
+            )
+            .returning(audit.c.id)
+        )
+        return int(result.scalar_one())
+
+    async def add_notification(
+        self, request_id: str, *, kind: str, recipient: str, task_ids: Sequence[str] | None = None
+    ) -> int:
+        """Record an email to send (status queued) and return its id."""
+        result = await self._execute(
+            insert(notifications)
+            .values(
+                request_id=request_id,
+                task_ids=None if task_ids is None else list(task_ids),
+                kind=kind,
+                recipient=recipient,
+                status=NotificationStatus.QUEUED,
+                attempts=0,
+                created_at=self._clock(),
+            )
+            .returning(notifications.c.id)
+        )
+        return int(result.scalar_one())
+
+    async def set_notification(
+        self, notification_id: int, status: NotificationStatus, *, error: str | None = None
+    ) -> NotificationRecord | None:
+        """Record one attempt to send: `sent`, `failed` for good, or still `queued` after a passing error.
+
+        Each call counts one attempt. `error` becomes the last error (kept when None).
+        """
+        values: dict[str, Any] = {"status": status, "attempts": notifications.c.attempts + 1}
+        if error is not None:
+            values["last_error"] = error
+        if status is NotificationStatus.SENT:
+            values["sent_at"] = self._clock()
+        result = await self._execute(
+            update(notifications)
+            .where(notifications.c.id == notification_id)
+            .values(values)
+            .returning(*notifications.c)
+        )
+        row = result.mappings().one_or_none()
+        return None if row is None else NotificationRecord.from_row(row)
+
+
+class Store:
+    """The connector's state, on SQLite (one instance) or PostgreSQL (several).
+
+    Open it with `await Store.open(url)` (or `async with await Store.open(url) as store:`) and close it
+    with `await store.close()`. Every method is a coroutine and returns frozen records.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, url: str, clock: Clock) -> None:
+        """Use `Store.open`, which also migrates, checks the schema and starts the job listener."""
+        self._engine = engine
+        self._url = url
+        self._clock = clock
+        #: Set after the COMMIT of any transaction that enqueued a job (and, on PostgreSQL, on NOTIFY).
+        self.wakeup = queue.Wakeup()
+        self._listener: queue.JobListener | None = None
+
+    @classmethod
+    async def open(cls, url: str, *, migrate: bool = True, clock: Clock = utc_now) -> Store:
+        """Connect to the database at `url` (`sqlite:///path` or `postgresql://…`).
+
+        Parameters
+        ----------
+        migrate:
+            Upgrade the schema first (the default, right for a single instance). Replicas sharing a
+            PostgreSQL database pass False and run `abiquo-workflow migrate` once per release.
+        clock:
+            Where "now" comes from; tests pass a clock they can move.
+
+        Raises StoreError when the database is unreachable or its schema is not this version's.
+        """
+        parse_url(url)
+        if migrate:
+            await asyncio.to_thread(schema.migrate, url)
+        store = cls(create_async_store_engine(url), url=url, clock=clock)
+        try:
+            await store._check_schema()
+            if store.dialect == "postgresql":
+                listener = queue.JobListener(libpq_conninfo(url), store.wakeup)
+                with translated_errors(url, connecting=True):
+                    await listener.start()
+                store._listener = listener
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        """Stop listening for jobs and close every connection. Safe to call twice."""
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
+        await self._engine.dispose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<Store {display_url(self._url)}>"
+
+    @property
+    def dialect(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return self._engine.dialect.name
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, *, read_only: bool) -> AsyncIterator[AsyncConnection]:
+        """One connection in one transaction: committed if the block ends normally, else rolled back."""
+        with translated_errors(self._url, connecting=True):
+            conn = await self._engine.connect()
+        try:
+            with translated_errors(self._url):
+                if read_only:
+                    await conn.execution_options(**{READ_ONLY_OPTION: True})
+                async with conn.begin():
+                    yield conn
+        finally:
+            await conn.close()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[UnitOfWork]:
+        """A unit of work: one transaction (on SQLite, `BEGIN IMMEDIATE`) for the writes made through it.
+
+        Commits when the block ends normally; rolls everything back if it raises. Workers are woken
+        after the COMMIT when the block enqueued a job, never before and never after a rollback.
+
+        Keep the block short and free of network I/O (Abiquo, SMTP): on SQLite it holds the one write
+        lock, and other writers give up after `SQLITE_BUSY_TIMEOUT_MS`. For the same reason, never open
+        a second transaction inside the block; the store's reads outside it are fine.
+        """
+        async with self._connection(read_only=False) as conn:
+            work = UnitOfWork(conn, url=self._url, clock=self._clock)
+            yield work
+        if work.enqueued:
+            self.wakeup.set()
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[Reader]:
+        async with self._connection(read_only=True) as conn:
+            yield Reader(conn, url=self._url, clock=self._clock)
+
+    async def _check_schema(self) -> None:
+        head, known = await asyncio.to_thread(lambda: (schema.head_revision(), schema.known_revisions()))
+        async with self._connection(read_only=True) as conn:
+            current = await conn.run_sync(schema.current_revision)
+        if current is not None and current not in known:
+            raise StoreError(schema_too_new(self._url))
+        if current != head:
+            raise StoreError(schema_too_old(self._url))
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the database answers a trivial query (for readiness checks)."""
+        async with self._reading() as reader:
+            await reader._execute(text("SELECT 1"))
+
+    # --- Reads, each in its own short read transaction -------------------------------------------------
+
+    async def get_request(self, request_id: str) -> RequestRecord | None:
+        async with self._reading() as reader:
+            return await reader.get_request(request_id)
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        async with self._reading() as reader:
+            return await reader.get_task(task_id)
+
+    async def get_tasks(self, task_ids: Iterable[str]) -> list[TaskRecord]:
+        """The known tasks among `task_ids`, in the order asked; unknown ids are left out."""
+        async with self._reading() as reader:
+            return await reader.get_tasks(task_ids)
+
+    async def tasks_of_request(self, request_id: str) -> list[TaskRecord]:
+        """A request's tasks in the order Abiquo sent them."""
+        async with self._reading() as reader:
+            return await reader.tasks_of_request(request_id)
+
+    async def list_tasks(
+        self,
+        *,
+        decision: DecisionState | None = None,
+        delivery: DeliveryState | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TaskRecord]:
+        """Tasks, newest first, optionally only those in one decision and/or delivery state."""
+        async with self._reading() as reader:
+            return await reader.list_tasks(decision=decision, delivery=delivery, limit=limit, offset=offset)
+
+    async def get_job(self, job_id: int) -> JobRecord | None:
+        async with self._reading() as reader:
+            return await reader.get_job(job_id)
+
+    async def list_jobs(
+        self, *, status: JobStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[JobRecord]:
+        """Jobs in the order they were enqueued, optionally only those in one status."""
+        async with self._reading() as reader:
+            return await reader.list_jobs(status=status, limit=limit, offset=offset)
+
+    async def audit_log(
+        self, *, task_id: str | None = None, request_id: str | None = None
+    ) -> list[AuditRecord]:
+        """Audit lines in the order they were written, about one task and/or one request if given."""
+        async with self._reading() as reader:
+            return await reader.audit_log(task_id=task_id, request_id=request_id)
+
+    async def notifications(self, request_id: str) -> list[NotificationRecord]:
+        """A request's notifications in the order they were added."""
+        async with self._reading() as reader:
+            return await reader.notifications(request_id)
+
+    # --- The job queue (see queue.py for the guarantees and failure modes) -----------------------------
+
+    async def claim(
+        self, worker_id: str, *, limit: int, lease: float, kinds: Sequence[str] | None = None
+    ) -> list[JobRecord]:
+        """Claim up to `limit` due jobs for `worker_id`, oldest first, each for `lease` seconds.
+
+        Due means queued with `run_after` now or earlier, or running under a lease that ran out (its
+        worker stopped). Claimed jobs are `running`, locked by `worker_id`, with one more attempt
+        counted. No job is given to two workers. Only jobs of `kinds` are claimed, if given.
+        """
+        async with self._connection(read_only=False) as conn:
+            return await queue.claim(conn, self._clock(), worker_id, limit=limit, lease=lease, kinds=kinds)
+
+    async def complete(self, job_id: int, worker_id: str) -> bool:
+        """Mark a claimed job done. False if `worker_id` no longer holds it (its lease was taken over)."""
+        async with self._connection(read_only=False) as conn:
+            return await queue.complete(conn, self._clock(), job_id, worker_id)
+
+    async def retry(self, job_id: int, worker_id: str, *, error: str, run_after: datetime) -> bool:
+        """Put a claimed job back in the queue, due at `run_after`, noting `error`. False if not held.
+
+        Bury it instead when `job.exhausted` (this was its last attempt).
+        """
+        async with self._connection(read_only=False) as conn:
+            return await queue.retry(conn, self._clock(), job_id, worker_id, error=error, run_after=run_after)
+
+    async def bury(self, job_id: int, worker_id: str, *, error: str) -> bool:
+        """Mark a claimed job dead (no more attempts), noting `error`. False if not held."""
+        async with self._connection(read_only=False) as conn:
+            return await queue.bury(conn, self._clock(), job_id, worker_id, error=error)
+
+    async def extend_lease(self, job_id: int, worker_id: str, lease: float) -> bool:
+        """Keep a long job: its lease now ends `lease` seconds from now. False if not held any more."""
+        async with self._connection(read_only=False) as conn:
+            return await queue.extend_lease(conn, self._clock(), job_id, worker_id, lease)
+
+    async def requeue(self, job_id: int) -> bool:
+        """Give a dead job a fresh set of attempts, due now. False if it is not dead."""
+        async with self.transaction() as work:
+            return await work.requeue(job_id)
+
+    async def wait_for_jobs(self, timeout: float) -> bool:  # noqa: ASYNC109 (see Wakeup.wait)
+        """Wait until a job may be due (see `wakeup`) or `timeout` seconds pass; True if woken."""
+        return await self.wakeup.wait(timeout)

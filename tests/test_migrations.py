@@ -1,0 +1,110 @@
+"""Migrations: the schema Alembic builds is the schema `tables.py` describes, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+
+from abiquo_workflow.exceptions import StoreError
+from abiquo_workflow.store import Store, migrate
+from abiquo_workflow.store.engine import create_sync_engine
+from abiquo_workflow.store.schema import alembic_config, current_revision, head_revision
+from abiquo_workflow.store.tables import metadata
+
+
+def schema_differences(url: str) -> list[object]:
+    engine = create_sync_engine(url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            return list(compare_metadata(context, metadata))
+    finally:
+        engine.dispose()
+
+
+def revision_of(url: str) -> str | None:
+    engine = create_sync_engine(url)
+    try:
+        with engine.connect() as connection:
+            return current_revision(connection)
+    finally:
+        engine.dispose()
+
+
+def table_names(url: str) -> set[str]:
+    engine = create_sync_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_upgrading_an_empty_database_builds_exactly_the_tables_of_the_code(database_url: str) -> None:
+    migrate(database_url)
+
+    assert schema_differences(database_url) == []
+
+
+def test_an_upgraded_database_is_at_the_head_revision(database_url: str) -> None:
+    migrate(database_url)
+
+    assert revision_of(database_url) == head_revision()
+
+
+def test_migrating_twice_changes_nothing(database_url: str) -> None:
+    migrate(database_url)
+    migrate(database_url)
+
+    assert revision_of(database_url) == head_revision()
+    assert schema_differences(database_url) == []
+
+
+def test_downgrading_to_base_removes_every_table(database_url: str) -> None:
+    migrate(database_url)
+
+    with alembic_config(database_url) as config:
+        command.downgrade(config, "base")
+
+    assert table_names(database_url) <= {"alembic_version"}
+    assert revision_of(database_url) is None
+
+
+def test_a_database_migrated_by_a_newer_version_is_refused(database_url: str) -> None:
+    migrate(database_url)
+    engine = create_sync_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    engine.dispose()
+
+    with pytest.raises(StoreError, match=r"newer than this version of abiquo-workflow"):
+        migrate(database_url)
+
+
+async def test_opening_a_database_migrated_by_a_newer_version_is_refused(database_url: str) -> None:
+    migrate(database_url)
+    engine = create_sync_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    engine.dispose()
+
+    with pytest.raises(StoreError, match=r"newer than this version of abiquo-workflow"):
+        await Store.open(database_url, migrate=False)
+
+
+async def test_a_migrated_database_opens_without_migrating(database_url: str) -> None:
+    migrate(database_url)
+
+    async with await Store.open(database_url, migrate=False) as store:
+        assert await store.list_jobs() == []
+
+
+def test_migrating_an_unreachable_database_is_reported_in_a_sentence() -> None:
+    url = "postgresql://postgres@127.0.0.1:1/test"  # nothing listens on port 1
+
+    with pytest.raises(StoreError, match=re.escape(f"the database at {url} is not reachable")):
+        migrate(url)

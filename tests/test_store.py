@@ -1,0 +1,487 @@
+"""The store: requests and tasks as received, atomic decisions, delivery, triage, notifications, audit.
+
+Every test runs on SQLite and on PostgreSQL (the `database_url` fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from abiquo_workflow.domain import (
+    Callback,
+    Channel,
+    DecidedBy,
+    DecisionState,
+    DeliveryState,
+    HeldTask,
+    PayloadFormat,
+)
+from abiquo_workflow.exceptions import AbiquoWorkflowError, StoreError
+from abiquo_workflow.store import NotificationStatus, Store, UnitOfWork
+
+VM_HREF = "cloud/virtualdatacenters/1/virtualappliances/1/virtualmachines/{}"
+
+
+def held(task_id: str, *, vm: int = 1, user_id: str = "20") -> HeldTask:
+    return HeldTask(
+        task_id=task_id,
+        task_type="DEPLOY",
+        user_id=user_id,
+        owner_id="2",
+        state="QUEUEING",
+        continue_href=f"{VM_HREF.format(vm)}/tasks/{task_id}/action/continue",
+        cancel_href=f"{VM_HREF.format(vm)}/tasks/{task_id}/action/cancel",
+        target_href=VM_HREF.format(vm),
+        user_href=f"admin/enterprises/2/users/{user_id}",
+        self_href=f"{VM_HREF.format(vm)}/tasks/{task_id}",
+    )
+
+
+async def receive(store: Store, *tasks: HeldTask) -> tuple[str, list[str]]:
+    """Store one callback with these tasks, as the approvals layer does; return (request id, inserted)."""
+    callback = Callback(tasks=tasks, format=PayloadFormat.XML)
+    async with store.transaction() as work:
+        request_id = await work.insert_request(
+            callback, body="<tasks/>", content_type="application/xml", source="10.0.0.5"
+        )
+        inserted = await work.insert_tasks(request_id, tasks)
+    return request_id, inserted
+
+
+async def decide(
+    store: Store, task_ids: list[str], state: DecisionState, actor: str = "alice.smith@acme.example"
+) -> list[str]:
+    async with store.transaction() as work:
+        changed = await work.decide(
+            task_ids, state, decided_by=DecidedBy.APPROVER, actor=actor, reason=None, channel=Channel.WEB
+        )
+    return [task.task_id for task in changed]
+
+
+# --- requests and tasks as received --------------------------------------------------------------------
+
+
+async def test_a_request_is_stored_as_received_with_the_first_tasks_user_as_requester(store: Store) -> None:
+    request_id, _ = await receive(store, held("t1", user_id="20"), held("t2", user_id="21"))
+
+    request = await store.get_request(request_id)
+
+    assert request is not None
+    assert (request.format, request.single_root, request.body) == (PayloadFormat.XML, False, "<tasks/>")
+    assert (request.content_type, request.source) == ("application/xml", "10.0.0.5")
+    assert (request.requester_id, request.requester_href) == ("20", "admin/enterprises/2/users/20")
+    assert (request.details, request.approvers, request.triaged_at) == (None, None, None)
+
+
+async def test_a_requests_tasks_come_back_in_the_order_abiquo_sent_them(store: Store) -> None:
+    request_id, inserted = await receive(store, held("c", vm=3), held("a", vm=1), held("b", vm=2))
+
+    tasks = await store.tasks_of_request(request_id)
+
+    assert inserted == ["c", "a", "b"]
+    assert [task.task_id for task in tasks] == ["c", "a", "b"]
+    assert tasks[0].continue_href == f"{VM_HREF.format(3)}/tasks/c/action/continue"
+    assert all(task.decision is DecisionState.PENDING and task.delivery is None for task in tasks)
+
+
+async def test_the_same_task_id_arriving_twice_is_stored_once(store: Store) -> None:
+    first_request, _ = await receive(store, held("t1"))
+    await decide(store, ["t1"], DecisionState.ACCEPTED)
+
+    second_request, inserted = await receive(store, held("t1"), held("t2"))
+
+    task = await store.get_task("t1")
+    assert inserted == ["t2"]
+    assert task is not None
+    assert (task.request_id, task.decision) == (first_request, DecisionState.ACCEPTED)
+    assert [t.task_id for t in await store.tasks_of_request(second_request)] == ["t2"]
+
+
+async def test_a_task_repeated_within_one_callback_is_stored_once(store: Store) -> None:
+    request_id, inserted = await receive(store, held("t1"), held("t1"))
+
+    assert inserted == ["t1"]
+    assert len(await store.tasks_of_request(request_id)) == 1
+
+
+async def test_unknown_task_ids_are_left_out_of_reads(store: Store) -> None:
+    await receive(store, held("t1"), held("t2"))
+
+    assert [task.task_id for task in await store.get_tasks(["t2", "nope", "t1"])] == ["t2", "t1"]
+    assert await store.get_task("nope") is None
+    assert await store.get_request("00000000-0000-0000-0000-000000000000") is None
+
+
+async def test_list_tasks_filters_by_decision_and_delivery(store: Store) -> None:
+    await receive(store, held("t1"), held("t2"), held("t3"))
+    await decide(store, ["t1"], DecisionState.ACCEPTED)
+    await decide(store, ["t2"], DecisionState.DECLINED)
+
+    pending = await store.list_tasks(decision=DecisionState.PENDING)
+    queued = await store.list_tasks(delivery=DeliveryState.QUEUED)
+
+    assert [task.task_id for task in pending] == ["t3"]
+    assert sorted(task.task_id for task in queued) == ["t1", "t2"]
+
+
+# --- decisions -----------------------------------------------------------------------------------------
+
+
+async def test_decide_records_who_how_and_why_and_queues_the_delivery(store: Store) -> None:
+    await receive(store, held("t1"))
+
+    async with store.transaction() as work:
+        [task] = await work.decide(
+            ["t1"],
+            DecisionState.DECLINED,
+            decided_by=DecidedBy.POLICY,
+            actor="when_no_approver",
+            reason="no approver has an email address",
+            channel=Channel.POLICY,
+        )
+
+    assert (task.decision, task.decided_by, task.actor) == (
+        DecisionState.DECLINED,
+        DecidedBy.POLICY,
+        "when_no_approver",
+    )
+    assert (task.reason, task.channel, task.delivery) == (
+        "no approver has an email address",
+        Channel.POLICY,
+        DeliveryState.QUEUED,
+    )
+    assert task.decided_at is not None
+    assert await store.get_task("t1") == task
+
+
+async def test_decide_changes_pending_tasks_only_and_returns_only_what_it_changed(store: Store) -> None:
+    await receive(store, held("t1"), held("t2"))
+    await decide(store, ["t1"], DecisionState.ACCEPTED, actor="alice.smith@acme.example")
+
+    changed = await decide(
+        store, ["t1", "t2", "unknown"], DecisionState.DECLINED, actor="bob.jones@acme.example"
+    )
+
+    t1 = await store.get_task("t1")
+    assert changed == ["t2"]
+    assert t1 is not None
+    assert (t1.decision, t1.actor) == (DecisionState.ACCEPTED, "alice.smith@acme.example")
+
+
+async def test_deciding_an_already_decided_task_again_changes_nothing(store: Store) -> None:
+    await receive(store, held("t1"))
+    await decide(store, ["t1"], DecisionState.ACCEPTED)
+    before = await store.get_task("t1")
+
+    assert await decide(store, ["t1"], DecisionState.ACCEPTED) == []
+    assert await store.get_task("t1") == before
+
+
+async def test_an_external_decision_can_skip_delivery(store: Store) -> None:
+    await receive(store, held("t1"))
+
+    async with store.transaction() as work:
+        [task] = await work.decide(
+            ["t1"],
+            DecisionState.DECLINED,
+            decided_by=DecidedBy.EXTERNAL,
+            actor="abiquo",
+            reason="cancelled in Abiquo",
+            channel=Channel.ABIQUO,
+            delivery=DeliveryState.SUPERSEDED,
+        )
+
+    assert task.delivery is DeliveryState.SUPERSEDED
+
+
+async def test_pending_is_not_a_decision(store: Store) -> None:
+    await receive(store, held("t1"))
+
+    with pytest.raises(ValueError, match="not pending"):
+        async with store.transaction() as work:
+            await work.decide(
+                ["t1"],
+                DecisionState.PENDING,
+                decided_by=DecidedBy.APPROVER,
+                actor="x",
+                reason=None,
+                channel=Channel.WEB,
+            )
+
+
+async def test_twenty_concurrent_decisions_on_one_task_yield_exactly_one(store: Store) -> None:
+    await receive(store, held("t1"))
+
+    async def attempt(n: int) -> tuple[DecisionState, list[str]]:
+        state = DecisionState.ACCEPTED if n % 2 else DecisionState.DECLINED
+        return state, await decide(store, ["t1"], state, actor=f"approver{n}@acme.example")
+
+    results = await asyncio.gather(*(attempt(n) for n in range(20)))
+
+    winners = [state for state, changed in results if changed]
+    task = await store.get_task("t1")
+    assert len(winners) == 1
+    assert task is not None
+    assert task.decision is winners[0]
+
+
+async def test_a_decision_and_its_job_roll_back_together_when_the_block_raises(store: Store) -> None:
+    await receive(store, held("t1"))
+
+    with pytest.raises(RuntimeError, match="mail relay exploded"):
+        async with store.transaction() as work:
+            await work.decide(
+                ["t1"],
+                DecisionState.ACCEPTED,
+                decided_by=DecidedBy.APPROVER,
+                actor="a",
+                reason=None,
+                channel=Channel.WEB,
+            )
+            await work.enqueue("deliver", {"task_id": "t1"})
+            await work.audit("decided", task_id="t1")
+            raise RuntimeError("mail relay exploded")
+
+    task = await store.get_task("t1")
+    assert task is not None
+    assert (task.decision, task.delivery) == (DecisionState.PENDING, None)
+    assert await store.list_jobs() == []
+    assert await store.audit_log(task_id="t1") == []
+
+
+# --- delivery ------------------------------------------------------------------------------------------
+
+
+async def test_set_delivery_with_expect_changes_the_task_once(store: Store) -> None:
+    await receive(store, held("t1"))
+    await decide(store, ["t1"], DecisionState.ACCEPTED)
+
+    async with store.transaction() as work:
+        first = await work.set_delivery(
+            "t1", DeliveryState.DELIVERED, detail="Abiquo answered 204", expect=DeliveryState.QUEUED
+        )
+        second = await work.set_delivery(
+            "t1", DeliveryState.SUPERSEDED, detail="TASK-2", expect=DeliveryState.QUEUED
+        )
+
+    assert first is not None
+    assert second is None
+    assert (first.delivery, first.delivery_detail, first.delivery_attempts) == (
+        DeliveryState.DELIVERED,
+        "Abiquo answered 204",
+        1,
+    )
+    assert first.delivered_at is not None
+
+
+async def test_set_delivery_records_what_abiquo_reported(store: Store) -> None:
+    await receive(store, held("t1"))
+    await decide(store, ["t1"], DecisionState.DECLINED)
+
+    async with store.transaction() as work:
+        task = await work.set_delivery(
+            "t1",
+            DeliveryState.SUPERSEDED,
+            detail="TASK-2: the task is not held",
+            abiquo_state="FINISHED_SUCCESSFULLY",
+        )
+
+    assert task is not None
+    assert (task.delivery, task.abiquo_state, task.delivered_at) == (
+        DeliveryState.SUPERSEDED,
+        "FINISHED_SUCCESSFULLY",
+        None,
+    )
+
+
+async def test_requeueing_a_failed_delivery_by_hand_is_not_counted_as_an_attempt(store: Store) -> None:
+    await receive(store, held("t1"))
+    await decide(store, ["t1"], DecisionState.ACCEPTED)
+    async with store.transaction() as work:
+        await work.set_delivery("t1", DeliveryState.FAILED, detail="Abiquo unreachable")
+
+    async with store.transaction() as work:
+        task = await work.set_delivery(
+            "t1",
+            DeliveryState.QUEUED,
+            detail="retried by admin",
+            expect=DeliveryState.FAILED,
+            attempted=False,
+        )
+
+    assert task is not None
+    assert (task.delivery, task.delivery_attempts) == (DeliveryState.QUEUED, 1)
+
+
+async def test_a_pending_task_gets_no_delivery_state(store: Store) -> None:
+    await receive(store, held("t1"))
+
+    async with store.transaction() as work:
+        assert await work.set_delivery("t1", DeliveryState.DELIVERED, detail="?") is None
+
+    task = await store.get_task("t1")
+    assert task is not None
+    assert task.delivery is None
+
+
+# --- triage, notifications, audit ---------------------------------------------------------------------
+
+
+async def test_save_triage_keeps_details_approvers_and_vm_names(store: Store) -> None:
+    request_id, _ = await receive(store, held("t1", vm=1), held("t2", vm=2))
+    details = {"requester": {"nick": "jdoe"}, "vms": [{"name": 'db <primary> & "co"'}]}
+
+    async with store.transaction() as work:
+        saved = await work.save_triage(
+            request_id,
+            details,
+            ["alice.smith@acme.example", "zoe.zimmermann@acme.example"],
+            {"t1": "web-01", "t2": 'db <primary> & "co"'},
+            error="VM 3 could not be read",
+        )
+
+    request = await store.get_request(request_id)
+    assert saved == request
+    assert request is not None
+    assert request.details == details
+    assert request.approvers == ("alice.smith@acme.example", "zoe.zimmermann@acme.example")
+    assert (request.triage_error, request.triaged_at is not None) == ("VM 3 could not be read", True)
+    assert [task.vm_name for task in await store.tasks_of_request(request_id)] == [
+        "web-01",
+        'db <primary> & "co"',
+    ]
+
+
+async def test_a_notification_records_each_send_attempt(store: Store) -> None:
+    request_id, _ = await receive(store, held("t1"), held("t2"))
+    async with store.transaction() as work:
+        notification_id = await work.add_notification(
+            request_id, kind="approval", recipient="alice.smith@acme.example", task_ids=["t1", "t2"]
+        )
+
+    async with store.transaction() as work:
+        await work.set_notification(notification_id, NotificationStatus.QUEUED, error="451 try again later")
+    async with store.transaction() as work:
+        await work.set_notification(notification_id, NotificationStatus.SENT)
+
+    [notification] = await store.notifications(request_id)
+    assert notification.id == notification_id
+    assert (notification.kind, notification.recipient, notification.task_ids) == (
+        "approval",
+        "alice.smith@acme.example",
+        ("t1", "t2"),
+    )
+    assert (notification.status, notification.attempts, notification.last_error) == (
+        NotificationStatus.SENT,
+        2,
+        "451 try again later",
+    )
+    assert notification.sent_at is not None
+
+
+async def test_audit_lines_come_back_in_the_order_they_were_written(store: Store) -> None:
+    request_id, _ = await receive(store, held("t1"), held("t2"))
+    actions = ["received", "triaged", "emailed", "decided", "delivered"]
+    for action in actions:
+        async with store.transaction() as work:
+            await work.audit(
+                action, actor="system", channel=Channel.SYSTEM, request_id=request_id, task_id="t1"
+            )
+    async with store.transaction() as work:
+        await work.audit("decided", actor="bob", channel=Channel.EMAIL, request_id=request_id, task_id="t2")
+
+    about_t1 = await store.audit_log(task_id="t1")
+    about_request = await store.audit_log(request_id=request_id)
+
+    assert [line.action for line in about_t1] == actions
+    assert [line.task_id for line in about_request] == ["t1"] * 5 + ["t2"]
+    assert [line.id for line in about_request] == sorted(line.id for line in about_request)
+
+
+def test_the_audit_log_can_only_be_appended_to_and_read() -> None:
+    def audit_methods(cls: type) -> set[str]:
+        return {name for name, _ in inspect.getmembers(cls, inspect.isfunction) if "audit" in name}
+
+    assert audit_methods(UnitOfWork) == {"audit", "audit_log"}
+    assert audit_methods(Store) == {"audit_log"}
+
+
+# --- time ----------------------------------------------------------------------------------------------
+
+
+async def test_datetimes_come_back_timezone_aware_in_utc(store: Store) -> None:
+    request_id, _ = await receive(store, held("t1"))
+    await decide(store, ["t1"], DecisionState.ACCEPTED)
+    in_zurich = datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=timezone(timedelta(hours=1)))
+    async with store.transaction() as work:
+        job_id = await work.enqueue("remind", {}, run_after=in_zurich)
+    assert job_id is not None
+
+    request = await store.get_request(request_id)
+    task = await store.get_task("t1")
+    job = await store.get_job(job_id)
+
+    assert request is not None and task is not None and job is not None
+    for moment in (request.received_at, task.created_at, task.decided_at, job.created_at, job.run_after):
+        assert moment is not None
+        assert moment.utcoffset() == timedelta(0)
+    assert job.run_after == in_zurich
+    assert job.run_after.tzinfo is UTC
+
+
+async def test_a_naive_datetime_is_refused(store: Store) -> None:
+    with pytest.raises(StoreError, match="naive datetime"):
+        async with store.transaction() as work:
+            await work.enqueue("remind", {}, run_after=datetime(2026, 3, 1, 9, 30))
+
+
+# --- errors at the boundary ----------------------------------------------------------------------------
+
+
+async def test_a_database_never_migrated_asks_for_migrate(database_url: str) -> None:
+    with pytest.raises(StoreError, match=r"older than this version.*run `abiquo-workflow migrate`"):
+        await Store.open(database_url, migrate=False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:////nonexistent-directory/abiquo-workflow.db",  # a folder that does not exist
+        "postgresql://postgres@127.0.0.1:1/test",  # nothing listens on port 1
+    ],
+)
+async def test_an_unreachable_database_is_reported_in_a_sentence(url: str) -> None:
+    with pytest.raises(StoreError, match="is not reachable") as raised:
+        await Store.open(url)
+
+    assert isinstance(raised.value, AbiquoWorkflowError)
+    assert raised.value.__cause__ is not None
+
+
+async def test_a_password_never_appears_in_errors() -> None:
+    with pytest.raises(StoreError) as raised:
+        await Store.open("postgresql://awf:s3cret-pw@127.0.0.1:1/test")
+
+    assert "s3cret-pw" not in str(raised.value)
+    assert "***" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://root@localhost/awf", "unsupported database URL scheme 'mysql'"),
+        ("sqlite://", "in-memory SQLite database cannot be shared"),
+        ("not a url", "is not a database URL"),
+    ],
+)
+async def test_an_unusable_url_is_refused_in_a_sentence(url: str, message: str) -> None:
+    with pytest.raises(StoreError, match=message):
+        await Store.open(url)
+
+
+async def test_ping_answers_on_a_live_database(store: Store) -> None:
+    await store.ping()
