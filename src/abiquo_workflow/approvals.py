@@ -1,0 +1,542 @@
+"""The use cases of the approval loop, composed from the store, the Abiquo client, the mailer and the links.
+
+    receive   callback → request + tasks + a triage job, in one transaction (then 200 at once)
+    triage    job: enrich, apply the policy → automatic decision, or one approval email job per approver
+    decide    a person (or the policy) decides → conditional pending→accepted|declined + a delivery job
+    deliver   job: POST continue|cancel to Abiquo → delivered | superseded; retried until it gets through
+    notify    job: once every task of a request has settled, one email to the requester
+
+Each state change is written in the same transaction as the job that acts on it (the outbox), so a
+crash at any point loses nothing: the job is still queued, or its lease runs out and another run takes
+it up. Each job is safe to run twice: every transition is conditional, and Abiquo answers a repeated
+continue with TASK-2, which `deliver` recognises as "already done" when the task shows our decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import formataddr
+from typing import Any
+
+import structlog
+from pydantic import TypeAdapter
+
+from abiquo_workflow import metrics
+from abiquo_workflow.abiquo.client import AbiquoClient
+from abiquo_workflow.config import Settings
+from abiquo_workflow.domain import (
+    AbiquoTaskState,
+    Action,
+    Callback,
+    Channel,
+    DecidedBy,
+    DecisionState,
+    DeliveryOutcome,
+    DeliveryResult,
+    DeliveryState,
+    HeldTask,
+    RequestDetails,
+    User,
+)
+from abiquo_workflow.enrichment import enrich
+from abiquo_workflow.exceptions import AbiquoError, MailError
+from abiquo_workflow.links import LinkSigner
+from abiquo_workflow.mail.model import ActionLinks, ApprovalRequest, OutcomeNotice, TaskResult
+from abiquo_workflow.mail.render import render_approval, render_outcome
+from abiquo_workflow.mail.send import Mailer
+from abiquo_workflow.policy import AskApprovers, AutoDecision, evaluate, is_gated, ungated_decision
+from abiquo_workflow.store import Store
+from abiquo_workflow.store.records import JobRecord, NotificationStatus, TaskRecord
+from abiquo_workflow.store.store import UnitOfWork
+
+log = structlog.stdlib.get_logger(__name__)
+
+TRIAGE = "triage"
+SEND_APPROVAL = "send_approval"
+DELIVER = "deliver"
+NOTIFY_REQUESTER = "notify_requester"
+
+_details_json = TypeAdapter(RequestDetails)
+_user_json = TypeAdapter(User)
+
+#: Task states that show Abiquo went ahead with a task (after a continue), and that it dropped it.
+_CONTINUED_STATES = frozenset({"PENDING", "STARTED", "FINISHED_SUCCESSFULLY", "FINISHED_UNSUCCESSFULLY"})
+_CANCELLED_STATES = frozenset({"CANCELLED", "ABORTED"})
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What a callback added: a request with its new tasks, or nothing when every task was known."""
+
+    request_id: str | None
+    new_task_ids: tuple[str, ...]
+    known_task_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """The result of a decision on some tasks: those this call decided, those decided before, unknown ids."""
+
+    decided: tuple[TaskRecord, ...]
+    already: tuple[TaskRecord, ...]
+    unknown: tuple[str, ...]
+
+
+def held_task(task: TaskRecord) -> HeldTask:
+    """The parts of a stored task the Abiquo client needs to continue or cancel it."""
+    return HeldTask(
+        task_id=task.task_id,
+        task_type=task.task_type,
+        user_id=task.user_id,
+        owner_id=task.owner_id,
+        state=task.state,
+        continue_href=task.continue_href,
+        cancel_href=task.cancel_href,
+        target_href=task.target_href,
+        user_href=task.user_href,
+        self_href=task.self_href,
+    )
+
+
+def approver_address(user: User) -> str:
+    """`Alice Smith <alice@acme.example>`: whom an action link speaks for; who decided, in the audit log."""
+    name = f"{user.name} {user.surname}".strip() or user.nick
+    return formataddr((name, user.email or ""))
+
+
+def details_from_json(data: Mapping[str, Any] | None) -> RequestDetails | None:
+    return None if data is None else _details_json.validate_python(data)
+
+
+def abiquo_message(task: TaskRecord) -> str:
+    """The text/plain body of a continue or cancel: who decided, and why. Abiquo shows it in its events."""
+    verb = "Accepted" if task.decision is DecisionState.ACCEPTED else "Declined"
+    who = task.actor or "abiquo-workflow"
+    text = f"{verb} by {who} via abiquo-workflow"
+    return f"{text}: {task.reason}" if task.reason else text
+
+
+def matches_decision(task: TaskRecord, now: AbiquoTaskState) -> bool:
+    """True when Abiquo already shows the task as we decided it (our earlier attempt got through)."""
+    if now.gone or now.state is None:
+        return False
+    wanted = _CONTINUED_STATES if task.decision is DecisionState.ACCEPTED else _CANCELLED_STATES
+    return now.state.upper() in wanted
+
+
+class Approvals:
+    """The approval loop's use cases. Built once per process with its dependencies; holds no state."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        abiquo: AbiquoClient,
+        mailer: Mailer,
+        signer: LinkSigner,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.abiquo = abiquo
+        self.mailer = mailer
+        self.signer = signer
+
+    def job_handlers(self) -> Mapping[str, Callable[[JobRecord], Awaitable[None]]]:
+        """What the worker runs for each kind of job."""
+        return {
+            TRIAGE: self.triage,
+            SEND_APPROVAL: self.send_approval,
+            DELIVER: self.deliver,
+            NOTIFY_REQUESTER: self.notify_requester,
+        }
+
+    # --- receive -----------------------------------------------------------------------------------
+
+    async def receive(
+        self, callback: Callback, *, body: bytes, content_type: str | None, source: str | None
+    ) -> Received:
+        """Store a callback and queue its triage, in one transaction. Never calls Abiquo or SMTP.
+
+        A task id already stored (Abiquo sent it again) is not stored twice; a callback made only of
+        known tasks stores nothing at all.
+        """
+        async with self.store.transaction() as tx:
+            known = {task.task_id for task in await tx.get_tasks(t.task_id for t in callback.tasks)}
+            fresh = [task for task in callback.tasks if task.task_id not in known]
+            if not fresh:
+                return Received(None, (), tuple(t.task_id for t in callback.tasks))
+            request_id = await tx.insert_request(
+                dataclasses.replace(callback, tasks=tuple(fresh)),
+                body=body.decode("utf-8", errors="replace"),
+                content_type=content_type,
+                source=source,
+            )
+            inserted = await tx.insert_tasks(request_id, fresh)
+            await tx.enqueue(TRIAGE, {"request_id": request_id}, dedupe_key=f"triage:{request_id}")
+            await tx.audit(
+                "received",
+                channel=Channel.ABIQUO,
+                request_id=request_id,
+                actor=source,
+                detail=f"{len(inserted)} task(s): " + ", ".join(f"{t.task_type} {t.task_id}" for t in fresh),
+            )
+        known_ids = tuple(t.task_id for t in callback.tasks if t.task_id not in inserted)
+        log.info("callback.received", request_id=request_id, tasks=len(inserted), known=len(known_ids))
+        return Received(request_id, tuple(inserted), known_ids)
+
+    # --- triage ------------------------------------------------------------------------------------
+
+    async def triage(self, job: JobRecord) -> None:
+        """Enrich a request through Abiquo, then decide automatically or ask the approvers by email."""
+        request_id = str(job.payload["request_id"])
+        pending = [
+            t for t in await self.store.tasks_of_request(request_id) if t.decision is DecisionState.PENDING
+        ]
+        if not pending:
+            return
+        gated = [t for t in pending if is_gated(t.task_type, self.settings.policy)]
+        enriched = await enrich(self.abiquo, pending, with_users=bool(gated))
+        details = enriched.details
+        verdict = (
+            evaluate(details.requester, enriched.enterprise_users, self.settings.policy) if gated else None
+        )
+        vm_names = {vm.task_id: vm.vm.name for vm in details.vms if vm.vm is not None}
+        approvers = verdict.approvers if isinstance(verdict, AskApprovers) else ()
+        async with self.store.transaction() as tx:
+            await tx.save_triage(
+                request_id,
+                _details_json.dump_python(details, mode="json"),
+                [a.email or "" for a in approvers],
+                vm_names,
+                error="; ".join(enriched.problems) or None,
+            )
+            ungated = [t for t in pending if t not in gated]
+            for task in ungated:
+                await self._decide_automatically(tx, [task.task_id], ungated_decision(task.task_type))
+            if isinstance(verdict, AutoDecision):
+                await self._decide_automatically(tx, [t.task_id for t in gated], verdict)
+            for approver in approvers:
+                await self._queue_approval_email(tx, request_id, approver, [t.task_id for t in gated])
+            await tx.audit(
+                "triaged",
+                channel=Channel.SYSTEM,
+                request_id=request_id,
+                detail=_triage_summary(verdict, ungated, enriched.problems),
+            )
+
+    async def _decide_automatically(
+        self, tx: UnitOfWork, task_ids: Sequence[str], auto: AutoDecision
+    ) -> None:
+        decided = await tx.decide(
+            task_ids,
+            DecisionState.for_action(auto.action),
+            decided_by=auto.decided_by,
+            actor=auto.rule,
+            reason=auto.reason,
+            channel=Channel.POLICY,
+        )
+        await self._queue_deliveries(tx, decided)
+
+    async def _queue_approval_email(
+        self, tx: UnitOfWork, request_id: str, approver: User, task_ids: Sequence[str]
+    ) -> None:
+        email = approver.email or ""
+        notification = await tx.add_notification(
+            request_id, kind="approval", recipient=email, task_ids=task_ids
+        )
+        await tx.enqueue(
+            SEND_APPROVAL,
+            {
+                "request_id": request_id,
+                "notification_id": notification,
+                "approver": _user_json.dump_python(approver, mode="json"),
+                "task_ids": list(task_ids),
+            },
+            dedupe_key=f"approval:{request_id}:{email.lower()}",
+        )
+
+    # --- approval emails ---------------------------------------------------------------------------
+
+    async def send_approval(self, job: JobRecord) -> None:
+        """Write and send one approver's email, with signed links per task and for all of them."""
+        request_id = str(job.payload["request_id"])
+        approver = _user_json.validate_python(job.payload["approver"])
+        task_ids = [str(t) for t in job.payload["task_ids"]]
+        request = await self.store.get_request(request_id)
+        details = details_from_json(request.details if request else None)
+        if details is None or approver.email is None:
+            raise RuntimeError(f"request {request_id} has not been triaged")
+        email = approver_address(approver)
+        links = {
+            task_id: ActionLinks(
+                self.signer.task_url(task_id, Action.ACCEPT, email),
+                self.signer.task_url(task_id, Action.DECLINE, email),
+            )
+            for task_id in task_ids
+        }
+        all_links = (
+            ActionLinks(
+                self.signer.multiple_url(task_ids, Action.ACCEPT, email),
+                self.signer.multiple_url(task_ids, Action.DECLINE, email),
+            )
+            if len(task_ids) > 1
+            else None
+        )
+        shown = dataclasses.replace(details, vms=tuple(vm for vm in details.vms if vm.task_id in links))
+        message = render_approval(
+            ApprovalRequest(shown, approver, links, all_links, self.signer.expires_at(), request_id),
+            self.settings.mail,
+        )
+        await self._send(job, message, request_id=request_id, recipient=approver.email, kind="approval")
+
+    async def _send(
+        self, job: JobRecord, message: Any, *, request_id: str, recipient: str, kind: str
+    ) -> None:
+        notification_id = int(job.payload["notification_id"])
+        try:
+            await self.mailer.send(message)
+        except MailError as exc:
+            async with self.store.transaction() as tx:
+                await tx.set_notification(notification_id, NotificationStatus.QUEUED, error=str(exc))
+            raise
+        metrics.EMAILS.labels(kind, "sent").inc()
+        async with self.store.transaction() as tx:
+            await tx.set_notification(notification_id, NotificationStatus.SENT)
+            await tx.audit(
+                "emailed",
+                channel=Channel.EMAIL,
+                request_id=request_id,
+                actor=recipient,
+                detail=f"{kind} email",
+            )
+
+    # --- decide ------------------------------------------------------------------------------------
+
+    async def decide(
+        self,
+        task_ids: Sequence[str],
+        action: Action,
+        *,
+        actor: str,
+        reason: str | None,
+        channel: Channel,
+        decided_by: DecidedBy = DecidedBy.APPROVER,
+    ) -> Decided:
+        """Decide the still-pending tasks among `task_ids` and queue their delivery, atomically.
+
+        Of two people deciding the same task at once exactly one wins; the other finds it in `already`.
+        """
+        reason = (reason or "").strip() or None
+        async with self.store.transaction() as tx:
+            decided = await tx.decide(
+                task_ids,
+                DecisionState.for_action(action),
+                decided_by=decided_by,
+                actor=actor,
+                reason=reason,
+                channel=channel,
+            )
+            await self._queue_deliveries(tx, decided)
+            decided_ids = {t.task_id for t in decided}
+            others = [t for t in await tx.get_tasks(task_ids) if t.task_id not in decided_ids]
+        known = decided_ids | {t.task_id for t in others}
+        unknown = tuple(t for t in dict.fromkeys(task_ids) if t not in known)
+        return Decided(tuple(decided), tuple(others), unknown)
+
+    async def _queue_deliveries(self, tx: UnitOfWork, decided: Sequence[TaskRecord]) -> None:
+        for task in decided:
+            metrics.DECISIONS.labels(task.decision.value, str(task.channel)).inc()
+            await tx.enqueue(
+                DELIVER, {"task_id": task.task_id}, max_attempts=self.settings.worker.max_attempts
+            )
+            await tx.audit(
+                "decided",
+                actor=task.actor,
+                channel=task.channel,
+                request_id=task.request_id,
+                task_id=task.task_id,
+                detail=f"{task.decision} ({task.decided_by})" + (f": {task.reason}" if task.reason else ""),
+            )
+
+    # --- deliver -----------------------------------------------------------------------------------
+
+    async def deliver(self, job: JobRecord) -> None:
+        """POST the task's continue or cancel link; record what Abiquo said. Raises to be retried."""
+        task = await self.store.get_task(str(job.payload["task_id"]))
+        if task is None or task.delivery is not DeliveryState.QUEUED:
+            return  # delivered (or settled) by an earlier run of this job
+        send = (
+            self.abiquo.continue_task if task.decision is DecisionState.ACCEPTED else self.abiquo.cancel_task
+        )
+        try:
+            outcome = await send(held_task(task), abiquo_message(task))
+        except AbiquoError as exc:
+            async with self.store.transaction() as tx:
+                await tx.set_delivery(
+                    task.task_id, DeliveryState.QUEUED, detail=str(exc), expect=DeliveryState.QUEUED
+                )
+            raise
+        state, detail, abiquo_state = _delivery_record(task, outcome)
+        async with self.store.transaction() as tx:
+            settled = await tx.set_delivery(
+                task.task_id, state, detail=detail, abiquo_state=abiquo_state, expect=DeliveryState.QUEUED
+            )
+            if settled is None:
+                return
+            metrics.DELIVERIES.labels(state.value).inc()
+            await tx.audit(
+                state.value,
+                channel=Channel.ABIQUO,
+                request_id=task.request_id,
+                task_id=task.task_id,
+                detail=detail,
+            )
+            await self._notify_when_settled(tx, task.request_id)
+
+    async def _notify_when_settled(self, tx: UnitOfWork, request_id: str) -> None:
+        """Queue the requester's email once no task of the request is pending or on its way."""
+        tasks = await tx.tasks_of_request(request_id)
+        if any(t.decision is DecisionState.PENDING or t.delivery is DeliveryState.QUEUED for t in tasks):
+            return
+        request = await tx.get_request(request_id)
+        details = details_from_json(request.details if request else None)
+        requester = details.requester if details else None
+        if requester is None or not requester.email:
+            await tx.audit(
+                "requester_not_told",
+                channel=Channel.EMAIL,
+                request_id=request_id,
+                detail="the requester has no email address in Abiquo",
+            )
+            return
+        notification = await tx.add_notification(
+            request_id, kind="outcome", recipient=requester.email, task_ids=[t.task_id for t in tasks]
+        )
+        await tx.enqueue(
+            NOTIFY_REQUESTER,
+            {"request_id": request_id, "notification_id": notification},
+            dedupe_key=f"outcome:{request_id}",
+        )
+
+    # --- the requester's email ---------------------------------------------------------------------
+
+    async def notify_requester(self, job: JobRecord) -> None:
+        """Tell the requester how each task of the request ended."""
+        request_id = str(job.payload["request_id"])
+        request = await self.store.get_request(request_id)
+        details = details_from_json(request.details if request else None)
+        if details is None or details.requester is None or not details.requester.email:
+            return
+        tasks = await self.store.tasks_of_request(request_id)
+        results = [
+            TaskResult(
+                task_id=t.task_id,
+                vm_name=t.vm_name,
+                task_type=t.task_type,
+                decision=t.decision,
+                decided_by=t.decided_by,
+                actor=t.actor,
+                reason=t.reason,
+                delivery=t.delivery,
+                abiquo_state=t.abiquo_state,
+            )
+            for t in tasks
+        ]
+        message = render_outcome(
+            OutcomeNotice(details, details.requester, results, request_id), self.settings.mail
+        )
+        await self._send(
+            job, message, request_id=request_id, recipient=details.requester.email, kind="outcome"
+        )
+
+    # --- when a job runs out of attempts -----------------------------------------------------------
+
+    async def job_failed(self, job: JobRecord, error: str) -> None:
+        """Make a job's final failure visible where people look: the task, the email, the request."""
+        metrics.JOBS_DEAD.labels(job.kind).inc()
+        async with self.store.transaction() as tx:
+            if job.kind == DELIVER:
+                task_id = str(job.payload["task_id"])
+                failed = await tx.set_delivery(
+                    task_id, DeliveryState.FAILED, detail=error, expect=DeliveryState.QUEUED, attempted=False
+                )
+                if failed is not None:
+                    metrics.DELIVERIES.labels(DeliveryState.FAILED.value).inc()
+                    await tx.audit(
+                        "delivery_failed",
+                        channel=Channel.SYSTEM,
+                        request_id=failed.request_id,
+                        task_id=task_id,
+                        detail=error,
+                    )
+                    await self._notify_when_settled(tx, failed.request_id)
+            elif job.kind in (SEND_APPROVAL, NOTIFY_REQUESTER):
+                await tx.set_notification(
+                    int(job.payload["notification_id"]), NotificationStatus.FAILED, error=error
+                )
+                await tx.audit(
+                    "email_failed",
+                    channel=Channel.EMAIL,
+                    request_id=str(job.payload["request_id"]),
+                    detail=error,
+                )
+            elif job.kind == TRIAGE:
+                await tx.audit(
+                    "triage_failed",
+                    channel=Channel.SYSTEM,
+                    request_id=str(job.payload["request_id"]),
+                    detail=error,
+                )
+
+
+def _delivery_record(task: TaskRecord, outcome: DeliveryOutcome) -> tuple[DeliveryState, str, str | None]:
+    """How to record Abiquo's answer: (delivery state, detail, task state Abiquo reported)."""
+    if outcome.result is DeliveryResult.DONE:
+        verb = "continued" if task.decision is DecisionState.ACCEPTED else "cancelled"
+        return DeliveryState.DELIVERED, f"Abiquo {verb} the task", None
+    now = outcome.now
+    said = f"Abiquo answered {outcome.error_code or 'a refusal'}" + (
+        f" ({outcome.message})" if outcome.message else ""
+    )
+    if now is not None and matches_decision(task, now):
+        return DeliveryState.DELIVERED, f"{said}; the task already shows {now.state}", now.state
+    if now is None or now.gone:
+        return DeliveryState.SUPERSEDED, f"{said}; the task no longer exists in Abiquo", None
+    return DeliveryState.SUPERSEDED, f"{said}; the task was already decided in Abiquo: {now.state}", now.state
+
+
+def _triage_summary(
+    verdict: AutoDecision | AskApprovers | None, ungated: Sequence[TaskRecord], problems: Sequence[str]
+) -> str:
+    parts: list[str] = []
+    if ungated:
+        parts.append(f"{len(ungated)} task(s) accepted at once (type not gated)")
+    if isinstance(verdict, AutoDecision):
+        parts.append(f"{verdict.action} by {verdict.rule}: {verdict.reason}")
+    elif isinstance(verdict, AskApprovers):
+        parts.append("asked " + ", ".join(a.email or a.nick for a in verdict.approvers))
+    parts.extend(f"could not read: {p}" for p in problems)
+    return "; ".join(parts)
+
+
+async def retry_delivery(store: Store, task_id: str, *, max_attempts: int) -> TaskRecord | None:
+    """Queue a failed delivery again (`abiquo-workflow tasks retry ID`); None if it had not failed.
+
+    Only the store is needed: whichever process runs the worker (`serve` or `worker`) delivers it.
+    """
+    async with store.transaction() as tx:
+        task = await tx.set_delivery(
+            task_id,
+            DeliveryState.QUEUED,
+            detail="queued again by hand",
+            expect=DeliveryState.FAILED,
+            attempted=False,
+        )
+        if task is None:
+            return None
+        await tx.enqueue(DELIVER, {"task_id": task_id}, max_attempts=max_attempts)
+        await tx.audit("retried", channel=Channel.CLI, request_id=task.request_id, task_id=task_id)
+    return task

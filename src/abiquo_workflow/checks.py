@@ -1,0 +1,93 @@
+"""`abiquo-workflow check`: is each dependency reachable and set up as the connector needs it?
+
+Each check returns OK or a sentence saying what is wrong; none of them changes anything (an SQLite
+database that does not exist yet is reported, not created: `serve` creates it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from abiquo_workflow.abiquo.client import AbiquoClient
+from abiquo_workflow.config import Settings
+from abiquo_workflow.exceptions import AbiquoWorkflowError, ConfigError
+from abiquo_workflow.mail.send import Mailer
+from abiquo_workflow.service import link_signer
+from abiquo_workflow.store import Store
+from abiquo_workflow.store.engine import display_url
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _sqlite_path(url: str) -> Path | None:
+    if not url.startswith("sqlite"):
+        return None
+    return Path(url.split(":///", 1)[1]) if ":///" in url else None
+
+
+async def check_config(settings: Settings) -> CheckResult:
+    try:
+        link_signer(settings)
+    except ConfigError as exc:
+        return CheckResult("config", False, "; ".join(exc.problems))
+    return CheckResult("config", True, f"valid; links point to {settings.server.base_url}")
+
+
+async def check_database(settings: Settings) -> CheckResult:
+    url = settings.database.url
+    shown = display_url(url)
+    path = _sqlite_path(url)
+    if path is not None and not path.exists():
+        if path.parent.exists():
+            return CheckResult("database", True, f"{shown} does not exist yet; `serve` will create it")
+        return CheckResult("database", False, f"{shown}: the folder {path.parent} does not exist")
+    try:
+        store = await Store.open(url, migrate=False)
+    except AbiquoWorkflowError as exc:
+        return CheckResult("database", False, str(exc))
+    await store.close()
+    return CheckResult("database", True, f"{shown} answers; the schema is up to date")
+
+
+async def check_abiquo(settings: Settings) -> CheckResult:
+    role = settings.policy.approver_role
+    try:
+        async with AbiquoClient(settings.abiquo) as client:
+            version = await client.version()
+            if not await client.role_exists(role):
+                return CheckResult(
+                    "abiquo",
+                    False,
+                    f"Abiquo {version} answers, but has no role named {role} (policy.approver_role)",
+                )
+    except AbiquoWorkflowError as exc:
+        return CheckResult("abiquo", False, str(exc))
+    return CheckResult(
+        "abiquo", True, f"{settings.abiquo.base_url}: Abiquo {version}, credentials work, role {role} exists"
+    )
+
+
+async def check_smtp(settings: Settings) -> CheckResult:
+    mailer = Mailer(settings.mail)
+    try:
+        await mailer.check()
+    except AbiquoWorkflowError as exc:
+        return CheckResult("smtp", False, str(exc))
+    login = " and accepts the login" if settings.mail.smtp_user else ""
+    return CheckResult("smtp", True, f"{mailer.relay} answers{login}")
+
+
+async def run_checks(settings: Settings) -> list[CheckResult]:
+    """Every check, concurrently, in a fixed order."""
+    return list(
+        await asyncio.gather(
+            check_config(settings), check_database(settings), check_abiquo(settings), check_smtp(settings)
+        )
+    )

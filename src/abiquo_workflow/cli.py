@@ -1,0 +1,269 @@
+"""The `abiquo-workflow` command. Each subcommand reads the settings, calls one function, and turns the
+errors we expect into one line on stderr and a non-zero exit (a traceback only with `--verbose`).
+
+Exit codes: 0 done · 1 a dependency or operation failed · 2 the configuration or the arguments are wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import structlog
+import typer
+import uvicorn
+
+from abiquo_workflow import __version__
+from abiquo_workflow.config import Settings, load_settings
+from abiquo_workflow.domain import DecisionState, DeliveryState
+from abiquo_workflow.exceptions import AbiquoWorkflowError, ConfigError
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="abiquo-workflow",
+    help="Human approval in front of Abiquo's held deploys, undeploys and reconfigures.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+tasks_app = typer.Typer(help="Look at tasks and retry failed deliveries.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+
+
+class Context:
+    """What the global options decide, passed to every subcommand."""
+
+    def __init__(self, config: Path | None, legacy_config: Path | None, verbose: bool) -> None:
+        self.config = config
+        self.legacy_config = legacy_config
+        self.verbose = verbose
+        self._settings: Settings | None = None
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                loaded = load_settings(self.config, self.legacy_config)
+            except ConfigError as exc:
+                fail(str(exc), code=2)
+            for warning in loaded.warnings:
+                typer.echo(f"warning: {warning}", err=True)
+            self._settings = loaded.settings
+        return self._settings
+
+
+def fail(message: str, *, code: int = 1) -> NoReturn:
+    typer.echo(f"abiquo-workflow: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def configure_logging(verbose: bool) -> None:
+    """Human-readable logs on stderr; DEBUG with --verbose. Settings and secrets are never logged."""
+    level = logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    for noisy in ("aiosqlite", "httpcore", "httpx2", "mail.log", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    structlog.configure(
+        processors=[
+            structlog.stdlib.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
+            structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def run(ctx: Context, coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run one command's coroutine; expected errors become one line and exit code 1."""
+    try:
+        return asyncio.run(coroutine)
+    except AbiquoWorkflowError as exc:
+        if ctx.verbose:
+            raise
+        fail(str(exc), code=2 if isinstance(exc, ConfigError) else 1)
+
+
+def _context(typer_ctx: typer.Context) -> Context:
+    context: Context = typer_ctx.obj
+    return context
+
+
+@app.callback()
+def main_options(
+    typer_ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="TOML file (default ./abiquo-workflow.toml if present)"),
+    ] = None,
+    legacy_config: Annotated[
+        Path | None, typer.Option("--legacy-config", help="the 2013 tool's workflow.cfg, read first")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logs and full tracebacks")] = False,
+) -> None:
+    configure_logging(verbose)
+    typer_ctx.obj = Context(config, legacy_config, verbose)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def serve(
+    typer_ctx: typer.Context,
+    worker: Annotated[bool, typer.Option(help="run the job worker in this process")] = True,
+) -> None:
+    """Serve the web endpoints (callback, decision pages, health) and, by default, the worker."""
+    from abiquo_workflow.service import link_signer
+    from abiquo_workflow.web.app import create_app
+
+    ctx = _context(typer_ctx)
+    settings = ctx.settings()
+    try:
+        link_signer(settings)
+    except ConfigError as exc:
+        fail(str(exc), code=2)
+    server = settings.server
+    uvicorn.run(
+        create_app(settings, run_worker=worker),
+        host=server.host,
+        port=server.port,
+        log_config=None,
+        access_log=False,  # access lines would carry the tokens of decision links
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command(name="worker")
+def worker_command(typer_ctx: typer.Context) -> None:
+    """Run only the job worker (for more workers beside `serve --no-worker`, on PostgreSQL)."""
+    from abiquo_workflow.service import run_worker
+
+    ctx = _context(typer_ctx)
+    run(ctx, run_worker(ctx.settings()))
+
+
+@app.command()
+def migrate(typer_ctx: typer.Context) -> None:
+    """Create or upgrade the database schema (once per release on PostgreSQL)."""
+    from abiquo_workflow.store import migrate as migrate_schema
+
+    ctx = _context(typer_ctx)
+    url = ctx.settings().database.url
+
+    async def upgrade() -> None:
+        await asyncio.to_thread(migrate_schema, url)
+
+    run(ctx, upgrade())
+    typer.echo("database schema is up to date")
+
+
+@app.command()
+def check(typer_ctx: typer.Context) -> None:
+    """Check the configuration and each dependency: database, Abiquo API, SMTP relay."""
+    from abiquo_workflow.checks import run_checks
+
+    ctx = _context(typer_ctx)
+    settings = ctx.settings()
+    results = run(ctx, run_checks(settings))
+    width = max(len(r.name) for r in results)
+    for result in results:
+        typer.echo(f"{result.name:<{width}}  {'OK  ' if result.ok else 'FAIL'}  {result.detail}")
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+@app.command(name="send-test-email")
+def send_test_email(
+    typer_ctx: typer.Context, to: Annotated[str, typer.Argument(help="recipient address")]
+) -> None:
+    """Send a test message through the configured SMTP relay."""
+    from abiquo_workflow.mail.send import send_test_email as send
+
+    ctx = _context(typer_ctx)
+    settings = ctx.settings()
+    run(ctx, send(settings.mail, to))
+    typer.echo(f"sent a test message to {to} through {settings.mail.smtp_host}:{settings.mail.smtp_port}")
+
+
+@app.command()
+def simulate(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8081,
+    callback_url: Annotated[
+        str | None, typer.Option(help="where to POST held tasks, e.g. http://127.0.0.1:8080/callback")
+    ] = None,
+    style: Annotated[str, typer.Option(help="callback dialect: json (3.x) or xml (2.6)")] = "json",
+    mode: Annotated[str, typer.Option(help="API flavour: 3.x or 2.6")] = "3.x",
+) -> None:
+    """Run the Abiquo simulator: a stand-in Abiquo API with a seeded world and a control page."""
+    from abiquo_workflow.abiquo.simulator import run as run_simulator
+
+    if style not in ("json", "xml"):
+        fail("--style must be json or xml", code=2)
+    if mode not in ("3.x", "2.6"):
+        fail("--mode must be 3.x or 2.6", code=2)
+    run_simulator(host, port, callback_url, style, mode)
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="where the demo keeps its SQLite database")] = Path(
+        "demo-data"
+    ),
+    port: Annotated[int, typer.Option(help="the connector's port; the others follow it")] = 8080,
+) -> None:
+    """The whole loop on this machine: connector (SQLite), simulated Abiquo and a mail inbox."""
+    from abiquo_workflow.demo import run_demo
+
+    run_demo(data_dir, port)
+
+
+@tasks_app.command("list")
+def tasks_list(
+    typer_ctx: typer.Context,
+    decision: Annotated[DecisionState | None, typer.Option(help="only tasks with this decision")] = None,
+    delivery: Annotated[DeliveryState | None, typer.Option(help="only tasks in this delivery state")] = None,
+    limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 50,
+) -> None:
+    """List tasks, newest first."""
+    from abiquo_workflow.task_commands import list_tasks
+
+    ctx = _context(typer_ctx)
+    for line in run(ctx, list_tasks(ctx.settings(), decision=decision, delivery=delivery, limit=limit)):
+        typer.echo(line)
+
+
+@tasks_app.command("show")
+def tasks_show(
+    typer_ctx: typer.Context, task_id: Annotated[str, typer.Argument(help="Abiquo task id")]
+) -> None:
+    """Show one task, its decision, its delivery and its audit trail."""
+    from abiquo_workflow.task_commands import show_task
+
+    ctx = _context(typer_ctx)
+    for line in run(ctx, show_task(ctx.settings(), task_id)):
+        typer.echo(line)
+
+
+@tasks_app.command("retry")
+def tasks_retry(
+    typer_ctx: typer.Context, task_id: Annotated[str, typer.Argument(help="Abiquo task id")]
+) -> None:
+    """Queue a failed delivery to Abiquo again."""
+    from abiquo_workflow.task_commands import retry_task
+
+    ctx = _context(typer_ctx)
+    typer.echo(run(ctx, retry_task(ctx.settings(), task_id)))
+
+
+def main() -> None:
+    app()

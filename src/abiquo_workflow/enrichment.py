@@ -1,0 +1,132 @@
+"""Gather what approvers are shown about a request, with as few Abiquo calls as possible.
+
+For one callback: the requester, then every VM at once (each with its disks and volumes), then the
+resources the VMs share, fetched once for the whole request and concurrently with each other: the
+virtual datacenter, the virtual appliance, the enterprise and its users (for the approvers); then the
+VDC's datacenter. A 100-VM vApp therefore costs one round of VM reads plus three short rounds, not
+100 sequential ones; the client bounds how many requests are in flight (`abiquo.max_connections`).
+
+A VM or shared resource that Abiquo says does not exist (404) is shown as unknown; the email still
+goes out. Abiquo being unreachable raises, so the triage job is retried later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from abiquo_workflow.abiquo.client import AbiquoClient
+from abiquo_workflow.domain import (
+    Datacenter,
+    Enterprise,
+    RequestDetails,
+    User,
+    VirtualMachine,
+    VmDetails,
+)
+from abiquo_workflow.exceptions import AbiquoNotFound
+from abiquo_workflow.store.records import TaskRecord
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Enriched:
+    details: RequestDetails
+    #: Every user of the VMs' enterprise, for the policy to pick approvers from; empty when not asked.
+    enterprise_users: tuple[User, ...]
+    #: What could not be read (each a sentence); the request goes ahead without it.
+    problems: tuple[str, ...]
+
+
+async def _optional(read: Awaitable[T] | None, what: str, problems: list[str]) -> T | None:
+    """The result of `read`; None (noted) when there is nothing to read or Abiquo has no such thing."""
+    if read is None:
+        return None
+    try:
+        return await read
+    except AbiquoNotFound:
+        problems.append(f"{what} was not found in Abiquo")
+        return None
+
+
+def _requester_href(task: TaskRecord) -> str | None:
+    if task.user_href:
+        return task.user_href
+    # `_` stands for "any enterprise" in Abiquo's user URLs (PROTOCOL.md §7.1).
+    return f"admin/enterprises/_/users/{task.user_id}" if task.user_id else None
+
+
+async def _vm_details(client: AbiquoClient, task: TaskRecord) -> VmDetails:
+    if not task.target_href:
+        return VmDetails(task.task_id, task.task_type, None, "the task names no virtual machine")
+    try:
+        vm = await client.get_vm(task.target_href)
+    except AbiquoNotFound:
+        return VmDetails(task.task_id, task.task_type, None, "the virtual machine was not found in Abiquo")
+    return VmDetails(task.task_id, task.task_type, vm)
+
+
+def _enterprise_href(vm: VirtualMachine | None, requester: User | None) -> str | None:
+    if vm is not None and vm.enterprise_href:
+        return vm.enterprise_href
+    if requester is not None and requester.enterprise_id:
+        return f"admin/enterprises/{requester.enterprise_id}"
+    return None
+
+
+async def enrich(client: AbiquoClient, tasks: Sequence[TaskRecord], *, with_users: bool) -> Enriched:
+    """Read everything the approval email shows about `tasks` (the tasks of one callback).
+
+    `with_users` also reads the enterprise's users, which the policy needs to choose approvers.
+    """
+    problems: list[str] = []
+    first = tasks[0]
+    requester_href = _requester_href(first)
+    requester_read = client.get_user(requester_href) if requester_href else None
+    requester, vms = await asyncio.gather(
+        _optional(requester_read, "the requester", problems),
+        asyncio.gather(*(_vm_details(client, task) for task in tasks)),
+    )
+    problems.extend(f"{vm.task_id}: {vm.error}" for vm in vms if vm.error)
+    known = next((vm.vm for vm in vms if vm.vm is not None), None)
+    enterprise_href = _enterprise_href(known, requester)
+
+    async def users() -> tuple[User, ...]:
+        if not with_users or enterprise_href is None:
+            return ()
+        return tuple(await client.enterprise_users(enterprise_href))
+
+    vdc_href = known.vdc_href if known else None
+    vapp_href = known.vapp_href if known else None
+    vdc, vapp, enterprise, enterprise_users = await asyncio.gather(
+        _optional(client.get_vdc(vdc_href) if vdc_href else None, "the virtual datacenter", problems),
+        _optional(client.get_vapp(vapp_href) if vapp_href else None, "the virtual appliance", problems),
+        _optional(
+            client.get_enterprise(enterprise_href) if enterprise_href else None, "the enterprise", problems
+        ),
+        users(),
+    )
+    datacenter: Datacenter | None = None
+    if vdc is not None and vdc.datacenter_href:
+        datacenter = await _optional(client.get_datacenter(vdc.datacenter_href), "the datacenter", problems)
+    details = RequestDetails(
+        requester=requester,
+        enterprise=enterprise or _enterprise_from_names(known, requester),
+        vdc=vdc,
+        datacenter=datacenter,
+        vapp=vapp,
+        vms=tuple(vms),
+    )
+    return Enriched(details, enterprise_users, tuple(problems))
+
+
+def _enterprise_from_names(vm: VirtualMachine | None, requester: User | None) -> Enterprise | None:
+    """A stand-in when the enterprise itself could not be read but a link title named it."""
+    if vm is not None and vm.enterprise_name:
+        return Enterprise(id="", name=vm.enterprise_name, href=vm.enterprise_href)
+    if requester is not None and requester.enterprise_name:
+        return Enterprise(id=requester.enterprise_id or "", name=requester.enterprise_name)
+    return None

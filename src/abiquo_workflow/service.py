@@ -1,0 +1,90 @@
+"""Opens and closes what a running connector uses, in one place: the wiring of `serve` and `worker`.
+
+Nothing here is opened at import time. `running_service` opens the store (migrating SQLite first), the
+Abiquo client and the mailer, builds the use cases and, unless told otherwise, starts the worker in the
+same event loop; on exit the worker drains and everything closes in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+
+from abiquo_workflow.abiquo.client import AbiquoClient
+from abiquo_workflow.approvals import Approvals
+from abiquo_workflow.config import Settings
+from abiquo_workflow.exceptions import ConfigError
+from abiquo_workflow.links import LinkSigner
+from abiquo_workflow.mail.send import Mailer
+from abiquo_workflow.store import Store
+from abiquo_workflow.worker import Worker
+
+log = structlog.stdlib.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Service:
+    settings: Settings
+    store: Store
+    approvals: Approvals
+    signer: LinkSigner
+    worker: Worker
+
+
+def link_signer(settings: Settings) -> LinkSigner:
+    """The signer for emailed links; refuses to run without `server.secret_key`."""
+    if settings.server.secret_key is None or not settings.server.secret_key.get_secret_value():
+        raise ConfigError(
+            [
+                "server.secret_key: required to sign the links in approval emails; generate one with "
+                "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            ]
+        )
+    return LinkSigner(
+        settings.server.secret_key.get_secret_value(), settings.server.base_url, settings.links.ttl
+    )
+
+
+def migrates_at_start(settings: Settings) -> bool:
+    """SQLite belongs to one instance, which migrates it at start; PostgreSQL is migrated by `migrate`."""
+    return settings.database.url.startswith("sqlite")
+
+
+@contextlib.asynccontextmanager
+async def running_service(settings: Settings, *, run_worker: bool = True) -> AsyncIterator[Service]:
+    """Everything a connector process needs, open; with the worker running unless `run_worker` is False."""
+    signer = link_signer(settings)
+    store = await Store.open(settings.database.url, migrate=migrates_at_start(settings))
+    try:
+        async with AbiquoClient(settings.abiquo) as abiquo:
+            approvals = Approvals(
+                settings=settings, store=store, abiquo=abiquo, mailer=Mailer(settings.mail), signer=signer
+            )
+            worker = Worker(
+                store, approvals.job_handlers(), settings=settings.worker, on_failed=approvals.job_failed
+            )
+            running = asyncio.create_task(worker.run(), name="worker") if run_worker else None
+            try:
+                yield Service(settings, store, approvals, signer, worker)
+            finally:
+                if running is not None:
+                    worker.stop()
+                    await running
+    finally:
+        await store.close()
+
+
+async def run_worker(settings: Settings) -> None:
+    """The `worker` command: run jobs until SIGINT or SIGTERM, then let the running ones finish."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_service(settings, run_worker=True):
+        log.info("worker.ready", database=settings.database.url.split("@")[-1])
+        await stop.wait()

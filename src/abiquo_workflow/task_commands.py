@@ -1,0 +1,66 @@
+"""`abiquo-workflow tasks list | show | retry`: the operator's view of the store, as lines of text."""
+
+from __future__ import annotations
+
+from abiquo_workflow.approvals import retry_delivery
+from abiquo_workflow.config import Settings
+from abiquo_workflow.domain import DecisionState, DeliveryState
+from abiquo_workflow.exceptions import AbiquoWorkflowError
+from abiquo_workflow.store import Store
+from abiquo_workflow.store.records import TaskRecord
+
+
+def _line(task: TaskRecord) -> str:
+    delivery = task.delivery.value if task.delivery else "-"
+    return (
+        f"{task.task_id}  {task.task_type:<11} {task.decision.value:<8} {delivery:<10} {task.vm_name or '?'}"
+    )
+
+
+async def list_tasks(
+    settings: Settings, *, decision: DecisionState | None, delivery: DeliveryState | None, limit: int
+) -> list[str]:
+    async with await Store.open(settings.database.url, migrate=False) as store:
+        tasks = await store.list_tasks(decision=decision, delivery=delivery, limit=limit)
+    if not tasks:
+        return ["no tasks"]
+    return [f"{'TASK':<36}  {'TYPE':<11} {'DECISION':<8} {'DELIVERY':<10} VM", *(_line(t) for t in tasks)]
+
+
+async def show_task(settings: Settings, task_id: str) -> list[str]:
+    async with await Store.open(settings.database.url, migrate=False) as store:
+        task = await store.get_task(task_id)
+        if task is None:
+            raise AbiquoWorkflowError(f"no task {task_id} is stored here")
+        audit = await store.audit_log(task_id=task_id)
+    lines = [
+        f"task       {task.task_id} ({task.task_type}) on {task.vm_name or 'an unknown VM'}",
+        f"request    {task.request_id}, received {task.created_at:%Y-%m-%d %H:%M:%S} UTC",
+        f"decision   {task.decision.value}"
+        + (f" by {task.actor} ({task.decided_by}) via {task.channel}" if task.decided_by else ""),
+    ]
+    if task.reason:
+        lines.append(f"reason     {task.reason}")
+    if task.delivery:
+        lines.append(f"delivery   {task.delivery.value} after {task.delivery_attempts} attempt(s)")
+    if task.delivery_detail:
+        lines.append(f"           {task.delivery_detail}")
+    lines.append("audit")
+    for entry in audit:
+        line = f"  {entry.at:%Y-%m-%d %H:%M:%S}  {entry.action:<18} {entry.actor or ''} {entry.detail or ''}"
+        lines.append(line.rstrip())
+    return lines
+
+
+async def retry_task(settings: Settings, task_id: str) -> str:
+    """Queue a failed delivery again; the running `serve` (or `worker`) process delivers it."""
+    async with await Store.open(settings.database.url, migrate=False) as store:
+        task = await retry_delivery(store, task_id, max_attempts=settings.worker.max_attempts)
+        if task is None:
+            current = await store.get_task(task_id)
+    if task is not None:
+        return f"task {task_id} is queued for delivery again"
+    if current is None:
+        raise AbiquoWorkflowError(f"no task {task_id} is stored here")
+    state = current.delivery.value if current.delivery else "not decided yet"
+    raise AbiquoWorkflowError(f"task {task_id} has not failed (its delivery is {state}); nothing to retry")

@@ -1,0 +1,125 @@
+"""The ASGI application: routes, templates, static files, security headers and error pages.
+
+`create_app(settings)` does no I/O; the store, the Abiquo client, the mailer and the worker are opened
+by the app's lifespan (`service.running_service`) and closed when the server stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import structlog
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from abiquo_workflow import __version__
+from abiquo_workflow.config import Settings
+from abiquo_workflow.service import running_service
+from abiquo_workflow.web import callback, decisions, health
+from abiquo_workflow.web.templating import error_page, page
+
+log = structlog.stdlib.get_logger(__name__)
+
+#: Pages hold signed links: never cache them, never leak them in a Referer, never frame them.
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "cache-control": "no-store",
+}
+
+_PAGE_PATHS = ("/accept", "/decline", "/multiple", "/")
+
+
+class SecurityHeaders:
+    """Adds `SECURITY_HEADERS` to every response (static files keep their own cache headers)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = scope["path"].startswith("/static/")
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", [])]
+                present = {k.lower() for k, _ in headers}
+                for name, value in SECURITY_HEADERS.items():
+                    if name.encode() not in present and not (static and name == "cache-control"):
+                        headers.append((name.encode(), value.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def _wants_page(request: Request) -> bool:
+    return request.url.path in _PAGE_PATHS
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if _wants_page(request):
+        return error_page(request, exc.status_code, "Not available", str(exc.detail))
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": "The request is not in the expected form."}, status_code=400)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("web.unexpected_error", path=request.url.path)
+    message = "Something went wrong on our side. The error was logged; please try again in a moment."
+    if _wants_page(request):
+        return error_page(request, 500, "Something went wrong", message)
+    return JSONResponse({"error": message}, status_code=500)
+
+
+def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
+    """The connector's web application. `run_worker=False` leaves jobs to a separate `worker` process."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with running_service(settings, run_worker=run_worker) as service:
+            app.state.service = service
+            log.info("web.started", public_url=settings.server.base_url, database=repr(service.store))
+            yield
+
+    app = FastAPI(
+        title="abiquo-workflow",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.include_router(callback.router)
+    app.include_router(decisions.router)
+    app.include_router(health.router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(SecurityHeaders)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index(request: Request) -> Response:
+        context = {"version": __version__, "callback_url": f"{settings.server.base_url}/callback"}
+        return page(request, "index.html", context)
+
+    return app

@@ -1,0 +1,194 @@
+"""`/accept`, `/decline` and `/multiple`: the pages behind the links in approval emails.
+
+GET and HEAD show what would be decided and decide nothing (mail scanners open every link); the page's
+button POSTs. With `links.one_click = true`, GET decides at once, as the 2013 tool did.
+
+Answers: 200 decided (or, on GET, the confirmation page) · 403 missing, forged or expired token ·
+404 unknown task · 410 already decided (the page says by whom and when). `/multiple` decides the tasks
+still pending and lists the others; it answers 410 only when none was left to decide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from abiquo_workflow.approvals import details_from_json
+from abiquo_workflow.domain import Action, Channel, DecisionState, RequestDetails
+from abiquo_workflow.exceptions import TokenError
+from abiquo_workflow.links import MULTIPLE_ACTIONS, Grant, parse_task_list
+from abiquo_workflow.mail import words
+from abiquo_workflow.service import Service
+from abiquo_workflow.store.records import TaskRecord
+from abiquo_workflow.web.templating import error_page, page
+from abiquo_workflow.web.views import TaskRow, request_context, status_words
+
+router = APIRouter()
+
+_VERBS = {Action.ACCEPT: ("Accept", "accept"), Action.DECLINE: ("Decline", "decline")}
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """What a link asks for: an action on some tasks, with the token that allows it."""
+
+    action: Action
+    task_ids: tuple[str, ...]
+    token: str | None
+    #: The link's own parameters, echoed in the confirmation form so the POST carries them.
+    params: Mapping[str, str]
+
+
+class BadLink(Exception):
+    def __init__(self, status: int, title: str, message: str) -> None:
+        self.status, self.title, self.message = status, title, message
+
+
+async def _parameters(request: Request) -> dict[str, str]:
+    """Query parameters, overridden by form fields on POST."""
+    params = dict(request.query_params)
+    if request.method == "POST":
+        form = await request.form()
+        params.update({k: v for k, v in form.items() if isinstance(v, str)})
+    return params
+
+
+def _single(action: Action, params: Mapping[str, str]) -> Asked:
+    task = params.get("task", "").strip()
+    if not task:
+        raise BadLink(
+            400, "No task named", "This link names no task. Open it exactly as it appears in the email."
+        )
+    return Asked(action, (task,), params.get("token"), {"task": task, "token": params.get("token", "")})
+
+
+def _multiple(params: Mapping[str, str]) -> Asked:
+    action = MULTIPLE_ACTIONS.get(params.get("action", "").strip().lower())
+    if action is None:
+        raise BadLink(400, "Unknown action", "The link's action must be accept or cancel.")
+    tasks = parse_task_list(params.get("tasks", ""))
+    if not tasks:
+        raise BadLink(
+            400, "No task named", "This link names no task. Open it exactly as it appears in the email."
+        )
+    echoed = {"action": params["action"], "tasks": ",".join(tasks), "token": params.get("token", "")}
+    return Asked(action, tasks, params.get("token"), echoed)
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def _grant(service: Service, asked: Asked) -> Grant:
+    try:
+        return service.signer.verify(asked.token, asked.task_ids, asked.action)
+    except TokenError as exc:
+        raise BadLink(403, "This link cannot be used", str(exc)) from None
+
+
+async def _details(service: Service, tasks: list[TaskRecord]) -> RequestDetails | None:
+    request = await service.store.get_request(tasks[0].request_id)
+    return details_from_json(request.details if request else None)
+
+
+def _what(pending: list[TaskRecord], rows: list[TaskRow]) -> str:
+    """ "the deploy of web-01", or "the deploy of 3 virtual machines"."""
+    operation = words.task_words(t.task_type for t in pending).lower()
+    if len(pending) == 1:
+        name = next((row.name for row in rows if row.task_id == pending[0].task_id), pending[0].task_id)
+        return f"the {operation} of {name}"
+    return f"the {operation} of {len(pending)} virtual machines"
+
+
+def _already_message(tasks: list[TaskRecord]) -> str:
+    if len(tasks) == 1:
+        return f"This task was already decided: {status_words(tasks[0])}."
+    return "Every task of this link was already decided; nothing was changed."
+
+
+async def _show(request: Request, asked: Asked) -> Response:
+    service = _service(request)
+    grant = _grant(service, asked)
+    tasks = await service.store.get_tasks(asked.task_ids)
+    if not tasks:
+        raise BadLink(404, "Unknown task", "We have no record of this task. It may have been removed.")
+    details = await _details(service, tasks)
+    context = request_context(tasks, details)
+    pending = [t for t in tasks if t.decision is DecisionState.PENDING]
+    if not pending:
+        context.update(title="Already decided", message=_already_message(tasks), tone="", unknown=[])
+        return page(request, "decided.html", context, status=410)
+    verb, css = _VERBS[asked.action]
+    context.update(
+        verb=verb,
+        css=css,
+        what=_what(pending, context["rows"]),
+        operation=words.task_words(t.task_type for t in pending).lower(),
+        count_words=("all " + str(len(pending))) if len(pending) > 1 else "",
+        already=[t for t in tasks if t.decision is not DecisionState.PENDING],
+        hidden=asked.params,
+        form_action=request.url.path,
+        approver=grant.approver,
+        expires=words.moment_words(grant.expires_at),
+    )
+    return page(request, "confirm.html", context)
+
+
+async def _decide(request: Request, asked: Asked, reason: str | None) -> Response:
+    service = _service(request)
+    grant = _grant(service, asked)
+    result = await service.approvals.decide(
+        asked.task_ids, asked.action, actor=grant.approver, reason=reason, channel=Channel.EMAIL
+    )
+    if not result.decided and not result.already:
+        raise BadLink(404, "Unknown task", "We have no record of this task. It may have been removed.")
+    shown = list(result.decided) + list(result.already)
+    details = await _details(service, shown)
+    context = request_context(shown, details)
+    context["unknown"] = list(result.unknown)
+    if not result.decided:
+        context.update(title="Already decided", message=_already_message(list(result.already)), tone="")
+        return page(request, "decided.html", context, status=410)
+    done = "Accepted" if asked.action is Action.ACCEPT else "Declined"
+    message = (
+        f"{done} {len(result.decided)} task(s). Abiquo is being told now, and the requester will be emailed."
+    )
+    if result.already:
+        message += (
+            f" {len(result.already)} other task(s) had already been decided and were left as they were."
+        )
+    context.update(title=done, message=message, tone="ok")
+    return page(request, "decided.html", context)
+
+
+async def _handle(request: Request, asked_from: Callable[[Mapping[str, str]], Asked]) -> Response:
+    try:
+        params = await _parameters(request)
+        asked = asked_from(params)
+        if request.method == "POST":
+            return await _decide(request, asked, params.get("reason"))
+        if _service(request).settings.links.one_click:
+            return await _decide(request, asked, None)
+        return await _show(request, asked)
+    except BadLink as bad:
+        return error_page(request, bad.status, bad.title, bad.message)
+
+
+@router.api_route("/accept", methods=["GET", "HEAD", "POST"], response_class=HTMLResponse)
+async def accept(request: Request) -> Response:
+    return await _handle(request, lambda params: _single(Action.ACCEPT, params))
+
+
+@router.api_route("/decline", methods=["GET", "HEAD", "POST"], response_class=HTMLResponse)
+async def decline(request: Request) -> Response:
+    return await _handle(request, lambda params: _single(Action.DECLINE, params))
+
+
+@router.api_route("/multiple", methods=["GET", "HEAD", "POST"], response_class=HTMLResponse)
+async def multiple(request: Request) -> Response:
+    return await _handle(request, _multiple)

@@ -1,0 +1,79 @@
+"""What the decision pages show about tasks: plain strings built from the store and triage's snapshot.
+
+Templates escape everything; this module only chooses words (reusing the emails' wording).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from abiquo_workflow.domain import DecisionState, RequestDetails, VirtualMachine
+from abiquo_workflow.mail import words
+from abiquo_workflow.store.records import TaskRecord
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    task_id: str
+    name: str
+    operation: str
+    cpu: str
+    ram: str
+    storage: str
+    decision: str
+    status: str
+
+
+def _storage(vm: VirtualMachine) -> str:
+    disks = [words.size_words(d.size_mb) for d in sorted(vm.disks, key=lambda d: d.sequence)]
+    volumes = [f"{words.or_unknown(v.name)} {words.size_words(v.size_mb)}" for v in vm.volumes]
+    return ", ".join(disks + volumes) or words.UNKNOWN
+
+
+def status_words(task: TaskRecord) -> str:
+    """ "Waiting for a decision", or "Accepted by Alice Smith <…> on 4 Mar 2025, 14:05 UTC"."""
+    if task.decision is DecisionState.PENDING:
+        return "Waiting for a decision"
+    verb = "Accepted" if task.decision is DecisionState.ACCEPTED else "Declined"
+    when = f" on {words.moment_words(task.decided_at)}" if task.decided_at else ""
+    return f"{verb} by {words.or_unknown(task.actor)}{when}"
+
+
+def task_rows(tasks: Sequence[TaskRecord], details: RequestDetails | None) -> list[TaskRow]:
+    vms = {vm.task_id: vm.vm for vm in details.vms} if details else {}
+    rows = []
+    for task in tasks:
+        vm = vms.get(task.task_id)
+        rows.append(
+            TaskRow(
+                task_id=task.task_id,
+                name=words.or_unknown(vm.name if vm else task.vm_name),
+                operation=words.task_word(task.task_type),
+                cpu=str(vm.cpu) if vm and vm.cpu is not None else words.UNKNOWN,
+                ram=words.size_words(vm.ram_mb) if vm else words.UNKNOWN,
+                storage=_storage(vm) if vm else words.UNKNOWN,
+                decision=task.decision.value,
+                status=status_words(task),
+            )
+        )
+    return rows
+
+
+def request_context(tasks: Sequence[TaskRecord], details: RequestDetails | None) -> dict[str, Any]:
+    """The `_tasks.html` context: who asked, where, and a row per task."""
+    context: dict[str, Any] = {"details": details, "rows": task_rows(tasks, details)}
+    if details is not None:
+        requester = details.requester
+        datacenter = details.datacenter.name if details.datacenter else None
+        context["requester"] = words.or_unknown(requester.display_name if requester else None)
+        context["place"] = (  # shown as "Acme › Production (Barcelona DC) › Web tier"
+            [
+                words.or_unknown(details.enterprise.name if details.enterprise else None),
+                words.or_unknown(details.vdc.name if details.vdc else None)
+                + f" ({words.or_unknown(datacenter)})",
+                words.or_unknown(details.vapp.name if details.vapp else None),
+            ]
+        )
+    return context

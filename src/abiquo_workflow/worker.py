@@ -1,0 +1,170 @@
+"""Runs the queued jobs: triage, approval emails, deliveries to Abiquo, the requester's email.
+
+How it works. The worker claims due jobs (`Store.claim`, a lease of `worker.lease` seconds each) and runs
+up to `worker.concurrency` at once. A job that raises is retried after an exponential backoff with
+jitter, capped at `worker.retry_max_delay`; when its attempts (`worker.max_attempts`) run out it is
+buried (status `dead`) and `on_failed` records the failure where people look (the task shows delivery
+`failed`, the email shows `failed`).
+
+When it wakes. At once when this process enqueues (the store signals after COMMIT), at once on
+PostgreSQL when another process enqueues (LISTEN/NOTIFY), and otherwise every `poll_interval` seconds,
+which is also how retries that become due are found.
+
+How it fails. Killed mid-job, the job stays `running` until its lease runs out; then the next claim, by
+this process after a restart or by another replica, takes it up again. Every job kind is safe to repeat.
+Stopping (`stop()`, or SIGINT/SIGTERM in the CLI) stops claiming and waits for the running jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from abiquo_workflow.config import WorkerSettings
+from abiquo_workflow.store import Store
+from abiquo_workflow.store.records import JobRecord
+
+log = structlog.stdlib.get_logger(__name__)
+
+Handler = Callable[[JobRecord], Awaitable[None]]
+OnFailed = Callable[[JobRecord, str], Awaitable[None]]
+
+
+def retry_delay(attempts: int, settings: WorkerSettings, *, rng: random.Random | None = None) -> float:
+    """Seconds before the next attempt: base·2^(attempts-1), capped, with "equal jitter" (half to all)."""
+    ceiling = min(settings.retry_max_delay, settings.retry_base_delay * 2.0 ** max(attempts - 1, 0))
+    jitter: float = (rng or random).uniform(0, ceiling / 2)
+    return ceiling / 2 + jitter
+
+
+def describe(error: BaseException) -> str:
+    """One line for the job's `last_error`: the message, or the exception's name when it has none."""
+    text = str(error).strip()
+    return text if text else type(error).__name__
+
+
+class Worker:
+    """Claims and runs jobs until stopped.
+
+    Parameters
+    ----------
+    handlers:
+        The coroutine to run for each job kind. A job of another kind is buried at once.
+    on_failed:
+        Called with the job and its last error when a job is buried.
+    poll_interval:
+        Longest sleep between two looks at the queue when nothing wakes the worker.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        handlers: Mapping[str, Handler],
+        *,
+        settings: WorkerSettings,
+        on_failed: OnFailed | None = None,
+        poll_interval: float = 1.0,
+        worker_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.handlers = dict(handlers)
+        self.settings = settings
+        self.on_failed = on_failed
+        self.poll_interval = poll_interval
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._running: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop claiming; `run` returns once the jobs already running have finished."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Claim and run jobs until `stop()` is called."""
+        log.info("worker.started", worker=self.worker_id, concurrency=self.settings.concurrency)
+        try:
+            while not self._stopping.is_set():
+                claimed = await self._claim_some()
+                if not claimed:
+                    await self._sleep()
+        finally:
+            if self._running:
+                await asyncio.gather(*self._running, return_exceptions=True)
+            log.info("worker.stopped", worker=self.worker_id)
+
+    async def run_until_idle(self) -> int:
+        """Run every due job, including those they enqueue, then return how many ran (tests, `--once`)."""
+        ran = 0
+        while claimed := await self._claim_some():
+            ran += claimed
+            await asyncio.gather(*self._running, return_exceptions=True)
+        return ran
+
+    async def _claim_some(self) -> int:
+        free = self.settings.concurrency - len(self._running)
+        if free <= 0:
+            await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+            return 1  # look again at once: a slot is free
+        try:
+            jobs = await self.store.claim(self.worker_id, limit=free, lease=self.settings.lease)
+        except Exception as exc:  # the database may be briefly unreachable; keep going
+            log.warning("worker.claim_failed", error=describe(exc))
+            return 0
+        for job in jobs:
+            task = asyncio.create_task(self._run_one(job), name=f"job-{job.id}-{job.kind}")
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        return len(jobs)
+
+    async def _sleep(self) -> None:
+        waiting = asyncio.ensure_future(self.store.wait_for_jobs(self.poll_interval))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        finished_job = [asyncio.ensure_future(asyncio.wait(self._running))] if self._running else []
+        try:
+            await asyncio.wait([waiting, stopping, *finished_job], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (waiting, stopping, *finished_job):
+                future.cancel()
+
+    async def _run_one(self, job: JobRecord) -> None:
+        handler = self.handlers.get(job.kind)
+        bound = log.bind(job_id=job.id, kind=job.kind, attempt=job.attempts, worker=self.worker_id)
+        heartbeat = asyncio.create_task(self._keep_lease(job))
+        try:
+            if handler is None:
+                raise LookupError(f"no handler for jobs of kind {job.kind!r}")
+            await handler(job)
+        except Exception as exc:
+            heartbeat.cancel()
+            await self._failed(job, exc, bound)
+        else:
+            heartbeat.cancel()
+            await self.store.complete(job.id, self.worker_id)
+            bound.debug("job.done")
+
+    async def _failed(self, job: JobRecord, exc: Exception, bound: structlog.stdlib.BoundLogger) -> None:
+        error = describe(exc)
+        if job.exhausted or isinstance(exc, LookupError):
+            bound.error("job.dead", error=error)
+            if await self.store.bury(job.id, self.worker_id, error=error) and self.on_failed is not None:
+                await self.on_failed(job, error)
+            return
+        delay = retry_delay(job.attempts, self.settings)
+        bound.warning("job.retry", error=error, delay=round(delay, 2))
+        run_after = datetime.now(UTC) + timedelta(seconds=delay)
+        await self.store.retry(job.id, self.worker_id, error=error, run_after=run_after)
+
+    async def _keep_lease(self, job: JobRecord) -> None:
+        """Renew the lease while a long job runs, so no other worker takes it over."""
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                await asyncio.sleep(self.settings.lease / 3)
+                if not await self.store.extend_lease(job.id, self.worker_id, self.settings.lease):
+                    return
