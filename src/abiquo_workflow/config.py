@@ -185,7 +185,7 @@ class LinksSettings(_Section):
 
 class WorkerSettings(_Section):
     concurrency: int = Field(4, gt=0, description="jobs run at once per process")
-    max_attempts: int = Field(8, gt=0, description="tries before a job counts as failed")
+    max_attempts: int = Field(20, gt=0, description="tries before a job counts as failed (~15 min)")
     retry_base_delay: float = Field(1.0, gt=0, description="first retry delay, seconds; doubles each time")
     retry_max_delay: float = Field(60.0, gt=0, description="cap of the retry backoff, seconds")
     lease: float = Field(60.0, gt=0, description="seconds a claimed job stays owned")
