@@ -97,3 +97,16 @@ def test_repr_never_shows_the_secret(signer: LinkSigner) -> None:
 
 def test_parse_task_list_drops_blanks_and_repeats() -> None:
     assert parse_task_list(" a, b,,a ,c") == ("a", "b", "c")
+
+
+@pytest.mark.parametrize("expiry", ["tomorrow", "1900000000", None, 10**20, True, -5])
+def test_a_signed_token_with_an_unreadable_expiry_is_refused(signer: LinkSigner, expiry: object) -> None:
+    from hashlib import sha256
+
+    from itsdangerous import URLSafeSerializer
+
+    forged = URLSafeSerializer("a-test-secret", salt="abiquo-workflow/action-link/v1").dumps(
+        {"h": sha256(b"t1").hexdigest()[:32], "a": "accept", "p": "a@x", "e": expiry}
+    )
+    with pytest.raises(TokenError, match="expiry cannot be read"):
+        signer.verify(forged, ["t1"], Action.ACCEPT, now=NOW)

@@ -29,6 +29,9 @@ from abiquo_workflow.exceptions import TokenError
 # Changing the salt invalidates every link already sent; bump the suffix only on purpose.
 _SALT = "abiquo-workflow/action-link/v1"
 
+#: No link lives past the year 9999 (datetime's limit); a larger expiry is not one we wrote.
+_LATEST_EXPIRY = 253_402_300_800
+
 #: `/multiple?action=` values. DESIGN.md names the decline action `cancel` on this route, after the
 #: task's Abiquo link; `decline` is accepted too.
 MULTIPLE_ACTIONS: dict[str, Action] = {
@@ -108,12 +111,16 @@ class LinkSigner:
             ) from None
         if not isinstance(payload, dict) or not {"h", "a", "p", "e"} <= payload.keys():
             raise TokenError("This link is not valid: its token is incomplete.")
+        expires = payload["e"]
+        # A signature only proves the token is ours; its fields are still checked before use.
+        if isinstance(expires, bool) or not isinstance(expires, int) or not 0 <= expires < _LATEST_EXPIRY:
+            raise TokenError("This link is not valid: its expiry cannot be read.")
         if payload["h"] != _digest(task_ids):
             raise TokenError("This link was made for other tasks than the ones it names.")
         if payload["a"] != action.value:
             raise TokenError(f"This link was made to {payload['a']}, not to {action.value}.")
-        expires_at = datetime.fromtimestamp(int(payload["e"]), UTC)
-        if (time.time() if now is None else now) > payload["e"]:
+        expires_at = datetime.fromtimestamp(expires, UTC)
+        if (time.time() if now is None else now) > expires:
             raise TokenError(
                 f"This link expired on {expires_at:%Y-%m-%d %H:%M} UTC. "
                 "Ask for the request to be sent again, or decide in Abiquo."
