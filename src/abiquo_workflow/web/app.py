@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from pathlib import Path
 
 import structlog
@@ -21,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from abiquo_workflow import __version__
 from abiquo_workflow.config import Settings
+from abiquo_workflow.exceptions import StoreError
 from abiquo_workflow.service import running_service
 from abiquo_workflow.web import callback, decisions, health
 from abiquo_workflow.web.templating import error_page, page
@@ -71,23 +73,55 @@ def _wants_page(request: Request) -> bool:
     return request.url.path in _PAGE_PATHS
 
 
+def _http_message(request: Request, exc: HTTPException) -> str:
+    """The exception's own detail, or a sentence in place of the router's bare "Not Found" and the like."""
+    detail = str(exc.detail)
+    if detail != HTTPStatus(exc.status_code).phrase:
+        return detail
+    path = request.url.path
+    if exc.status_code == 404:
+        return f"There is nothing at {path}."
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow")
+        return f"{request.method} is not allowed on {path}" + (f"; use {allowed}." if allowed else ".")
+    return f"The request could not be handled: {exc.status_code} {detail}."
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    message = _http_message(request, exc)
     if _wants_page(request):
-        return error_page(request, exc.status_code, "Not available", str(exc.detail))
-    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        response = error_page(request, exc.status_code, "Not available", message)
+        response.headers.update(exc.headers or {})
+        return response
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": "The request is not in the expected form."}, status_code=400)
 
 
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    log.error("web.database_unavailable", path=request.url.path, error=str(exc))
+    message = (
+        "The database is not available right now, so nothing was shown or changed. "
+        "Try again in a few minutes."
+    )
+    if _wants_page(request):
+        return error_page(request, 503, "Try again later", message)
+    return JSONResponse({"error": message}, status_code=503)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("web.unexpected_error", path=request.url.path)
     message = "Something went wrong on our side. The error was logged; please try again in a moment."
     if _wants_page(request):
-        return error_page(request, 500, "Something went wrong", message)
-    return JSONResponse({"error": message}, status_code=500)
+        response: Response = error_page(request, 500, "Something went wrong", message)
+    else:
+        response = JSONResponse({"error": message}, status_code=500)
+    # Starlette answers unhandled exceptions outside every middleware, SecurityHeaders included.
+    response.headers.update(SECURITY_HEADERS)
+    return response
 
 
 def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
@@ -114,6 +148,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StoreError, _store_unavailable)
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(SecurityHeaders)
 

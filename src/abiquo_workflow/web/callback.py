@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 
+import structlog
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -24,8 +25,23 @@ from abiquo_workflow.abiquo.payload import parse_callback
 from abiquo_workflow.config import ServerSettings
 from abiquo_workflow.exceptions import PayloadError, StoreError
 from abiquo_workflow.service import Service
+from abiquo_workflow.web.bodies import BodyTooLarge, read_limited
+
+log = structlog.stdlib.get_logger(__name__)
 
 router = APIRouter()
+
+#: What the caller is told when the store fails; the cause (which names the database) goes to the log only.
+STORE_UNAVAILABLE = (
+    "The callback could not be stored because the database is not available. Nothing was stored; "
+    "the cause is in the connector's log."
+)
+
+
+def _clause(text: str) -> str:
+    """The parser speaks in clauses (`the body is empty`); end one with a full stop after our lead-in."""
+    text = text.strip()
+    return text if text.endswith((".", "?", "!")) else text + "."
 
 
 class Refused(Exception):
@@ -42,7 +58,7 @@ def _check_source(request: Request, settings: ServerSettings) -> None:
     except ValueError:
         raise Refused(403, "This callback endpoint only accepts known sources.") from None
     if not any(address in ipaddress.ip_network(cidr, strict=False) for cidr in settings.callback_allow):
-        raise Refused(403, f"{host} is not allowed to post callbacks (see server.callback_allow).")
+        raise Refused(403, f"The address {host} may not post callbacks here (see server.callback_allow).")
 
 
 def _presented_token(request: Request, path_token: str | None) -> str | None:
@@ -66,18 +82,24 @@ def _check_token(request: Request, settings: ServerSettings, path_token: str | N
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused as soon as it passes `limit` bytes (never read whole into memory first)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise Refused(413, f"The body is {int(declared):,} bytes; the limit is {limit:,} (server.max_body).")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Refused(413, f"The body is over the limit of {limit:,} bytes (server.max_body).")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return await read_limited(request, limit)
+    except BodyTooLarge as exc:
+        if exc.declared is not None:
+            message = f"The body is {exc.declared:,} bytes; the limit is {limit:,} (server.max_body)."
+        else:
+            message = f"The body is over the limit of {limit:,} bytes (server.max_body)."
+        raise Refused(413, message) from None
+
+
+def _refuse(request: Request, status: int, message: str) -> JSONResponse:
+    metrics.CALLBACKS.labels("refused").inc()
+    log.warning("callback.refused", status=status, reason=message, source=_source(request))
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _source(request: Request) -> str | None:
+    return request.client.host if request.client else None
 
 
 async def _receive(request: Request, path_token: str | None) -> JSONResponse:
@@ -93,17 +115,15 @@ async def _receive(request: Request, path_token: str | None) -> JSONResponse:
             callback,
             body=body,
             content_type=content_type,
-            source=request.client.host if request.client else None,
+            source=_source(request),
         )
     except Refused as refused:
-        metrics.CALLBACKS.labels("refused").inc()
-        return JSONResponse({"error": refused.message}, status_code=refused.status)
+        return _refuse(request, refused.status, refused.message)
     except PayloadError as exc:
-        metrics.CALLBACKS.labels("refused").inc()
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return _refuse(request, exc.status, f"The callback was refused: {_clause(str(exc))}")
     except StoreError as exc:
-        metrics.CALLBACKS.labels("refused").inc()
-        return JSONResponse({"error": f"The callback could not be stored: {exc}"}, status_code=503)
+        log.error("callback.not_stored", error=str(exc))
+        return _refuse(request, 503, STORE_UNAVAILABLE)
     metrics.CALLBACKS.labels("stored" if received.request_id else "known").inc()
     return JSONResponse(
         {

@@ -5,15 +5,21 @@ button POSTs. With `links.one_click = true`, GET decides at once, as the 2013 to
 
 Answers: 200 decided (or, on GET, the confirmation page) · 403 missing, forged or expired token ·
 404 unknown task · 410 already decided (the page says by whom and when). `/multiple` decides the tasks
-still pending and lists the others; it answers 410 only when none was left to decide.
+still pending and lists the others; it answers 410 only when none was left to decide. A POST that the
+confirmation form could not have sent decides nothing: 400 (no task, unknown action, a reason over the
+textarea's `maxlength`), 413 (a body over `FORM_LIMIT`), 415 (anything but a URL-encoded form).
+And 503 when the database is not available (app.py answers every StoreError so).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from urllib.parse import parse_qsl
 
+import structlog
 from fastapi import APIRouter
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
@@ -24,12 +30,21 @@ from abiquo_workflow.links import MULTIPLE_ACTIONS, Grant, parse_task_list
 from abiquo_workflow.mail import words
 from abiquo_workflow.service import Service
 from abiquo_workflow.store.records import TaskRecord
+from abiquo_workflow.web.bodies import BodyTooLarge, read_limited
 from abiquo_workflow.web.templating import error_page, page
 from abiquo_workflow.web.views import TaskRow, request_context, status_words
+
+log = structlog.stdlib.get_logger(__name__)
 
 router = APIRouter()
 
 _VERBS = {Action.ACCEPT: ("Accept", "accept"), Action.DECLINE: ("Decline", "decline")}
+
+#: The confirmation form's `maxlength` for the reason, and the longest reason a POST may carry.
+REASON_LIMIT = 1000
+#: The largest form body accepted. The form echoes the link's task list, which had to fit in a URL.
+FORM_LIMIT = 64 * 1024
+FORM_FIELDS_LIMIT = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +67,49 @@ async def _parameters(request: Request) -> dict[str, str]:
     """Query parameters, overridden by form fields on POST."""
     params = dict(request.query_params)
     if request.method == "POST":
-        form = await request.form()
-        params.update({k: v for k, v in form.items() if isinstance(v, str)})
+        params.update(await _form_fields(request))
     return params
+
+
+async def _form_fields(request: Request) -> dict[str, str]:
+    """The confirmation form's fields: URL-encoded (as browsers send it) and small.
+
+    Read with a limit because these routes are open to anyone; multipart, which the form never sends,
+    is refused rather than parsed.
+    """
+    try:
+        body = await read_limited(request, FORM_LIMIT)
+    except BodyTooLarge:
+        raise BadLink(
+            413,
+            "Too much data",
+            f"This form sent more than {FORM_LIMIT // 1024} KiB; the confirmation page never does. "
+            "Open the link in the email again.",
+        ) from None
+    if not body.strip():
+        return {}
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/x-www-form-urlencoded":
+        raise BadLink(
+            415,
+            "Not the confirmation form",
+            "This address only takes the confirmation page's form (application/x-www-form-urlencoded). "
+            "Open the link in the email again.",
+        )
+    try:
+        fields = parse_qsl(
+            body.decode("utf-8", errors="replace"),
+            keep_blank_values=True,
+            errors="replace",
+            max_num_fields=FORM_FIELDS_LIMIT,
+        )
+    except ValueError:
+        raise BadLink(
+            400,
+            "Not the confirmation form",
+            "This form has far more fields than the confirmation page sends.",
+        ) from None
+    return dict(fields)
 
 
 def _single(action: Action, params: Mapping[str, str]) -> Asked:
@@ -92,8 +147,14 @@ def _grant(service: Service, asked: Asked) -> Grant:
 
 
 async def _details(service: Service, tasks: list[TaskRecord]) -> RequestDetails | None:
+    """Triage's snapshot of the request, or None when there is none or it cannot be read (one saved by
+    another version, say): the page then shows less, but the approver can still decide."""
     request = await service.store.get_request(tasks[0].request_id)
-    return details_from_json(request.details if request else None)
+    try:
+        return details_from_json(request.details if request else None)
+    except ValidationError as exc:
+        log.warning("web.unreadable_details", request_id=tasks[0].request_id, error=str(exc))
+        return None
 
 
 def _what(pending: list[TaskRecord], rows: list[TaskRow]) -> str:
@@ -135,13 +196,34 @@ async def _show(request: Request, asked: Asked) -> Response:
         form_action=request.url.path,
         approver=grant.approver,
         expires=words.moment_words(grant.expires_at),
+        reason_limit=REASON_LIMIT,
     )
     return page(request, "confirm.html", context)
+
+
+def _checked_reason(reason: str | None) -> str | None:
+    """The reason with browsers' CRLF line breaks made LF, or BadLink when it is longer than the form allows.
+
+    The textarea counts a line break as one character but submits it as two; a longer reason than that
+    was not typed into our form, and cutting it short would change what the approver said.
+    """
+    if reason is None:
+        return None
+    reason = reason.replace("\r\n", "\n")
+    if len(reason) > REASON_LIMIT:
+        raise BadLink(
+            400,
+            "Reason too long",
+            f"The reason is {len(reason):,} characters long; the limit is {REASON_LIMIT:,} characters. "
+            "Nothing was decided: go back, shorten it, and send it again.",
+        )
+    return reason
 
 
 async def _decide(request: Request, asked: Asked, reason: str | None) -> Response:
     service = _service(request)
     grant = _grant(service, asked)
+    reason = _checked_reason(reason)
     result = await service.approvals.decide(
         asked.task_ids, asked.action, actor=grant.approver, reason=reason, channel=Channel.EMAIL
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
@@ -9,6 +10,8 @@ from starlette.responses import JSONResponse, Response
 
 from abiquo_workflow.exceptions import StoreError
 from abiquo_workflow.service import Service
+
+log = structlog.stdlib.get_logger(__name__)
 
 router = APIRouter()
 
@@ -24,7 +27,16 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         await service.store.ping()
     except StoreError as exc:
-        return JSONResponse({"status": "unavailable", "database": str(exc)}, status_code=503)
+        # Where the database lives is for the log: this route is public (the index page links to it).
+        log.error("web.not_ready", error=str(exc))
+        return JSONResponse(
+            {
+                "status": "unavailable",
+                "database": "unavailable",
+                "error": "The database is not answering; the cause is in the connector's log.",
+            },
+            status_code=503,
+        )
     return JSONResponse({"status": "ok", "database": "ok"})
 
 

@@ -1,0 +1,349 @@
+"""`POST /callback`: what Abiquo's callback gets back, what is stored, and every refusal (web/callback.py).
+
+Each test runs a real connector (uvicorn, worker, SQLite or PostgreSQL) and posts to it over loopback.
+Refusals answer JSON `{"error": "<a sentence>"}` and store nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from abiquo_workflow.store import Store
+from tests.conftest import POSTGRES_URL_VARIABLE, Connector, ConnectorFactory
+
+PAYLOADS = Path(__file__).parent / "payloads"
+XML_TYPE = "application/vnd.abiquo.tasks+xml"
+JSON_TYPE = "application/vnd.abiquo.tasks+json"
+DEPLOY_ID = "0b6c1f2e-5d1a-4c1e-9a8e-2f1d3c4b5a60"
+RECONFIGURE_ID = "6c2a4c7d-21ed-40f3-b4ab-80f39a295070"
+VAPP_IDS = [f"aaaaaaaa-0000-4000-8000-00000000000{n}" for n in (7, 8, 9)]
+SEED_ID = "d8113ffd-c3d9-4834-8b3c-1b51736c9b8b"
+
+#: Words that only a traceback or a framework's debug page would put in a body.
+TRACEBACK_MARKERS = ("Traceback", 'File "', "raise ", "site-packages")
+
+
+def sample(name: str) -> bytes:
+    return (PAYLOADS / name).read_bytes()
+
+
+async def post(
+    url: str, body: bytes = b"", content_type: str | None = XML_TYPE, **kw: Any
+) -> httpx2.Response:
+    headers = dict(kw.pop("headers", {}))
+    if content_type is not None:
+        headers["content-type"] = content_type
+    async with httpx2.AsyncClient(timeout=30) as client:
+        return await client.post(url, content=body, headers=headers, **kw)
+
+
+async def stored_tasks(connector: Connector) -> list[str]:
+    """Every task id in the connector's database, newest first."""
+    async with await Store.open(connector.settings.database.url, migrate=False) as store:
+        return [task.task_id for task in await store.list_tasks()]
+
+
+def assert_refusal(response: httpx2.Response, status: int) -> str:
+    """A refusal: the status, a JSON sentence, and nothing that looks like a traceback."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    message = response.json()["error"]
+    assert isinstance(message, str)
+    assert message[:1].isupper() and message.rstrip().endswith((".", ")")), message
+    assert not any(marker in response.text for marker in TRACEBACK_MARKERS), response.text
+    return message
+
+
+# --- what a good callback gets -------------------------------------------------------------------------
+
+SAMPLES = [
+    pytest.param("protocol_11_1_vm_deploy.xml", XML_TYPE, [DEPLOY_ID], id="xml-collection"),
+    pytest.param("protocol_11_2_vm_deploy.json", JSON_TYPE, [DEPLOY_ID], id="json-collection"),
+    pytest.param("protocol_11_3_vm_reconfigure.xml", XML_TYPE, [RECONFIGURE_ID], id="xml-single-root"),
+    pytest.param("protocol_11_3_vm_reconfigure.json", JSON_TYPE, [RECONFIGURE_ID], id="json-single-root"),
+    pytest.param("protocol_11_4_vapp_deploy.xml", XML_TYPE, VAPP_IDS, id="xml-vapp"),
+    pytest.param("protocol_11_5_vapp_deploy.json", JSON_TYPE, VAPP_IDS, id="json-vapp"),
+    pytest.param("seed_article_vm_deploy.xml", "application/xml", [SEED_ID], id="xml-seed-article"),
+]
+
+
+@pytest.mark.parametrize(("name", "content_type", "task_ids"), SAMPLES)
+async def test_a_sample_callback_is_answered_with_its_request_and_tasks(
+    connector: Connector, name: str, content_type: str, task_ids: list[str]
+) -> None:
+    response = await post(f"{connector.url}/callback", sample(name), content_type)
+
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["tasks"] == task_ids
+    assert answer["already_known"] == []
+    assert isinstance(answer["request_id"], str) and answer["request_id"]
+
+
+@pytest.mark.parametrize(("name", "content_type", "task_ids"), SAMPLES)
+async def test_a_sample_callback_is_stored_under_its_request(
+    connector: Connector, name: str, content_type: str, task_ids: list[str]
+) -> None:
+    response = await post(f"{connector.url}/callback", sample(name), content_type)
+
+    async with await Store.open(connector.settings.database.url, migrate=False) as store:
+        tasks = await store.tasks_of_request(response.json()["request_id"])
+    assert [task.task_id for task in tasks] == task_ids
+
+
+async def test_the_same_callback_twice_is_answered_both_times_and_stored_once(connector: Connector) -> None:
+    body = sample("protocol_11_4_vapp_deploy.xml")
+
+    first = await post(f"{connector.url}/callback", body)
+    second = await post(f"{connector.url}/callback", body)
+
+    assert first.status_code == second.status_code == 200
+    assert second.json() == {"request_id": None, "tasks": [], "already_known": VAPP_IDS}
+    assert sorted(await stored_tasks(connector)) == VAPP_IDS
+
+
+async def test_a_simulated_abiquo_callback_is_stored(connector: Connector) -> None:
+    result = await connector.request(action="deploy", vm=1)
+
+    assert await stored_tasks(connector) == [result["tasks"][0]["task_id"]]
+
+
+# --- refusals ------------------------------------------------------------------------------------------
+
+DOCTYPE = b'<?xml version="1.0"?>\n<!DOCTYPE tasks [<!ENTITY x "boom">]>\n<tasks><task>&x;</task></tasks>'
+EXTERNAL = (
+    b'<?xml version="1.0"?>\n<!DOCTYPE tasks [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n'
+    b"<tasks><task><taskId>&x;</taskId></task></tasks>"
+)
+NO_CONTINUE = sample("protocol_11_3_vm_reconfigure.xml").replace(b'rel="continue"', b'rel="something-else"')
+
+BAD_BODIES = [
+    pytest.param(b"this is not a payload", "text/plain", id="garbage-text"),
+    pytest.param(b"\x89PNG\r\n\x1a\n\x00\x00", XML_TYPE, id="binary-as-xml"),
+    pytest.param(b"<tasks><task>", XML_TYPE, id="truncated-xml"),
+    pytest.param(b'{"collection": [', JSON_TYPE, id="truncated-json"),
+    pytest.param(b"<users><user/></users>", XML_TYPE, id="xml-of-another-shape"),
+    pytest.param(b'{"name": "not a task"}', JSON_TYPE, id="json-of-another-shape"),
+    pytest.param(b"[1, 2, 3]", JSON_TYPE, id="json-list"),
+    pytest.param(NO_CONTINUE, XML_TYPE, id="task-without-continue-link"),
+    pytest.param(DOCTYPE, XML_TYPE, id="xml-with-dtd-and-entity"),
+    pytest.param(EXTERNAL, "application/xml", id="xml-with-external-entity"),
+    pytest.param(b"", XML_TYPE, id="empty"),
+    pytest.param(b"", None, id="empty-without-content-type"),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type"), BAD_BODIES)
+async def test_an_unreadable_body_is_refused_with_400_and_a_sentence(
+    connector: Connector, body: bytes, content_type: str | None
+) -> None:
+    response = await post(f"{connector.url}/callback", body, content_type)
+
+    assert_refusal(response, 400)
+    assert await stored_tasks(connector) == []
+
+
+async def test_an_image_is_refused_with_415(connector: Connector) -> None:
+    response = await post(f"{connector.url}/callback", b"\x89PNG\r\n\x1a\n", "image/png")
+
+    assert "image/png" in assert_refusal(response, 415)
+    assert await stored_tasks(connector) == []
+
+
+@pytest.fixture
+def small_body_connector(connector_factory: ConnectorFactory) -> Iterator[Connector]:
+    """A connector whose `server.max_body` is 2,000 bytes: the vApp sample (several KB) is over it."""
+    with connector_factory(server={"max_body": 2000}) as running:
+        yield running
+
+
+async def test_a_body_over_max_body_with_its_length_declared_is_refused_with_413(
+    small_body_connector: Connector,
+) -> None:
+    body = sample("protocol_11_4_vapp_deploy.xml")
+    assert len(body) > 2000
+
+    response = await post(f"{small_body_connector.url}/callback", body)
+
+    assert "2,000" in assert_refusal(response, 413)
+    assert await stored_tasks(small_body_connector) == []
+
+
+async def test_a_chunked_body_over_max_body_is_refused_with_413_while_streaming(
+    small_body_connector: Connector,
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(100):
+            yield b"<!-- padding padding padding padding padding padding padding padding -->\n"
+
+    async with httpx2.AsyncClient(timeout=30) as client:
+        response = await client.post(
+            f"{small_body_connector.url}/callback", content=chunks(), headers={"content-type": XML_TYPE}
+        )
+
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+    assert "content-length" not in response.request.headers
+    assert "2,000" in assert_refusal(response, 413)
+    assert await stored_tasks(small_body_connector) == []
+
+
+async def test_a_chunked_body_under_max_body_is_stored(small_body_connector: Connector) -> None:
+    body = sample("protocol_11_3_vm_reconfigure.json")
+    assert len(body) < 2000
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 100):
+            yield body[start : start + 100]
+
+    async with httpx2.AsyncClient(timeout=30) as client:
+        response = await client.post(
+            f"{small_body_connector.url}/callback", content=chunks(), headers={"content-type": JSON_TYPE}
+        )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["tasks"] == [RECONFIGURE_ID]
+
+
+async def test_get_on_the_callback_is_405(connector: Connector) -> None:
+    async with httpx2.AsyncClient(timeout=30) as client:
+        response = await client.get(f"{connector.url}/callback")
+
+    assert "POST" in assert_refusal(response, 405)
+    assert response.headers["allow"] == "POST"
+
+
+# --- server.callback_token -----------------------------------------------------------------------------
+
+TOKEN = "s3cret-callback-token"
+
+
+@pytest.fixture
+def token_connector(connector_factory: ConnectorFactory) -> Iterator[Connector]:
+    with connector_factory(server={"callback_token": TOKEN}) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        pytest.param(f"/callback/{TOKEN}", {}, id="path-segment"),
+        pytest.param("/callback", {"params": {"token": TOKEN}}, id="query-parameter"),
+        pytest.param("/callback", {"headers": {"authorization": f"Bearer {TOKEN}"}}, id="bearer-header"),
+    ],
+)
+async def test_the_callback_token_is_accepted_in_each_place(
+    token_connector: Connector, path: str, extra: dict[str, Any]
+) -> None:
+    response = await post(f"{token_connector.url}{path}", sample("protocol_11_1_vm_deploy.xml"), **extra)
+
+    assert response.status_code == 200, response.text
+    assert await stored_tasks(token_connector) == [DEPLOY_ID]
+
+
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        pytest.param("/callback", {}, id="missing"),
+        pytest.param("/callback/wrong-token", {}, id="wrong-path-segment"),
+        pytest.param("/callback", {"params": {"token": "wrong"}}, id="wrong-query-parameter"),
+        pytest.param("/callback", {"headers": {"authorization": "Bearer wrong"}}, id="wrong-bearer"),
+        pytest.param("/callback", {"headers": {"authorization": f"Basic {TOKEN}"}}, id="not-a-bearer"),
+        pytest.param("/callback", {"params": {"token": ""}}, id="empty-query-parameter"),
+    ],
+)
+async def test_a_missing_or_wrong_callback_token_is_refused_with_403(
+    token_connector: Connector, path: str, extra: dict[str, Any]
+) -> None:
+    response = await post(f"{token_connector.url}{path}", sample("protocol_11_1_vm_deploy.xml"), **extra)
+
+    message = assert_refusal(response, 403)
+    assert TOKEN not in message
+    assert await stored_tasks(token_connector) == []
+
+
+async def test_a_token_path_without_a_configured_token_is_404(connector: Connector) -> None:
+    response = await post(f"{connector.url}/callback/anything", sample("protocol_11_1_vm_deploy.xml"))
+
+    assert "/callback" in assert_refusal(response, 404)
+    assert await stored_tasks(connector) == []
+
+
+# --- server.callback_allow -----------------------------------------------------------------------------
+
+
+async def test_a_source_inside_callback_allow_is_accepted(connector_factory: ConnectorFactory) -> None:
+    with connector_factory(server={"callback_allow": ["127.0.0.0/8"]}) as connector:
+        response = await post(f"{connector.url}/callback", sample("protocol_11_1_vm_deploy.xml"))
+
+        assert response.status_code == 200, response.text
+
+
+async def test_a_source_outside_callback_allow_is_refused_with_403(
+    connector_factory: ConnectorFactory,
+) -> None:
+    with connector_factory(server={"callback_allow": ["10.0.0.0/8"]}) as connector:
+        response = await post(f"{connector.url}/callback", sample("protocol_11_1_vm_deploy.xml"))
+
+        assert "127.0.0.1" in assert_refusal(response, 403)
+        assert await stored_tasks(connector) == []
+
+
+# --- the database unavailable ----------------------------------------------------------------------------
+
+
+async def test_a_callback_is_refused_with_503_while_another_process_locks_the_sqlite_file(
+    connector: Connector,
+) -> None:
+    path = make_url(connector.settings.database.url).database
+    assert path is not None
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        response = await post(f"{connector.url}/callback", sample("protocol_11_1_vm_deploy.xml"))
+    finally:
+        holder.close()
+
+    message = assert_refusal(response, 503)
+    assert "database is not available" in message
+    assert str(path) not in message  # where the database lives is for the log, not for callers
+    assert await stored_tasks(connector) == []
+
+
+@pytest.fixture
+def postgres_server() -> str:
+    server = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not server:
+        pytest.skip(f"{POSTGRES_URL_VARIABLE} is not set")
+    return make_url(server).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def drop_database(server: str, url: str) -> None:
+    name = make_url(url).database
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_callback_is_refused_with_503_when_the_postgresql_database_is_gone(
+    connector_factory: ConnectorFactory, database_url: str, postgres_server: str
+) -> None:
+    with connector_factory(database_url=database_url) as connector:
+        await asyncio.to_thread(drop_database, postgres_server, database_url)
+
+        response = await post(f"{connector.url}/callback", sample("protocol_11_1_vm_deploy.xml"))
+
+        message = assert_refusal(response, 503)
+        assert "database is not available" in message
+        assert make_url(database_url).database not in message

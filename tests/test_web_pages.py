@@ -1,0 +1,371 @@
+"""What every response of the web app carries, and the pages around the decisions (web/app.py, health.py).
+
+Security headers on every answer, the stylesheet, the index page, `/healthz`, `/readyz`, `/metrics`,
+404/405/500 answers as sentences (JSON, or a page on the page routes), and a real Chromium rendering
+the confirmation page under the Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import httpx2
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy.engine import make_url
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from abiquo_workflow import __version__
+from abiquo_workflow.abiquo.simulator import SimulatorServer
+from abiquo_workflow.config import build_settings
+from abiquo_workflow.domain import Action
+from abiquo_workflow.links import LinkSigner
+from abiquo_workflow.mail.inbox import Inbox
+from abiquo_workflow.servers import BackgroundServer
+from abiquo_workflow.web.app import create_app
+from tests.conftest import (
+    POSTGRES_URL_VARIABLE,
+    TEST_SECRET_KEY,
+    Connector,
+    ConnectorFactory,
+    free_port,
+)
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
+
+ALICE = "Alice Smith <alice.smith@acme.example>"
+TRACEBACK_MARKERS = ("Traceback", 'File "', "site-packages")
+DEPLOY_XML = (Path(__file__).parent / "payloads" / "protocol_11_1_vm_deploy.xml").read_bytes()
+
+
+def signer_for(connector: Connector) -> LinkSigner:
+    return LinkSigner(TEST_SECRET_KEY, connector.settings.server.base_url, 3600)
+
+
+def relative(url: str) -> str:
+    """`http://host/accept?task=…` → `/accept?task=…`."""
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}"
+
+
+async def fetch(base_url: str, method: str, path: str, **kw: Any) -> httpx2.Response:
+    async with httpx2.AsyncClient(base_url=base_url, timeout=30) as client:
+        return await client.request(method, path, **kw)
+
+
+async def held_task(connector: Connector) -> str:
+    result = await connector.request(action="deploy", vm=1)
+    return str(result["tasks"][0]["task_id"])
+
+
+def assert_sentence_json(response: httpx2.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    message = str(response.json()["error"])
+    assert message[:1].isupper() and message.endswith("."), message
+    assert not any(marker in response.text for marker in TRACEBACK_MARKERS), response.text
+    return message
+
+
+def assert_error_page(response: httpx2.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    assert '<p class="notice error">' in response.text
+    assert not any(marker in response.text for marker in TRACEBACK_MARKERS), response.text
+    return response.text
+
+
+# --- security headers on every answer -------------------------------------------------------------------
+
+#: Each entry makes one request against a running connector and returns its response.
+Probe = Callable[[Connector], Awaitable[httpx2.Response]]
+
+
+async def _confirmation_page(connector: Connector) -> httpx2.Response:
+    url = signer_for(connector).task_url(await held_task(connector), Action.ACCEPT, ALICE)
+    return await fetch(connector.url, "GET", relative(url))
+
+
+async def _done_page(connector: Connector) -> httpx2.Response:
+    url = signer_for(connector).task_url(await held_task(connector), Action.ACCEPT, ALICE)
+    return await fetch(connector.url, "POST", relative(url))
+
+
+PROBES: dict[str, Probe] = {
+    "index": lambda c: fetch(c.url, "GET", "/"),
+    "confirmation-page": _confirmation_page,
+    "done-page": _done_page,
+    "forbidden-page": lambda c: fetch(c.url, "GET", "/accept", params={"task": "t", "token": "x"}),
+    "callback-200": lambda c: fetch(
+        c.url, "POST", "/callback", content=DEPLOY_XML, headers={"content-type": "application/xml"}
+    ),
+    "callback-400": lambda c: fetch(c.url, "POST", "/callback", content=b"nonsense"),
+    "not-found": lambda c: fetch(c.url, "GET", "/no/such/page"),
+    "method-not-allowed": lambda c: fetch(c.url, "GET", "/callback"),
+    "healthz": lambda c: fetch(c.url, "GET", "/healthz"),
+    "readyz": lambda c: fetch(c.url, "GET", "/readyz"),
+    "metrics": lambda c: fetch(c.url, "GET", "/metrics"),
+}
+
+
+@pytest.mark.parametrize("probe", list(PROBES))
+async def test_every_answer_carries_the_security_headers(connector: Connector, probe: str) -> None:
+    response = await PROBES[probe](connector)
+
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_the_stylesheet_is_served(connector: Connector) -> None:
+    response = await fetch(connector.url, "GET", "/static/style.css")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/css")
+    assert "button.accept" in response.text
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_pages_link_the_stylesheet_by_path_not_by_the_host_they_were_asked_as(
+    connector: Connector,
+) -> None:
+    response = await fetch(connector.url, "GET", "/", headers={"host": "evil.example"})
+
+    assert '<link rel="stylesheet" href="/static/style.css">' in response.text
+    assert "evil.example" not in response.text
+
+
+# --- index, health, readiness, metrics ---------------------------------------------------------------------
+
+
+async def test_the_index_page_names_the_version_and_the_callback_url(connector: Connector) -> None:
+    response = await fetch(connector.url, "GET", "/")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert __version__ in response.text
+    assert f"<code>{connector.settings.server.base_url}/callback</code>" in response.text
+    assert 'href="/healthz"' in response.text and 'href="/readyz"' in response.text
+
+
+async def test_healthz_answers_ok(connector: Connector) -> None:
+    response = await fetch(connector.url, "GET", "/healthz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readyz_answers_ok_while_the_database_answers(connector: Connector) -> None:
+    response = await fetch(connector.url, "GET", "/readyz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "database": "ok"}
+
+
+@pytest.fixture
+def postgres_server() -> str:
+    server = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not server:
+        pytest.skip(f"{POSTGRES_URL_VARIABLE} is not set")
+    return make_url(server).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def drop_database(server: str, url: str) -> None:
+    name = make_url(url).database
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def orphaned_connector(
+    connector_factory: ConnectorFactory, database_url: str, postgres_server: str
+) -> Iterator[Connector]:
+    """A connector on PostgreSQL whose database has been dropped under it after it started."""
+    with connector_factory(database_url=database_url) as connector:
+        drop_database(postgres_server, database_url)
+        yield connector
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_readyz_is_503_with_a_sentence_when_the_database_is_gone(
+    orphaned_connector: Connector, database_url: str
+) -> None:
+    response = await fetch(orphaned_connector.url, "GET", "/readyz")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "unavailable"
+    assert body["error"].startswith("The database is not answering")
+    assert make_url(database_url).database not in response.text
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_decision_page_is_503_with_a_sentence_when_the_database_is_gone(
+    orphaned_connector: Connector,
+) -> None:
+    url = signer_for(orphaned_connector).task_url("some-task", Action.ACCEPT, ALICE)
+
+    for method in ("GET", "POST"):
+        page = assert_error_page(await fetch(orphaned_connector.url, method, relative(url)), 503)
+        assert "database is not available" in page
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_healthz_still_answers_when_the_database_is_gone(orphaned_connector: Connector) -> None:
+    response = await fetch(orphaned_connector.url, "GET", "/healthz")
+
+    assert response.status_code == 200
+
+
+def sample_value(metrics: str, name: str, labels: str) -> float:
+    match = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\S+)$", metrics, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_metrics_count_callbacks_and_decisions(connector: Connector) -> None:
+    before = (await fetch(connector.url, "GET", "/metrics")).text
+    task = await held_task(connector)
+    await fetch(connector.url, "POST", "/callback", content=b"nonsense")
+    await fetch(connector.url, "POST", relative(signer_for(connector).task_url(task, Action.ACCEPT, ALICE)))
+
+    response = await fetch(connector.url, "GET", "/metrics")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    after = response.text
+    for name, labels in [
+        ("awf_callbacks_total", 'outcome="stored"'),
+        ("awf_callbacks_total", 'outcome="refused"'),
+        ("awf_decisions_total", 'channel="email",decision="accepted"'),
+    ]:
+        assert sample_value(after, name, labels) == sample_value(before, name, labels) + 1, (name, labels)
+
+
+# --- 404, 405 and 500 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/no/such/page", "/accept/more", "/static/missing.css", "/api/v2/tasks"])
+async def test_an_unknown_route_is_a_404_sentence_in_json(connector: Connector, path: str) -> None:
+    response = await fetch(connector.url, "GET", path)
+
+    assert path in assert_sentence_json(response, 404)
+
+
+async def test_a_wrong_method_on_a_page_route_is_a_405_page_naming_the_methods(connector: Connector) -> None:
+    response = await fetch(connector.url, "DELETE", "/accept")
+
+    assert "DELETE is not allowed on /accept" in assert_error_page(response, 405)
+    assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+
+
+async def _crash(request: Request) -> Response:
+    raise RuntimeError("internal detail that must stay in the log")
+
+
+@pytest.fixture
+def crashing_server(tmp_path: Path, simulator: SimulatorServer, smtp_inbox: Inbox) -> Iterator[str]:
+    """The real app, with one extra route that raises, at a page path and at a JSON path.
+
+    Starlette renders an unhandled exception outside every middleware, so the app's 500 answers need
+    checking on their own; no route of the app fails this way on purpose (LinkSigner.verify does on a
+    signed token with an odd expiry, a bug reported against links.py), hence the extra route."""
+    port = free_port()
+    settings = build_settings(
+        {
+            "server": {"bind": f"127.0.0.1:{port}", "secret_key": TEST_SECRET_KEY},
+            "database": {"url": f"sqlite:///{tmp_path / 'crashing.db'}"},
+            "abiquo": {"api_url": simulator.api_url},
+            "mail": {"smtp_host": "127.0.0.1", "smtp_port": smtp_inbox.port},
+        },
+        environ={},
+    )
+    app = create_app(settings)
+    app.router.routes[0:0] = [Route("/multiple", _crash), Route("/crash", _crash)]
+    with BackgroundServer(app, port=port) as server:
+        yield server.url
+
+
+async def test_an_unexpected_error_on_a_page_route_is_a_500_page_with_a_sentence(
+    crashing_server: str,
+) -> None:
+    response = await fetch(crashing_server, "GET", "/multiple")
+
+    page = assert_error_page(response, 500)
+    assert "Something went wrong on our side" in page
+    assert "internal detail" not in page
+    assert response.headers["cache-control"] == "no-store"
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+
+
+async def test_an_unexpected_error_elsewhere_is_a_500_sentence_in_json(crashing_server: str) -> None:
+    response = await fetch(crashing_server, "GET", "/crash")
+
+    message = assert_sentence_json(response, 500)
+    assert "internal detail" not in message
+    assert response.headers["referrer-policy"] == "no-referrer"
+
+
+# --- in a real browser ----------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.asyncio(loop_scope="session")
+async def test_chromium_renders_the_confirmation_page_under_the_csp_and_its_button_decides(
+    connector: Connector, chromium_browser: Browser
+) -> None:
+    task = await held_task(connector)
+    url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
+    page = await chromium_browser.new_page()
+    console: list[str] = []
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+    try:
+        response = await page.goto(url)
+        assert response is not None and response.status == 200
+
+        button = page.locator("form button[type=submit]")
+        assert await button.is_visible()
+        # #1f7a4d (button.accept in style.css): the stylesheet loaded and applied under the CSP.
+        colour = await button.evaluate("element => getComputedStyle(element).backgroundColor")
+        assert colour == "rgb(31, 122, 77)"
+
+        await page.fill("textarea[name=reason]", "Fine by me")
+        async with page.expect_navigation():
+            await button.click()
+        assert await page.locator("h1").inner_text() == "Accepted"
+        assert "Accepted by Alice Smith" in await page.locator("table").inner_text()
+    finally:
+        await page.close()
+    assert not [line for line in console if "Content Security Policy" in line], console
+
+
+@pytest.mark.browser
+@pytest.mark.asyncio(loop_scope="session")
+async def test_chromium_shows_a_hostile_vm_name_as_text(
+    connector: Connector, chromium_browser: Browser
+) -> None:
+    result = await connector.request(action="deploy", vm=2)
+    await connector.inbox.wait_for(1)  # triage has stored the VM's name from Abiquo
+    url = signer_for(connector).task_url(result["tasks"][0]["task_id"], Action.ACCEPT, ALICE)
+    page = await chromium_browser.new_page()
+    try:
+        await page.goto(url)
+        cell = page.locator("tbody td").first
+        assert await cell.inner_text() == 'db <primary> & "co"'
+        assert await page.locator("primary").count() == 0
+    finally:
+        await page.close()
