@@ -8,16 +8,18 @@
 
 Each state change is written in the same transaction as the job that acts on it (the outbox), so a
 crash at any point loses nothing: the job is still queued, or its lease runs out and another run takes
-it up. Each job is safe to run twice: every transition is conditional, and Abiquo answers a repeated
-continue with TASK-2, which `deliver` recognises as "already done" when the task shows our decision.
+it up. (The requester's email is queued just after a delivery commits, by the same job, so that
+deliveries settling at once cannot each miss the others; see `_notify_when_settled`.) Each job is safe
+to run twice: every transition is conditional, and Abiquo answers a repeated continue with TASK-2,
+which `deliver` recognises as "already done" when the task shows our decision.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from email.utils import formataddr
 from typing import Any
 
 import structlog
@@ -100,10 +102,24 @@ def held_task(task: TaskRecord) -> HeldTask:
     )
 
 
+#: Characters that make an address's display name need quotes (RFC 5322 "specials").
+_SPECIALS = frozenset('()<>[]:;@\\,."')
+
+
 def approver_address(user: User) -> str:
-    """`Alice Smith <alice@acme.example>`: whom an action link speaks for; who decided, in the audit log."""
+    """`Alice Smith <alice@acme.example>`: whom an action link speaks for; who decided, in the audit log.
+
+    Written for people, not for a mail header: a name such as "Zoë Zimmermann" stays as it is
+    (`email.utils.formataddr` would MIME-encode it into `=?utf-8?q?Zo=C3=AB_Zimmermann?=`, which then
+    showed in the requester's email, on the decision pages and in Abiquo's event text).
+    """
     name = f"{user.name} {user.surname}".strip() or user.nick
-    return formataddr((name, user.email or ""))
+    if not user.email:
+        return name
+    if _SPECIALS.intersection(name):
+        escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+        name = f'"{escaped}"'
+    return f"{name} <{user.email}>"
 
 
 def details_from_json(data: Mapping[str, Any] | None) -> RequestDetails | None:
@@ -192,6 +208,9 @@ class Approvals:
     async def triage(self, job: JobRecord) -> None:
         """Enrich a request through Abiquo, then decide automatically or ask the approvers by email."""
         request_id = str(job.payload["request_id"])
+        request = await self.store.get_request(request_id)
+        if request is None or request.triaged_at is not None:
+            return  # triaged by an earlier run of this job, cut off before it was marked done
         pending = [
             t for t in await self.store.tasks_of_request(request_id) if t.decision is DecisionState.PENDING
         ]
@@ -364,10 +383,20 @@ class Approvals:
     # --- deliver -----------------------------------------------------------------------------------
 
     async def deliver(self, job: JobRecord) -> None:
-        """POST the task's continue or cancel link; record what Abiquo said. Raises to be retried."""
+        """POST the task's continue or cancel link; record what Abiquo said. Raises to be retried.
+
+        Then, in a transaction of its own, queue the requester's email if this settled the request's
+        last task. A run cut off between the two (a crash) is repeated: the task is already settled,
+        so only the second step runs again.
+        """
         task = await self.store.get_task(str(job.payload["task_id"]))
-        if task is None or task.delivery is not DeliveryState.QUEUED:
-            return  # delivered (or settled) by an earlier run of this job
+        if task is None:
+            return
+        if task.delivery is DeliveryState.QUEUED:
+            await self._deliver(task)
+        await self._notify_when_settled(task.request_id)
+
+    async def _deliver(self, task: TaskRecord) -> None:
         send = (
             self.abiquo.continue_task if task.decision is DecisionState.ACCEPTED else self.abiquo.cancel_task
         )
@@ -385,7 +414,7 @@ class Approvals:
                 task.task_id, state, detail=detail, abiquo_state=abiquo_state, expect=DeliveryState.QUEUED
             )
             if settled is None:
-                return
+                return  # settled meanwhile by another run of this job
             metrics.DELIVERIES.labels(state.value).inc()
             await tx.audit(
                 state.value,
@@ -394,32 +423,51 @@ class Approvals:
                 task_id=task.task_id,
                 detail=detail,
             )
-            await self._notify_when_settled(tx, task.request_id)
 
-    async def _notify_when_settled(self, tx: UnitOfWork, request_id: str) -> None:
-        """Queue the requester's email once no task of the request is pending or on its way."""
-        tasks = await tx.tasks_of_request(request_id)
-        if any(t.decision is DecisionState.PENDING or t.delivery is DeliveryState.QUEUED for t in tasks):
-            return
-        request = await tx.get_request(request_id)
-        details = details_from_json(request.details if request else None)
-        requester = details.requester if details else None
-        if requester is None or not requester.email:
-            await tx.audit(
-                "requester_not_told",
-                channel=Channel.EMAIL,
-                request_id=request_id,
-                detail="the requester has no email address in Abiquo",
-            )
-            return
-        notification = await tx.add_notification(
-            request_id, kind="outcome", recipient=requester.email, task_ids=[t.task_id for t in tasks]
-        )
-        await tx.enqueue(
-            NOTIFY_REQUESTER,
-            {"request_id": request_id, "notification_id": notification},
-            dedupe_key=f"outcome:{request_id}",
-        )
+    async def _notify_when_settled(self, request_id: str) -> None:
+        """Queue the requester's email once no task of the request is pending or on its way.
+
+        This runs in its own transaction, after the one that settled a task has committed. Checked
+        inside that transaction instead, deliveries settling at once (an "accept all") each saw the
+        others still queued on PostgreSQL, and nobody told the requester. Now the last to commit is
+        sure to see every task settled; others may see it too, so the job's dedupe key (the request
+        and the outcome being reported) lets one through and the rest roll back, notification included.
+        An outcome that changes later (a failed delivery retried by hand) is reported again.
+        """
+        try:
+            async with self.store.transaction() as tx:
+                tasks = await tx.tasks_of_request(request_id)
+                if not tasks or any(
+                    t.decision is DecisionState.PENDING or t.delivery is DeliveryState.QUEUED for t in tasks
+                ):
+                    return
+                request = await tx.get_request(request_id)
+                details = details_from_json(request.details if request else None)
+                requester = details.requester if details else None
+                email = requester.email if requester is not None else None
+                notification = (
+                    await tx.add_notification(
+                        request_id, kind="outcome", recipient=email, task_ids=[t.task_id for t in tasks]
+                    )
+                    if email
+                    else None
+                )
+                queued = await tx.enqueue(
+                    NOTIFY_REQUESTER,
+                    {"request_id": request_id, "notification_id": notification},
+                    dedupe_key=_outcome_key(request_id, tasks),
+                )
+                if queued is None:
+                    raise _AlreadyQueued
+                if notification is None:
+                    await tx.audit(
+                        "requester_not_told",
+                        channel=Channel.EMAIL,
+                        request_id=request_id,
+                        detail="the requester has no email address in Abiquo",
+                    )
+        except _AlreadyQueued:
+            pass  # another delivery of this request queued the same email first
 
     # --- the requester's email ---------------------------------------------------------------------
 
@@ -457,6 +505,7 @@ class Approvals:
     async def job_failed(self, job: JobRecord, error: str) -> None:
         """Make a job's final failure visible where people look: the task, the email, the request."""
         metrics.JOBS_DEAD.labels(job.kind).inc()
+        failed: TaskRecord | None = None
         async with self.store.transaction() as tx:
             if job.kind == DELIVER:
                 task_id = str(job.payload["task_id"])
@@ -472,11 +521,11 @@ class Approvals:
                         task_id=task_id,
                         detail=error,
                     )
-                    await self._notify_when_settled(tx, failed.request_id)
             elif job.kind in (SEND_APPROVAL, NOTIFY_REQUESTER):
-                await tx.set_notification(
-                    int(job.payload["notification_id"]), NotificationStatus.FAILED, error=error
-                )
+                if job.payload.get("notification_id") is not None:
+                    await tx.set_notification(
+                        int(job.payload["notification_id"]), NotificationStatus.FAILED, error=error
+                    )
                 await tx.audit(
                     "email_failed",
                     channel=Channel.EMAIL,
@@ -490,6 +539,20 @@ class Approvals:
                     request_id=str(job.payload["request_id"]),
                     detail=error,
                 )
+        if failed is not None:
+            await self._notify_when_settled(failed.request_id)
+
+
+class _AlreadyQueued(Exception):
+    """Raised to roll back a transaction whose job another transaction queued first."""
+
+
+def _outcome_key(request_id: str, tasks: Sequence[TaskRecord]) -> str:
+    """The requester email's dedupe key: the request, and how each of its tasks ended."""
+    ended = ",".join(
+        f"{t.task_id}={t.decision.value}/{t.delivery}" for t in sorted(tasks, key=lambda t: t.task_id)
+    )
+    return f"outcome:{request_id}:{hashlib.sha256(ended.encode()).hexdigest()[:16]}"
 
 
 def _delivery_record(task: TaskRecord, outcome: DeliveryOutcome) -> tuple[DeliveryState, str, str | None]:
