@@ -324,3 +324,19 @@ async def test_a_requester_without_an_email_address_is_not_emailed_and_the_audit
     assert [a.action for a in audit].count("requester_not_told") == 1
     assert [n.kind for n in notifications] == ["approval"] * 3
     assert recipients(connector.inbox.messages) == ACME_APPROVERS
+
+
+async def test_every_job_of_the_loop_gets_the_configured_number_of_attempts(connector: Connector) -> None:
+    held = await connector.request(action="deploy", vm=1)
+    [approval, *_] = await connector.inbox.wait_for(3)
+    async with httpx2.AsyncClient() as browser, open_store(connector) as store:
+        accept = next(link for link in html_links(approval) if link.path == "/accept")
+        _, form = await open_confirmation(browser, accept)
+        await submit(browser, accept.url, form, reason="ok")
+        await connector.inbox.wait_for(4)
+        await wait_until_idle(store)
+        jobs = await store.list_jobs(limit=100)
+
+    assert held["tasks"]
+    assert {job.kind for job in jobs} == {"triage", "send_approval", "deliver", "notify_requester"}
+    assert {job.max_attempts for job in jobs} == {connector.settings.worker.max_attempts}

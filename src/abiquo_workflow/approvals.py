@@ -191,7 +191,12 @@ class Approvals:
                 source=source,
             )
             inserted = await tx.insert_tasks(request_id, fresh)
-            await tx.enqueue(TRIAGE, {"request_id": request_id}, dedupe_key=f"triage:{request_id}")
+            await tx.enqueue(
+                TRIAGE,
+                {"request_id": request_id},
+                dedupe_key=f"triage:{request_id}",
+                max_attempts=self.settings.worker.max_attempts,
+            )
             await tx.audit(
                 "received",
                 channel=Channel.ABIQUO,
@@ -275,6 +280,7 @@ class Approvals:
                 "task_ids": list(task_ids),
             },
             dedupe_key=f"approval:{request_id}:{email.lower()}",
+            max_attempts=self.settings.worker.max_attempts,
         )
 
     # --- approval emails ---------------------------------------------------------------------------
@@ -456,6 +462,7 @@ class Approvals:
                     NOTIFY_REQUESTER,
                     {"request_id": request_id, "notification_id": notification},
                     dedupe_key=_outcome_key(request_id, tasks),
+                    max_attempts=self.settings.worker.max_attempts,
                 )
                 if queued is None:
                     raise _AlreadyQueued
