@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from pathlib import Path
 
 from abiquo_workflow.abiquo.client import AbiquoClient
 from abiquo_workflow.config import Settings
 from abiquo_workflow.exceptions import AbiquoWorkflowError, ConfigError
 from abiquo_workflow.mail.send import Mailer
-from abiquo_workflow.service import link_signer
+from abiquo_workflow.service import link_signer, sqlite_file
 from abiquo_workflow.store import Store
 from abiquo_workflow.store.engine import display_url
 
@@ -24,12 +23,6 @@ class CheckResult:
     name: str
     ok: bool
     detail: str
-
-
-def _sqlite_path(url: str) -> Path | None:
-    if not url.startswith("sqlite"):
-        return None
-    return Path(url.split(":///", 1)[1]) if ":///" in url else None
 
 
 async def check_config(settings: Settings) -> CheckResult:
@@ -43,7 +36,7 @@ async def check_config(settings: Settings) -> CheckResult:
 async def check_database(settings: Settings) -> CheckResult:
     url = settings.database.url
     shown = display_url(url)
-    path = _sqlite_path(url)
+    path = sqlite_file(url)
     if path is not None and not path.exists():
         if path.parent.exists():
             return CheckResult("database", True, f"{shown} does not exist yet; `serve` will create it")

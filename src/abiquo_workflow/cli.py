@@ -15,7 +15,6 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import structlog
 import typer
-import uvicorn
 
 from abiquo_workflow import __version__
 from abiquo_workflow.config import Settings, load_settings
@@ -65,7 +64,8 @@ def configure_logging(verbose: bool) -> None:
     """Human-readable logs on stderr; DEBUG with --verbose. Settings and secrets are never logged."""
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
-    for noisy in ("aiosqlite", "httpcore", "httpx2", "mail.log", "asyncio"):
+    # alembic announces every plugin and migration context at INFO: noise on every command.
+    for noisy in ("aiosqlite", "alembic", "httpcore", "httpx2", "mail.log", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
@@ -122,7 +122,8 @@ def serve(
     worker: Annotated[bool, typer.Option(help="run the job worker in this process")] = True,
 ) -> None:
     """Serve the web endpoints (callback, decision pages, health) and, by default, the worker."""
-    from abiquo_workflow.service import link_signer
+    from abiquo_workflow.servers import serve_in_foreground
+    from abiquo_workflow.service import link_signer, prepare_store
     from abiquo_workflow.web.app import create_app
 
     ctx = _context(typer_ctx)
@@ -131,14 +132,11 @@ def serve(
         link_signer(settings)
     except ConfigError as exc:
         fail(str(exc), code=2)
+    # The server's startup would open the store too, but report a failure as a traceback.
+    run(ctx, prepare_store(settings))
     server = settings.server
-    uvicorn.run(
-        create_app(settings, run_worker=worker),
-        host=server.host,
-        port=server.port,
-        log_config=None,
-        access_log=False,  # access lines would carry the tokens of decision links
-        timeout_graceful_shutdown=10,
+    serve_in_foreground(
+        create_app(settings, run_worker=worker), server.host, server.port, timeout_graceful_shutdown=10
     )
 
 
@@ -197,7 +195,7 @@ def send_test_email(
 @app.command()
 def simulate(
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8081,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port to listen on")] = 8081,
     callback_url: Annotated[
         str | None, typer.Option(help="where to POST held tasks, e.g. http://127.0.0.1:8080/callback")
     ] = None,
@@ -219,7 +217,9 @@ def demo(
     data_dir: Annotated[Path, typer.Option(help="where the demo keeps its SQLite database")] = Path(
         "demo-data"
     ),
-    port: Annotated[int, typer.Option(help="the connector's port; the others follow it")] = 8080,
+    port: Annotated[
+        int, typer.Option(min=1, max=65532, help="the connector's port; the next three follow it")
+    ] = 8080,
 ) -> None:
     """The whole loop on this machine: connector (SQLite), simulated Abiquo and a mail inbox."""
     from abiquo_workflow.demo import run_demo
@@ -232,7 +232,7 @@ def tasks_list(
     typer_ctx: typer.Context,
     decision: Annotated[DecisionState | None, typer.Option(help="only tasks with this decision")] = None,
     delivery: Annotated[DeliveryState | None, typer.Option(help="only tasks in this delivery state")] = None,
-    limit: Annotated[int, typer.Option(help="at most this many, newest first")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 50,
 ) -> None:
     """List tasks, newest first."""
     from abiquo_workflow.task_commands import list_tasks

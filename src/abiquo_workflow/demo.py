@@ -19,12 +19,11 @@ import socket
 from pathlib import Path
 
 import typer
-import uvicorn
 
 from abiquo_workflow.abiquo.simulator import Simulator, SimulatorServer
 from abiquo_workflow.config import Settings, build_settings
 from abiquo_workflow.mail.inbox import Inbox, inbox_app
-from abiquo_workflow.servers import BackgroundServer
+from abiquo_workflow.servers import BackgroundServer, serve_in_foreground
 from abiquo_workflow.web.app import create_app
 
 HOST = "127.0.0.1"
@@ -96,12 +95,5 @@ def run_demo(data_dir: Path, port: int) -> None:
         SimulatorServer(simulator, HOST, port + 1),
     ):
         typer.echo(_banner(port))
-        uvicorn.run(
-            create_app(settings),
-            host=HOST,
-            port=port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=5,
-        )
+        serve_in_foreground(create_app(settings), HOST, port, timeout_graceful_shutdown=5)
     typer.echo("demo stopped")

@@ -1,16 +1,18 @@
-"""An ASGI app served by uvicorn in a background thread: the demo's side servers, and the tests' servers.
+"""Serving ASGI apps with uvicorn: `BackgroundServer` in a thread (the demo's side servers, the tests'
+servers) and `serve_in_foreground` on the main thread (`serve` and `demo`).
 
-The thread has its own event loop, so a test (or the demo's main loop) can block without stalling it.
-Port 0 picks a free port; `url` reports the real one once started.
+A background server's thread has its own event loop, so a test (or the demo's main loop) can block
+without stalling it. Port 0 picks a free port; `url` reports the real one once started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import threading
 import time
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Literal, Self
 
 import uvicorn
@@ -94,3 +96,36 @@ class BackgroundServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await asyncio.to_thread(self.stop)
+
+
+class _Terminated(Exception):
+    """Raised by the SIGTERM handler `serve_in_foreground` installs while uvicorn runs."""
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
+def serve_in_foreground(app: ASGIApp, host: str, port: int, *, timeout_graceful_shutdown: int) -> None:
+    """Serve `app` on the main thread until SIGINT or SIGTERM, shut down gracefully, and return.
+
+    uvicorn handles both signals itself and, once it has shut down, raises the one it stopped on again
+    with the handler that was there before. For SIGTERM that is normally the default action, which
+    kills the process (exit status 143) after a clean stop; here the handler before is ours, so a
+    SIGTERM ends like Ctrl-C does: `serve` exits 0 and the demo can say it stopped. A SIGTERM that
+    arrives before uvicorn has taken over the signals ends the same way, with nothing started.
+    """
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,  # access lines would carry the tokens of decision links
+            timeout_graceful_shutdown=timeout_graceful_shutdown,
+        )
+    except _Terminated:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -12,6 +12,7 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 
@@ -50,9 +51,26 @@ def link_signer(settings: Settings) -> LinkSigner:
     )
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite database URL (relative to the working folder), None for other databases."""
+    if not url.startswith("sqlite") or ":///" not in url:
+        return None
+    return Path(url.split(":///", 1)[1])
+
+
 def migrates_at_start(settings: Settings) -> bool:
     """SQLite belongs to one instance, which migrates it at start; PostgreSQL is migrated by `migrate`."""
     return settings.database.url.startswith("sqlite")
+
+
+async def prepare_store(settings: Settings) -> None:
+    """Open the database as `running_service` will (migrating SQLite) and close it again.
+
+    `serve` calls it before starting the web server, so that an unreachable or unmigrated database is
+    one sentence on stderr rather than a traceback from the server's startup. Raises `StoreError`.
+    """
+    store = await Store.open(settings.database.url, migrate=migrates_at_start(settings))
+    await store.close()
 
 
 @contextlib.asynccontextmanager

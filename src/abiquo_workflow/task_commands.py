@@ -1,4 +1,7 @@
-"""`abiquo-workflow tasks list | show | retry`: the operator's view of the store, as lines of text."""
+"""`abiquo-workflow tasks list | show | retry`: the operator's view of the store, as lines of text.
+
+They never create or migrate a database: a missing SQLite file is reported, not made.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,21 @@ from abiquo_workflow.approvals import retry_delivery
 from abiquo_workflow.config import Settings
 from abiquo_workflow.domain import DecisionState, DeliveryState
 from abiquo_workflow.exceptions import AbiquoWorkflowError
+from abiquo_workflow.service import sqlite_file
 from abiquo_workflow.store import Store
+from abiquo_workflow.store.engine import display_url
 from abiquo_workflow.store.records import TaskRecord
+
+
+async def _open_store(settings: Settings) -> Store:
+    url = settings.database.url
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        raise AbiquoWorkflowError(
+            f"there is no database at {display_url(url)} yet; `abiquo-workflow serve` creates it "
+            "(or check database.url)"
+        )
+    return await Store.open(url, migrate=False)
 
 
 def _line(task: TaskRecord) -> str:
@@ -20,7 +36,7 @@ def _line(task: TaskRecord) -> str:
 async def list_tasks(
     settings: Settings, *, decision: DecisionState | None, delivery: DeliveryState | None, limit: int
 ) -> list[str]:
-    async with await Store.open(settings.database.url, migrate=False) as store:
+    async with await _open_store(settings) as store:
         tasks = await store.list_tasks(decision=decision, delivery=delivery, limit=limit)
     if not tasks:
         return ["no tasks"]
@@ -28,7 +44,7 @@ async def list_tasks(
 
 
 async def show_task(settings: Settings, task_id: str) -> list[str]:
-    async with await Store.open(settings.database.url, migrate=False) as store:
+    async with await _open_store(settings) as store:
         task = await store.get_task(task_id)
         if task is None:
             raise AbiquoWorkflowError(f"no task {task_id} is stored here")
@@ -54,7 +70,7 @@ async def show_task(settings: Settings, task_id: str) -> list[str]:
 
 async def retry_task(settings: Settings, task_id: str) -> str:
     """Queue a failed delivery again; the running `serve` (or `worker`) process delivers it."""
-    async with await Store.open(settings.database.url, migrate=False) as store:
+    async with await _open_store(settings) as store:
         task = await retry_delivery(store, task_id, max_attempts=settings.worker.max_attempts)
         if task is None:
             current = await store.get_task(task_id)

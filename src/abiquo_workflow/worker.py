@@ -134,37 +134,59 @@ class Worker:
                 future.cancel()
 
     async def _run_one(self, job: JobRecord) -> None:
-        handler = self.handlers.get(job.kind)
         bound = log.bind(job_id=job.id, kind=job.kind, attempt=job.attempts, worker=self.worker_id)
+        try:
+            await self._run_and_record(job, bound)
+        except Exception as exc:  # recording the outcome failed; the lease runs out and the job runs again
+            bound.error("job.outcome_not_recorded", error=describe(exc))
+
+    async def _run_and_record(self, job: JobRecord, bound: structlog.stdlib.BoundLogger) -> None:
+        handler = self.handlers.get(job.kind)
+        if handler is None:  # no later attempt can do better: bury it now
+            await self._bury(job, f"no handler for jobs of kind {job.kind!r}", bound)
+            return
         heartbeat = asyncio.create_task(self._keep_lease(job))
         try:
-            if handler is None:
-                raise LookupError(f"no handler for jobs of kind {job.kind!r}")
             await handler(job)
         except Exception as exc:
-            heartbeat.cancel()
+            await self._stop_heartbeat(heartbeat)
             await self._failed(job, exc, bound)
         else:
-            heartbeat.cancel()
+            await self._stop_heartbeat(heartbeat)
             await self.store.complete(job.id, self.worker_id)
             bound.debug("job.done")
 
+    @staticmethod
+    async def _stop_heartbeat(heartbeat: asyncio.Task[None]) -> None:
+        """Cancel the lease renewal and wait until it is gone, so that it never writes after the outcome."""
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+
     async def _failed(self, job: JobRecord, exc: Exception, bound: structlog.stdlib.BoundLogger) -> None:
         error = describe(exc)
-        if job.exhausted or isinstance(exc, LookupError):
-            bound.error("job.dead", error=error)
-            if await self.store.bury(job.id, self.worker_id, error=error) and self.on_failed is not None:
-                await self.on_failed(job, error)
+        if job.exhausted:
+            await self._bury(job, error, bound)
             return
         delay = retry_delay(job.attempts, self.settings)
         bound.warning("job.retry", error=error, delay=round(delay, 2))
         run_after = datetime.now(UTC) + timedelta(seconds=delay)
         await self.store.retry(job.id, self.worker_id, error=error, run_after=run_after)
 
+    async def _bury(self, job: JobRecord, error: str, bound: structlog.stdlib.BoundLogger) -> None:
+        bound.error("job.dead", error=error)
+        if await self.store.bury(job.id, self.worker_id, error=error) and self.on_failed is not None:
+            await self.on_failed(job, error)
+
     async def _keep_lease(self, job: JobRecord) -> None:
         """Renew the lease while a long job runs, so no other worker takes it over."""
         with contextlib.suppress(asyncio.CancelledError):
             while True:
                 await asyncio.sleep(self.settings.lease / 3)
-                if not await self.store.extend_lease(job.id, self.worker_id, self.settings.lease):
+                try:
+                    held = await self.store.extend_lease(job.id, self.worker_id, self.settings.lease)
+                except Exception as exc:  # the database may be briefly unreachable; try at the next beat
+                    log.warning("worker.lease_not_renewed", job_id=job.id, error=describe(exc))
+                    continue
+                if not held:
                     return

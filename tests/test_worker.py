@@ -1,0 +1,375 @@
+"""The job runner on its own: handlers written here, a real store on SQLite and PostgreSQL.
+
+These say how the worker runs, retries, buries, bounds and wakes; what the jobs of the approval loop do
+is tested with the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from abiquo_workflow.config import WorkerSettings
+from abiquo_workflow.store import JobRecord, JobStatus, Store
+from abiquo_workflow.worker import Handler, Worker, retry_delay
+
+WAIT = 15.0
+
+
+@dataclass
+class Running:
+    """A worker running in the background, and the failures it reported through `on_failed`."""
+
+    worker: Worker
+    task: asyncio.Task[None]
+    failed: list[tuple[JobRecord, str]] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        """Stop claiming and wait until the running jobs (and their reports) are finished."""
+        self.worker.stop()
+        async with asyncio.timeout(WAIT):
+            await self.task
+
+
+Start = Callable[..., Awaitable[Running]]
+
+
+def settings(**changes: Any) -> WorkerSettings:
+    values: dict[str, Any] = {"concurrency": 4, "retry_base_delay": 0.05, "retry_max_delay": 0.5, "lease": 5}
+    return WorkerSettings.model_validate({**values, **changes})
+
+
+async def enqueue(store: Store, kind: str, payload: Mapping[str, Any] | None = None, **options: Any) -> int:
+    async with store.transaction() as tx:
+        job_id = await tx.enqueue(kind, payload or {}, **options)
+    assert job_id is not None
+    return job_id
+
+
+async def job(store: Store, job_id: int) -> JobRecord:
+    found = await store.get_job(job_id)
+    assert found is not None
+    return found
+
+
+async def status_is(store: Store, job_id: int, status: JobStatus) -> bool:
+    return (await job(store, job_id)).status is status
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll `condition` until it holds; fail naming `what` after WAIT seconds."""
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:  # the condition lives in the database: there is no event to wait on
+                if await condition():
+                    return
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"{what}: not within {WAIT:g} s") from None
+
+
+@pytest.fixture
+async def start_worker(store: Store) -> AsyncIterator[Start]:
+    """Start workers in the background: `running = await start_worker(handlers, poll_interval=…,
+    on_store=…, **worker_settings)`. Any still running are stopped at the end of the test."""
+    started: list[Running] = []
+
+    async def start(
+        handlers: Mapping[str, Handler],
+        *,
+        on_store: Store | None = None,
+        poll_interval: float = 0.05,
+        **worker_settings: Any,
+    ) -> Running:
+        failed: list[tuple[JobRecord, str]] = []
+
+        async def on_failed(job: JobRecord, error: str) -> None:
+            failed.append((job, error))
+
+        worker = Worker(
+            on_store or store,
+            handlers,
+            settings=settings(**worker_settings),
+            on_failed=on_failed,
+            poll_interval=poll_interval,
+        )
+        running = Running(worker, asyncio.create_task(worker.run()), failed)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.stop()
+
+
+# --- running, retrying, burying ----------------------------------------------------------------------
+
+
+async def test_a_job_runs_once_and_is_done(store: Store, start_worker: Start) -> None:
+    ran: list[Mapping[str, Any]] = []
+
+    async def handle(job: JobRecord) -> None:
+        ran.append(job.payload)
+
+    job_id = await enqueue(store, "greet", {"name": "Zoë"})
+    running = await start_worker({"greet": handle})
+    await until(lambda: status_is(store, job_id, JobStatus.DONE), "the job is done")
+    await running.stop()
+
+    assert ran == [{"name": "Zoë"}]
+    done = await job(store, job_id)
+    assert done.attempts == 1 and done.finished_at is not None
+    assert running.failed == []
+
+
+async def test_a_failing_job_is_retried_after_a_growing_backoff_and_then_succeeds(
+    store: Store, start_worker: Start
+) -> None:
+    due: list[datetime] = []  # when each attempt was due
+    failed_at: list[datetime] = []
+
+    async def flaky(job: JobRecord) -> None:
+        due.append(job.run_after)
+        if job.attempts < 3:
+            failed_at.append(datetime.now(UTC))
+            raise RuntimeError(f"flaky {job.attempts}")
+
+    job_id = await enqueue(store, "flaky")
+    running = await start_worker({"flaky": flaky}, retry_base_delay=0.2, retry_max_delay=5)
+    await until(lambda: status_is(store, job_id, JobStatus.DONE), "the job is done")
+    await running.stop()
+
+    assert len(due) == 3
+    # Each retry was due at least half its backoff ceiling after the failure: ceilings 0.2 s, then 0.4 s.
+    assert due[1] - failed_at[0] >= timedelta(seconds=0.1)
+    assert due[2] - failed_at[1] >= timedelta(seconds=0.2)
+    done = await job(store, job_id)
+    assert done.attempts == 3
+    assert done.last_error == "flaky 2"
+    assert running.failed == []
+
+
+async def test_a_job_failing_every_time_is_buried_after_max_attempts_and_reported_once(
+    store: Store, start_worker: Start
+) -> None:
+    runs: list[int] = []
+
+    async def broken(job: JobRecord) -> None:
+        runs.append(job.attempts)
+        raise RuntimeError(f"still broken after {job.attempts}")
+
+    job_id = await enqueue(store, "broken", max_attempts=3)
+    running = await start_worker({"broken": broken})
+    await until(lambda: status_is(store, job_id, JobStatus.DEAD), "the job is dead")
+    await running.stop()
+
+    assert runs == [1, 2, 3]
+    ((reported, error),) = running.failed
+    assert reported.id == job_id
+    assert error == "still broken after 3"
+    assert (await job(store, job_id)).last_error == "still broken after 3"
+
+
+async def test_a_job_of_an_unknown_kind_is_buried_at_once(store: Store, start_worker: Start) -> None:
+    job_id = await enqueue(store, "mystery", max_attempts=5)
+    running = await start_worker({})
+    await until(lambda: status_is(store, job_id, JobStatus.DEAD), "the job is dead")
+    await running.stop()
+
+    dead = await job(store, job_id)
+    assert dead.attempts == 1
+    assert dead.last_error == "no handler for jobs of kind 'mystery'"
+    assert [(j.id, error) for j, error in running.failed] == [
+        (job_id, "no handler for jobs of kind 'mystery'")
+    ]
+
+
+async def test_a_handler_raising_a_lookup_error_is_retried_like_any_other(
+    store: Store, start_worker: Start
+) -> None:
+    async def missing_key_once(job: JobRecord) -> None:
+        if job.attempts == 1:
+            raise KeyError("vm")
+
+    job_id = await enqueue(store, "lookup", max_attempts=3)
+    running = await start_worker({"lookup": missing_key_once})
+    await until(lambda: status_is(store, job_id, JobStatus.DONE), "the job is done")
+    await running.stop()
+
+    assert (await job(store, job_id)).attempts == 2
+    assert running.failed == []
+
+
+# --- how many at once, and waking up -----------------------------------------------------------------
+
+
+async def test_concurrency_bounds_how_many_jobs_run_at_once(store: Store, start_worker: Start) -> None:
+    in_flight = 0
+    most = 0
+
+    async def slow(job: JobRecord) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.1)
+        in_flight -= 1
+
+    for _ in range(7):
+        await enqueue(store, "slow")
+    running = await start_worker({"slow": slow}, concurrency=3)
+    await until(lambda: all_done(store, 7), "every job is done")
+    await running.stop()
+
+    assert most == 3
+
+
+async def all_done(store: Store, count: int) -> bool:
+    return len(await store.list_jobs(status=JobStatus.DONE)) == count
+
+
+async def test_an_enqueue_in_this_process_wakes_a_sleeping_worker_at_once(
+    store: Store, start_worker: Start
+) -> None:
+    ran = asyncio.Event()
+
+    async def handle(job: JobRecord) -> None:
+        ran.set()
+
+    await start_worker({"ping": handle}, poll_interval=30)
+    await asyncio.sleep(0.3)  # the worker found nothing and sleeps for up to 30 s
+    await enqueue(store, "ping")
+
+    async with asyncio.timeout(5):  # only the wake-up can explain it: the next poll is ~30 s away
+        await ran.wait()
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_an_enqueue_by_another_process_wakes_a_sleeping_worker_on_postgresql(
+    store: Store, database_url: str, start_worker: Start
+) -> None:
+    ran = asyncio.Event()
+
+    async def handle(job: JobRecord) -> None:
+        ran.set()
+
+    await start_worker({"ping": handle}, poll_interval=30)
+    await asyncio.sleep(0.3)
+    async with await Store.open(database_url, migrate=False) as other_process:
+        await enqueue(other_process, "ping")
+
+    async with asyncio.timeout(5):  # only LISTEN/NOTIFY can explain it: the next poll is ~30 s away
+        await ran.wait()
+
+
+# --- stopping and leases -----------------------------------------------------------------------------
+
+
+async def test_stop_lets_the_running_job_finish(store: Store, start_worker: Start) -> None:
+    started = asyncio.Event()
+    finished: list[int] = []
+
+    async def slow(job: JobRecord) -> None:
+        started.set()
+        await asyncio.sleep(0.3)
+        finished.append(job.id)
+
+    job_id = await enqueue(store, "slow")
+    running = await start_worker({"slow": slow})
+    async with asyncio.timeout(WAIT):
+        await started.wait()
+    await running.stop()
+
+    assert finished == [job_id]
+    assert (await job(store, job_id)).status is JobStatus.DONE
+
+
+async def test_a_long_job_keeps_its_lease_so_no_other_worker_takes_it_over(
+    store: Store, database_url: str, start_worker: Start
+) -> None:
+    runs: list[str] = []
+
+    def long_job(worker_name: str) -> Handler:
+        async def handle(job: JobRecord) -> None:
+            runs.append(worker_name)
+            await asyncio.sleep(1.0)  # more than three leases
+
+        return handle
+
+    job_id = await enqueue(store, "long")
+    first = await start_worker({"long": long_job("first")}, lease=0.3)
+    await until(lambda: status_is(store, job_id, JobStatus.RUNNING), "the first worker runs the job")
+    async with await Store.open(database_url, migrate=False) as other_process:
+        second = await start_worker(
+            {"long": long_job("second")}, on_store=other_process, lease=0.3, poll_interval=0.02
+        )
+        await until(lambda: status_is(store, job_id, JobStatus.DONE), "the job is done")
+        await second.stop()
+    await first.stop()
+
+    assert runs == ["first"]
+    assert (await job(store, job_id)).attempts == 1
+
+
+async def test_a_job_whose_lease_nobody_renews_is_taken_over_when_it_runs_out(
+    store: Store, start_worker: Start
+) -> None:
+    """The other side of the lease: a claim that is not renewed (its worker crashed) runs again."""
+    job_id = await enqueue(store, "orphan")
+    (claimed,) = await store.claim("crashed-worker", limit=1, lease=0.2)
+    attempts: list[int] = []
+
+    async def handle(job: JobRecord) -> None:
+        attempts.append(job.attempts)
+
+    running = await start_worker({"orphan": handle})
+    await until(lambda: status_is(store, job_id, JobStatus.DONE), "the job is done")
+    await running.stop()
+
+    assert claimed.id == job_id
+    assert attempts == [2]
+
+
+# --- the backoff ---------------------------------------------------------------------------------------
+
+BACKOFF = WorkerSettings(retry_base_delay=1.0, retry_max_delay=60.0)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "ceiling"),
+    [
+        (1, 1.0),  # after the first failure: the base delay
+        (2, 2.0),  # doubled
+        (3, 4.0),  # doubled again
+        (6, 32.0),
+        (7, 60.0),  # 64 s, capped at retry_max_delay
+        (30, 60.0),  # and it stays there
+    ],
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_retry_delay_lies_between_half_and_all_of_its_ceiling(
+    attempts: int, ceiling: float, seed: int
+) -> None:
+    delay = retry_delay(attempts, BACKOFF, rng=random.Random(seed))
+
+    assert ceiling / 2 <= delay <= ceiling
+
+
+@pytest.mark.parametrize("attempts", [1, 2, 3, 4, 5])
+def test_with_the_same_draw_each_retry_waits_twice_as_long_as_the_one_before(attempts: int) -> None:
+    before = retry_delay(attempts, BACKOFF, rng=random.Random(7))
+    after = retry_delay(attempts + 1, BACKOFF, rng=random.Random(7))
+
+    assert after == pytest.approx(2 * before)
+
+
+def test_retry_delay_jitter_spreads_over_the_whole_upper_half() -> None:
+    rng = random.Random(42)
+    delays = [retry_delay(3, BACKOFF, rng=rng) for _ in range(500)]
+
+    assert all(2.0 <= d <= 4.0 for d in delays)
+    assert min(delays) < 2.2 and max(delays) > 3.8
