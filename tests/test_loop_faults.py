@@ -13,7 +13,7 @@ import pytest
 from abiquo_workflow.approvals import retry_delivery
 from abiquo_workflow.domain import DecisionState, DeliveryState
 from abiquo_workflow.store.records import JobStatus, NotificationStatus
-from abiquo_workflow.task_commands import show_task
+from abiquo_workflow.task_commands import retry_task, show_task
 from tests.conftest import Connector, ConnectorFactory
 from tests.loop_support import (
     Link,
@@ -258,3 +258,31 @@ async def test_abiquo_unreachable_during_triage_delays_the_approval_emails_witho
     assert request is not None and request.triage_error is None
     assert sorted(request.approvers or ()) == ACME_APPROVERS
     assert "* web-01 (Deploy)" in (arrived[0].text() or "")
+
+
+async def test_a_triage_that_failed_for_good_is_queued_again_by_tasks_retry(
+    impatient_connector: Connector,
+) -> None:
+    connector = impatient_connector
+    # Every read of VM 1 fails until the faults are cleared: triage runs out of attempts.
+    await control(
+        connector, "POST", "/_sim/faults", {"count": 1000, "status": 503, "match": "/virtualmachines/1"}
+    )
+    held = await connector.request(action="deploy", vm=1)
+    task_id = held["tasks"][0]["task_id"]
+
+    async with open_store(connector) as store:
+        await wait_until_idle(store)
+        [dead] = [j for j in await store.list_jobs() if j.kind == "triage"]
+        assert dead.status is JobStatus.DEAD
+        assert connector.inbox.messages == []
+
+        assert (await control(connector, "DELETE", "/_sim/faults")).status_code == 200
+        said = await retry_task(connector.settings, task_id)
+        arrived = await connector.inbox.wait_for(3)
+        await wait_until_idle(store)
+        [triage] = [j for j in await store.list_jobs() if j.kind == "triage"]
+
+    assert said == f"task {task_id}: queued again: reading the request's details from Abiquo (triage)"
+    assert triage.status is JobStatus.DONE
+    assert recipients(arrived) == ACME_APPROVERS

@@ -50,7 +50,7 @@ from abiquo_workflow.mail.render import render_approval, render_outcome
 from abiquo_workflow.mail.send import Mailer
 from abiquo_workflow.policy import AskApprovers, AutoDecision, evaluate, is_gated, ungated_decision
 from abiquo_workflow.store import Store
-from abiquo_workflow.store.records import JobRecord, NotificationStatus, TaskRecord
+from abiquo_workflow.store.records import JobRecord, JobStatus, NotificationStatus, TaskRecord
 from abiquo_workflow.store.store import UnitOfWork
 
 log = structlog.stdlib.get_logger(__name__)
@@ -610,3 +610,28 @@ async def retry_delivery(store: Store, task_id: str, *, max_attempts: int) -> Ta
         await tx.enqueue(DELIVER, {"task_id": task_id}, max_attempts=max_attempts)
         await tx.audit("retried", channel=Channel.CLI, request_id=task.request_id, task_id=task_id)
     return task
+
+
+#: The jobs whose final failure leaves a request stuck short of a decision or of the requester's email.
+REQUEST_JOBS = (TRIAGE, SEND_APPROVAL, NOTIFY_REQUESTER)
+
+
+async def retry_request_jobs(store: Store, request_id: str) -> list[JobRecord]:
+    """Queue again a request's dead jobs: a triage that never finished, emails that never went out.
+
+    Part of `abiquo-workflow tasks retry ID`. Each job gets a fresh set of attempts.
+    """
+    dead = [
+        job
+        for job in await store.list_jobs(status=JobStatus.DEAD, limit=10_000)
+        if job.kind in REQUEST_JOBS and job.payload.get("request_id") == request_id
+    ]
+    requeued: list[JobRecord] = []
+    async with store.transaction() as tx:
+        for job in dead:
+            if await tx.requeue(job.id):
+                requeued.append(job)
+                await tx.audit(
+                    "retried", channel=Channel.CLI, request_id=request_id, detail=f"{job.kind} queued again"
+                )
+    return requeued

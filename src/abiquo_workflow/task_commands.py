@@ -5,14 +5,14 @@ They never create or migrate a database: a missing SQLite file is reported, not 
 
 from __future__ import annotations
 
-from abiquo_workflow.approvals import retry_delivery
+from abiquo_workflow.approvals import NOTIFY_REQUESTER, SEND_APPROVAL, retry_delivery, retry_request_jobs
 from abiquo_workflow.config import Settings
 from abiquo_workflow.domain import DecisionState, DeliveryState
 from abiquo_workflow.exceptions import AbiquoWorkflowError
 from abiquo_workflow.service import sqlite_file
 from abiquo_workflow.store import Store
 from abiquo_workflow.store.engine import display_url
-from abiquo_workflow.store.records import TaskRecord
+from abiquo_workflow.store.records import JobRecord, TaskRecord
 
 
 async def _open_store(settings: Settings) -> Store:
@@ -68,15 +68,32 @@ async def show_task(settings: Settings, task_id: str) -> list[str]:
     return lines
 
 
+def _job_words(job: JobRecord) -> str:
+    if job.kind == SEND_APPROVAL:
+        approver = job.payload.get("approver") or {}
+        return f"the approval email to {approver.get('email') or 'an approver'}"
+    if job.kind == NOTIFY_REQUESTER:
+        return "the requester's email"
+    return "reading the request's details from Abiquo (triage)"
+
+
 async def retry_task(settings: Settings, task_id: str) -> str:
-    """Queue a failed delivery again; the running `serve` (or `worker`) process delivers it."""
+    """Queue again what failed for a task: its delivery to Abiquo, its request's triage or emails.
+
+    The running `serve` (or `worker`) process does the work.
+    """
     async with await _open_store(settings) as store:
-        task = await retry_delivery(store, task_id, max_attempts=settings.worker.max_attempts)
-        if task is None:
-            current = await store.get_task(task_id)
-    if task is not None:
+        current = await store.get_task(task_id)
+        if current is None:
+            raise AbiquoWorkflowError(f"no task {task_id} is stored here")
+        delivery = await retry_delivery(store, task_id, max_attempts=settings.worker.max_attempts)
+        jobs = await retry_request_jobs(store, current.request_id)
+    if delivery is None and not jobs:
+        state = current.delivery.value if current.delivery else "not decided yet"
+        raise AbiquoWorkflowError(
+            f"task {task_id} has not failed (its delivery is {state}); nothing to retry"
+        )
+    if delivery is not None and not jobs:
         return f"task {task_id} is queued for delivery again"
-    if current is None:
-        raise AbiquoWorkflowError(f"no task {task_id} is stored here")
-    state = current.delivery.value if current.delivery else "not decided yet"
-    raise AbiquoWorkflowError(f"task {task_id} has not failed (its delivery is {state}); nothing to retry")
+    queued = (["its delivery to Abiquo"] if delivery is not None else []) + [_job_words(job) for job in jobs]
+    return f"task {task_id}: queued again: " + "; ".join(queued)

@@ -174,9 +174,16 @@ class Worker:
         await self.store.retry(job.id, self.worker_id, error=error, run_after=run_after)
 
     async def _bury(self, job: JobRecord, error: str, bound: structlog.stdlib.BoundLogger) -> None:
+        """Record the failure where people look (`on_failed`), then mark the job dead.
+
+        In that order: a crash between the two leaves the failure visible and the job running, and the
+        next claim buries it once its lease runs out. The other order could leave a dead job behind a
+        task that still looks queued.
+        """
         bound.error("job.dead", error=error)
-        if await self.store.bury(job.id, self.worker_id, error=error) and self.on_failed is not None:
+        if self.on_failed is not None:
             await self.on_failed(job, error)
+        await self.store.bury(job.id, self.worker_id, error=error)
 
     async def _keep_lease(self, job: JobRecord) -> None:
         """Renew the lease while a long job runs, so no other worker takes it over."""
