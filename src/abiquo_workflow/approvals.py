@@ -177,33 +177,37 @@ class Approvals:
         """Store a callback and queue its triage, in one transaction. Never calls Abiquo or SMTP.
 
         A task id already stored (Abiquo sent it again) is not stored twice; a callback made only of
-        known tasks stores nothing at all.
+        known tasks stores nothing at all (its request row is rolled back with the rest).
         """
-        async with self.store.transaction() as tx:
-            known = {task.task_id for task in await tx.get_tasks(t.task_id for t in callback.tasks)}
-            fresh = [task for task in callback.tasks if task.task_id not in known]
-            if not fresh:
-                return Received(None, (), tuple(t.task_id for t in callback.tasks))
-            request_id = await tx.insert_request(
-                dataclasses.replace(callback, tasks=tuple(fresh)),
-                body=body.decode("utf-8", errors="replace"),
-                content_type=content_type,
-                source=source,
-            )
-            inserted = await tx.insert_tasks(request_id, fresh)
-            await tx.enqueue(
-                TRIAGE,
-                {"request_id": request_id},
-                dedupe_key=f"triage:{request_id}",
-                max_attempts=self.settings.worker.max_attempts,
-            )
-            await tx.audit(
-                "received",
-                channel=Channel.ABIQUO,
-                request_id=request_id,
-                actor=source,
-                detail=f"{len(inserted)} task(s): " + ", ".join(f"{t.task_type} {t.task_id}" for t in fresh),
-            )
+        try:
+            async with self.store.transaction() as tx:
+                request_id = await tx.insert_request(
+                    callback,
+                    body=body.decode("utf-8", errors="replace"),
+                    content_type=content_type,
+                    source=source,
+                )
+                inserted = await tx.insert_tasks(request_id, callback.tasks)
+                if not inserted:
+                    raise _NothingNew
+                await tx.enqueue(
+                    TRIAGE,
+                    {"request_id": request_id},
+                    dedupe_key=f"triage:{request_id}",
+                    max_attempts=self.settings.worker.max_attempts,
+                )
+                await tx.audit(
+                    "received",
+                    channel=Channel.ABIQUO,
+                    request_id=request_id,
+                    actor=source,
+                    detail=f"{len(inserted)} task(s): "
+                    + ", ".join(
+                        f"{t.task_type} {t.task_id}" for t in callback.tasks if t.task_id in inserted
+                    ),
+                )
+        except _NothingNew:
+            return Received(None, (), tuple(t.task_id for t in callback.tasks))
         known_ids = tuple(t.task_id for t in callback.tasks if t.task_id not in inserted)
         log.info("callback.received", request_id=request_id, tasks=len(inserted), known=len(known_ids))
         return Received(request_id, tuple(inserted), known_ids)
@@ -548,6 +552,10 @@ class Approvals:
                 )
         if failed is not None:
             await self._notify_when_settled(failed.request_id)
+
+
+class _NothingNew(Exception):
+    """Raised to roll back a callback's request row when every one of its tasks was already stored."""
 
 
 class _AlreadyQueued(Exception):

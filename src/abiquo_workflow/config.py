@@ -122,7 +122,7 @@ class AbiquoSettings(_Section):
         None, description="sent as '; version=X.Y' on media types, for example 3.10"
     )
     timeout: float = Field(10.0, gt=0, description="seconds per API request")
-    max_connections: int = Field(10, gt=0, description="concurrent API requests at most")
+    max_connections: int = Field(20, gt=0, description="concurrent API requests at most")
     retries: int = Field(3, ge=0, description="extra attempts on 5xx and connection errors")
 
     @property
