@@ -189,6 +189,23 @@ async def test_a_job_of_an_unknown_kind_is_buried_at_once(store: Store, start_wo
     ]
 
 
+async def test_a_retry_runs_when_due_not_at_the_next_poll(store: Store, start_worker: Start) -> None:
+    # Nothing else wakes a worker that polls every 30 s: only the wake-up it schedules for the retry
+    # can make the second attempt happen within the wait below.
+    attempts: list[int] = []
+
+    async def flaky(job: JobRecord) -> None:
+        attempts.append(job.attempts)
+        if job.attempts == 1:
+            raise RuntimeError("not yet")
+
+    job_id = await enqueue(store, "flaky")
+    await start_worker({"flaky": flaky}, poll_interval=30)
+    await until(lambda: status_is(store, job_id, JobStatus.DONE), "the retried job is done")
+
+    assert attempts == [1, 2]
+
+
 async def test_a_handler_raising_a_lookup_error_is_retried_like_any_other(
     store: Store, start_worker: Start
 ) -> None:

@@ -7,8 +7,8 @@ buried (status `dead`) and `on_failed` records the failure where people look (th
 `failed`, the email shows `failed`).
 
 When it wakes. At once when this process enqueues (the store signals after COMMIT), at once on
-PostgreSQL when another process enqueues (LISTEN/NOTIFY), and otherwise every `poll_interval` seconds,
-which is also how retries that become due are found.
+PostgreSQL when another process enqueues (LISTEN/NOTIFY), when a retry it scheduled becomes due, and
+otherwise every `poll_interval` seconds (how other processes' retries and expired leases are found).
 
 How it fails. Killed mid-job, the job stays `running` until its lease runs out; then the next claim, by
 this process after a restart or by another replica, takes it up again. Every job kind is safe to repeat.
@@ -171,7 +171,9 @@ class Worker:
         delay = retry_delay(job.attempts, self.settings)
         bound.warning("job.retry", error=error, delay=round(delay, 2))
         run_after = datetime.now(UTC) + timedelta(seconds=delay)
-        await self.store.retry(job.id, self.worker_id, error=error, run_after=run_after)
+        if await self.store.retry(job.id, self.worker_id, error=error, run_after=run_after):
+            # Look again when it is due, rather than at the next poll: a 50 ms backoff stays 50 ms.
+            asyncio.get_running_loop().call_later(delay, self.store.wakeup.set)
 
     async def _bury(self, job: JobRecord, error: str, bound: structlog.stdlib.BoundLogger) -> None:
         """Record the failure where people look (`on_failed`), then mark the job dead.
