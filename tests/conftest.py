@@ -75,6 +75,27 @@ async def chromium_browser() -> AsyncIterator[Browser]:
 POSTGRES_URL_VARIABLE = "AWF_TEST_POSTGRES_URL"
 
 
+def postgres_server_url() -> str:
+    """The PostgreSQL server of $AWF_TEST_POSTGRES_URL, as a libpq URL; skips the test when it is unset."""
+    server = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not server:
+        pytest.skip(f"{POSTGRES_URL_VARIABLE} is not set")
+    return make_url(server).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def drop_database(server: str, url: str) -> None:
+    """Drop the database of `url` on `server`, even with connections open to it."""
+    name = make_url(url).database
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def postgres_server() -> str:
+    """The PostgreSQL server's URL (skips without AWF_TEST_POSTGRES_URL)."""
+    return postgres_server_url()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of an empty database of its own: a new SQLite file in tmp_path, or a new PostgreSQL
@@ -83,19 +104,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'abiquo-workflow.db'}"
         return
-    server = os.environ.get(POSTGRES_URL_VARIABLE)
-    if not server:
-        pytest.skip(f"{POSTGRES_URL_VARIABLE} is not set")
-    server_url = make_url(server).set(drivername="postgresql")
-    conninfo = server_url.render_as_string(hide_password=False)
+    server = postgres_server_url()
     name = f"awf_test_{secrets.token_hex(6)}"
-    with psycopg.connect(conninfo, autocommit=True) as admin:
+    with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_url(server).set(database=name).render_as_string(hide_password=False)
     try:
-        yield server_url.set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        with psycopg.connect(conninfo, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop_database(server, url)
 
 
 @pytest_asyncio.fixture

@@ -7,20 +7,17 @@ Refusals answer JSON `{"error": "<a sentence>"}` and store nothing.
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
-import psycopg
 import pytest
-from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from abiquo_workflow.store import Store
-from tests.conftest import POSTGRES_URL_VARIABLE, Connector, ConnectorFactory
+from tests.conftest import Connector, ConnectorFactory, drop_database
 
 PAYLOADS = Path(__file__).parent / "payloads"
 XML_TYPE = "application/vnd.abiquo.tasks+xml"
@@ -318,20 +315,6 @@ async def test_a_callback_is_refused_with_503_while_another_process_locks_the_sq
     assert "database is not available" in message
     assert str(path) not in message  # where the database lives is for the log, not for callers
     assert await stored_tasks(connector) == []
-
-
-@pytest.fixture
-def postgres_server() -> str:
-    server = os.environ.get(POSTGRES_URL_VARIABLE)
-    if not server:
-        pytest.skip(f"{POSTGRES_URL_VARIABLE} is not set")
-    return make_url(server).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def drop_database(server: str, url: str) -> None:
-    name = make_url(url).database
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.mark.postgres

@@ -7,7 +7,6 @@ the confirmation page under the Content-Security-Policy.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -15,9 +14,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx2
-import psycopg
 import pytest
-from psycopg import sql
 from sqlalchemy.engine import make_url
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,10 +29,10 @@ from abiquo_workflow.mail.inbox import Inbox
 from abiquo_workflow.servers import BackgroundServer
 from abiquo_workflow.web.app import create_app
 from tests.conftest import (
-    POSTGRES_URL_VARIABLE,
     TEST_SECRET_KEY,
     Connector,
     ConnectorFactory,
+    drop_database,
     free_port,
 )
 
@@ -172,20 +169,6 @@ async def test_readyz_answers_ok_while_the_database_answers(connector: Connector
 
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "database": "ok"}
-
-
-@pytest.fixture
-def postgres_server() -> str:
-    server = os.environ.get(POSTGRES_URL_VARIABLE)
-    if not server:
-        pytest.skip(f"{POSTGRES_URL_VARIABLE} is not set")
-    return make_url(server).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def drop_database(server: str, url: str) -> None:
-    name = make_url(url).database
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.fixture
