@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -13,7 +16,7 @@ from sqlalchemy import inspect, text
 from abiquo_workflow.exceptions import StoreError
 from abiquo_workflow.store import Store, migrate
 from abiquo_workflow.store.engine import create_sync_engine
-from abiquo_workflow.store.schema import alembic_config, current_revision, head_revision
+from abiquo_workflow.store.schema import HEAD_REVISION, alembic_config, current_revision, head_revision
 from abiquo_workflow.store.tables import metadata
 
 
@@ -48,6 +51,11 @@ def test_upgrading_an_empty_database_builds_exactly_the_tables_of_the_code(datab
     migrate(database_url)
 
     assert schema_differences(database_url) == []
+
+
+def test_the_head_revision_the_store_expects_is_alembics_head() -> None:
+    # Fails when a migration is added without updating schema.HEAD_REVISION.
+    assert head_revision() == HEAD_REVISION
 
 
 def test_an_upgraded_database_is_at_the_head_revision(database_url: str) -> None:
@@ -108,3 +116,30 @@ def test_migrating_an_unreachable_database_is_reported_in_a_sentence() -> None:
 
     with pytest.raises(StoreError, match=re.escape(f"the database at {url} is not reachable")):
         migrate(url)
+
+
+OPEN_AND_LIST_DRIVER_MODULES = """
+import asyncio, sys
+from abiquo_workflow.store import Store
+
+async def main():
+    async with await Store.open(sys.argv[1]) as store:
+        await store.list_jobs()
+
+asyncio.run(main())
+print(sorted(
+    m for m in sys.modules
+    if m.split(".")[0] in {"alembic", "psycopg"} or m.startswith("sqlalchemy.dialects.postgresql")
+))
+"""
+
+
+def test_opening_a_migrated_sqlite_database_loads_no_migration_or_postgresql_code(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'abiquo-workflow.db'}"
+    migrate(url)
+
+    opened = subprocess.run(
+        [sys.executable, "-c", OPEN_AND_LIST_DRIVER_MODULES, url], capture_output=True, text=True, check=True
+    )
+
+    assert opened.stdout.strip() == "[]"

@@ -15,7 +15,8 @@ import pytest_asyncio
 
 from abiquo_workflow.store import DEFAULT_MAX_ATTEMPTS, JobRecord, JobStatus, Store
 from abiquo_workflow.store.engine import libpq_conninfo
-from abiquo_workflow.store.queue import JOBS_CHANNEL, LISTENER_APPLICATION_NAME, JobListener, Wakeup
+from abiquo_workflow.store.postgres import LISTENER_APPLICATION_NAME, JobListener
+from abiquo_workflow.store.queue import JOBS_CHANNEL, Wakeup
 
 
 class ManualClock:

@@ -229,6 +229,25 @@ async def test_twenty_concurrent_decisions_on_one_task_yield_exactly_one(store: 
     assert task.decision is winners[0]
 
 
+async def test_two_hundred_concurrent_callbacks_are_all_stored_with_their_jobs(store: Store) -> None:
+    async def store_callback(n: int) -> str:
+        callback = Callback(tasks=(held(f"t{n}"),), format=PayloadFormat.XML)
+        async with store.transaction() as work:
+            request_id = await work.insert_request(callback, body="<tasks/>", content_type=None, source=None)
+            await asyncio.sleep(0)  # let the others run: every transaction is open at once
+            await work.insert_tasks(request_id, callback.tasks)
+            await asyncio.sleep(0)
+            await work.enqueue("triage", {"request_id": request_id}, dedupe_key=f"triage:{request_id}")
+        return request_id
+
+    request_ids = await asyncio.gather(*(store_callback(n) for n in range(200)))
+
+    jobs = await store.list_jobs(limit=1000)
+    assert len(set(request_ids)) == 200
+    assert len(await store.list_tasks(limit=1000)) == 200
+    assert sorted(job.payload["request_id"] for job in jobs) == sorted(request_ids)
+
+
 async def test_a_decision_and_its_job_roll_back_together_when_the_block_raises(store: Store) -> None:
     await receive(store, held("t1"))
 

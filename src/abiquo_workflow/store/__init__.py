@@ -1,7 +1,9 @@
-"""Persistence and the job queue: SQLAlchemy Core on SQLite (aiosqlite) or PostgreSQL (psycopg 3).
+"""Persistence and the job queue: SQLAlchemy Core on SQLite (sqlite3, on the event loop's thread) or
+PostgreSQL (psycopg 3, async).
 
 Only this package speaks SQL. Callers get frozen records (`records.py`) and `StoreError` for anything
-the database refuses.
+the database refuses. Importing it loads neither Alembic (`schema.py` imports it only to migrate) nor
+psycopg (`postgres.py`, imported only for a PostgreSQL URL).
 """
 
 from __future__ import annotations

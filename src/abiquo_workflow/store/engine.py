@@ -1,7 +1,8 @@
 """Turning a user's database URL into a configured SQLAlchemy engine, and driver errors into StoreError.
 
-Users write `sqlite:///path` or `postgresql://…` (DESIGN.md, `database.url`); the store runs on aiosqlite
-and psycopg 3, and migrations on their synchronous twins (sqlite3, psycopg).
+Users write `sqlite:///path` or `postgresql://…` (DESIGN.md, `database.url`). The store runs on
+sqlite3 from the event loop's thread (`sqlite.py`) or on psycopg 3, async (`postgres.py`); migrations
+run on a synchronous engine made here (sqlite3 or psycopg).
 
 SQLite needs care (DESIGN.md, "Known traps"): the sqlite3 module's own transaction handling starts a
 transaction lazily, at the first write, which lets two writers read the same row and lose an update. So
@@ -13,21 +14,18 @@ WAL, never wait for writers.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from abiquo_workflow.exceptions import StoreError
 
 #: How long a SQLite writer waits for another to finish before giving up, milliseconds.
 SQLITE_BUSY_TIMEOUT_MS = 5000
-
-#: Execution option that makes a SQLite transaction begin deferred (reads) rather than IMMEDIATE.
-READ_ONLY_OPTION = "awf_read_only"
 
 _SQLITE_DRIVERS = {"sqlite", "sqlite+aiosqlite", "sqlite+pysqlite"}
 _POSTGRES_DRIVERS = {"postgresql", "postgres", "postgresql+psycopg"}
@@ -66,16 +64,6 @@ def libpq_conninfo(url: str) -> str:
     return parse_url(url).render_as_string(hide_password=False)
 
 
-def create_async_store_engine(url: str) -> AsyncEngine:
-    """The engine the store runs on: aiosqlite or psycopg (async), configured as the module docstring says."""
-    parsed = parse_url(url)
-    if parsed.drivername == "sqlite":
-        engine = create_async_engine(parsed.set(drivername="sqlite+aiosqlite"))
-        configure_sqlite(engine.sync_engine, foreign_keys=True)
-        return engine
-    return create_async_engine(parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True)
-
-
 def create_sync_engine(url: str) -> Engine:
     """The engine migrations run on: sqlite3 or psycopg (sync), without pooling.
 
@@ -91,25 +79,39 @@ def create_sync_engine(url: str) -> Engine:
 
 
 def configure_sqlite(engine: Engine, *, foreign_keys: bool) -> None:
-    """Install SQLAlchemy's documented recipe for real SQLite transactions, plus our pragmas."""
+    """Install SQLAlchemy's documented recipe for real SQLite transactions, plus our pragmas.
+
+    For the migrations' engine, used from a thread: a writer waits in SQLite's busy handler for up to
+    `SQLITE_BUSY_TIMEOUT_MS`. The store's own connections do not use this (see `sqlite.py`).
+    """
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
-        # Stop the driver from issuing BEGIN itself (it would do so late, at the first write).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
-            cursor.execute("PRAGMA synchronous=NORMAL")  # safe under WAL; FULL only adds fsyncs
-        finally:
-            cursor.close()
+        apply_sqlite_pragmas(
+            dbapi_connection, foreign_keys=foreign_keys, busy_timeout_ms=SQLITE_BUSY_TIMEOUT_MS
+        )
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def apply_sqlite_pragmas(dbapi_connection: Any, *, foreign_keys: bool, busy_timeout_ms: int) -> str:
+    """Set up a fresh sqlite3 connection as this module's docstring says; return the journal mode in force.
+
+    The journal mode is asked for, not assumed: SQLite keeps the old one when it cannot switch to WAL.
+    """
+    # Stop the driver from issuing BEGIN itself (it would do so late, at the first write).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        journal_mode = str(cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # safe under WAL; FULL only adds fsyncs
+    finally:
+        cursor.close()
+    return journal_mode
 
 
 @contextlib.contextmanager
@@ -141,22 +143,46 @@ def schema_too_new(url: str) -> str:
     )
 
 
-def _sentence(url: str, error: exc.SQLAlchemyError, *, connecting: bool) -> str:
-    where = display_url(url)
+def stayed_locked(url: str) -> str:
+    return (
+        f"the database at {display_url(url)} stayed locked by another writer for more than "
+        f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s: is another process using the same SQLite file?"
+    )
+
+
+def is_sqlite_busy(error: BaseException) -> bool:
+    """True for SQLITE_BUSY ("database is locked"): another connection holds a lock this one needs."""
     cause = getattr(error, "orig", None) or error
-    detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    if connecting or (isinstance(error, exc.DBAPIError) and error.connection_invalidated):
-        return f"the database at {where} is not reachable: {detail}"
-    lowered = detail.lower()
+    code = getattr(cause, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_BUSY
+
+
+def is_schema_missing(error: BaseException) -> bool:
+    """True when the database lacks a table or column the statement names: its schema is too old."""
+    cause = getattr(error, "orig", None) or error
+    lowered = str(cause).lower()
     # SQLite says "no such table/column"; PostgreSQL raises UndefinedTable (42P01) / UndefinedColumn (42703).
-    if "no such table" in lowered or "no such column" in lowered or _sqlstate(cause) in {"42P01", "42703"}:
+    return "no such table" in lowered or "no such column" in lowered or _sqlstate(cause) in {"42P01", "42703"}
+
+
+def unreachable(url: str, error: BaseException) -> str:
+    return f"the database at {display_url(url)} is not reachable: {_detail(error)}"
+
+
+def _sentence(url: str, error: exc.SQLAlchemyError, *, connecting: bool) -> str:
+    if connecting or (isinstance(error, exc.DBAPIError) and error.connection_invalidated):
+        return unreachable(url, error)
+    if is_schema_missing(error):
         return schema_too_old(url)
-    if "database is locked" in lowered:
-        return (
-            f"the database at {where} stayed locked by another writer for more than "
-            f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s: is another process using the same SQLite file?"
-        )
-    return f"the database at {where} refused the operation: {detail}"
+    if is_sqlite_busy(error):
+        return stayed_locked(url)
+    return f"the database at {display_url(url)} refused the operation: {_detail(error)}"
+
+
+def _detail(error: BaseException) -> str:
+    """The first line of what the driver said (SQLAlchemy's wrapper adds SQL and a link to its docs)."""
+    cause = getattr(error, "orig", None) or error
+    return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
 
 
 def _sqlstate(cause: object) -> str | None:

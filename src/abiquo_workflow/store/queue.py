@@ -14,29 +14,22 @@ How it fails, and what then:
 
 Wake-ups: the store sets `Wakeup` after the COMMIT of a transaction that enqueued (before it the
 worker would not see the row). On PostgreSQL the enqueuing transaction also sends NOTIFY, and
-`JobListener` LISTENs, so an enqueue in another process wakes this one. Without either, workers still
+`postgres.JobListener` LISTENs, so an enqueue in another process wakes this one. Without either, workers still
 find work by polling: a wake-up only saves the wait.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-import psycopg
 from sqlalchemy import and_, insert, or_, select, text, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from abiquo_workflow.store.connection import Connection, insert_on_conflict
 from abiquo_workflow.store.records import JobRecord, JobStatus
 from abiquo_workflow.store.tables import jobs
-
-logger = logging.getLogger(__name__)
 
 #: The PostgreSQL NOTIFY channel enqueues are announced on.
 JOBS_CHANNEL = "awf_jobs"
@@ -44,12 +37,9 @@ JOBS_CHANNEL = "awf_jobs"
 #: Attempts a job gets when the caller does not say (the worker's `max_attempts` setting overrides it).
 DEFAULT_MAX_ATTEMPTS = 8
 
-#: How the listener's connection shows in `pg_stat_activity`.
-LISTENER_APPLICATION_NAME = "abiquo-workflow job listener"
-
 
 async def enqueue(
-    conn: AsyncConnection,
+    conn: Connection,
     now: datetime,
     kind: str,
     payload: Mapping[str, Any],
@@ -75,9 +65,8 @@ async def enqueue(
     if dedupe_key is None:
         statement = insert(jobs).values(values).returning(jobs.c.id)
     else:
-        dialect_insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
         statement = (
-            dialect_insert(jobs)
+            insert_on_conflict(conn, jobs)
             .values(values)
             .on_conflict_do_nothing(index_elements=[jobs.c.dedupe_key])
             .returning(jobs.c.id)
@@ -88,14 +77,14 @@ async def enqueue(
     return job_id
 
 
-async def notify(conn: AsyncConnection) -> None:
+async def notify(conn: Connection) -> None:
     """On PostgreSQL, announce new work to other processes; delivered at COMMIT, dropped on ROLLBACK."""
     if conn.dialect.name == "postgresql":
         await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": JOBS_CHANNEL})
 
 
 async def claim(
-    conn: AsyncConnection,
+    conn: Connection,
     now: datetime,
     worker_id: str,
     *,
@@ -133,7 +122,7 @@ async def claim(
     return sorted(records, key=lambda job: (job.run_after, job.id))
 
 
-async def _bury_abandoned(conn: AsyncConnection, now: datetime, kinds: Sequence[str] | None) -> None:
+async def _bury_abandoned(conn: Connection, now: datetime, kinds: Sequence[str] | None) -> None:
     """Mark dead the running jobs whose lease ran out during their last allowed attempt."""
     abandoned = and_(
         jobs.c.status == JobStatus.RUNNING,
@@ -156,7 +145,7 @@ async def _bury_abandoned(conn: AsyncConnection, now: datetime, kinds: Sequence[
 
 
 async def _lock_ids(
-    conn: AsyncConnection, condition: Any, kinds: Sequence[str] | None, *, limit: int | None
+    conn: Connection, condition: Any, kinds: Sequence[str] | None, *, limit: int | None
 ) -> list[int]:
     """Ids of matching jobs, oldest first, locked for this transaction.
 
@@ -170,14 +159,14 @@ async def _lock_ids(
     return list((await conn.execute(query)).scalars())
 
 
-async def complete(conn: AsyncConnection, now: datetime, job_id: int, worker_id: str) -> bool:
+async def complete(conn: Connection, now: datetime, job_id: int, worker_id: str) -> bool:
     return await _finish_run(
         conn, job_id, worker_id, status=JobStatus.DONE, locked_until=None, finished_at=now, updated_at=now
     )
 
 
 async def retry(
-    conn: AsyncConnection, now: datetime, job_id: int, worker_id: str, *, error: str, run_after: datetime
+    conn: Connection, now: datetime, job_id: int, worker_id: str, *, error: str, run_after: datetime
 ) -> bool:
     return await _finish_run(
         conn,
@@ -191,7 +180,7 @@ async def retry(
     )
 
 
-async def bury(conn: AsyncConnection, now: datetime, job_id: int, worker_id: str, *, error: str) -> bool:
+async def bury(conn: Connection, now: datetime, job_id: int, worker_id: str, *, error: str) -> bool:
     return await _finish_run(
         conn,
         job_id,
@@ -204,15 +193,13 @@ async def bury(conn: AsyncConnection, now: datetime, job_id: int, worker_id: str
     )
 
 
-async def extend_lease(
-    conn: AsyncConnection, now: datetime, job_id: int, worker_id: str, lease: float
-) -> bool:
+async def extend_lease(conn: Connection, now: datetime, job_id: int, worker_id: str, lease: float) -> bool:
     return await _finish_run(
         conn, job_id, worker_id, locked_until=now + timedelta(seconds=lease), updated_at=now
     )
 
 
-async def _finish_run(conn: AsyncConnection, job_id: int, worker_id: str, **values: Any) -> bool:
+async def _finish_run(conn: Connection, job_id: int, worker_id: str, **values: Any) -> bool:
     """Change a running job, but only for the worker that holds it."""
     changed = await conn.execute(
         update(jobs)
@@ -223,7 +210,7 @@ async def _finish_run(conn: AsyncConnection, job_id: int, worker_id: str, **valu
     return changed.scalar_one_or_none() is not None
 
 
-async def requeue(conn: AsyncConnection, now: datetime, job_id: int) -> bool:
+async def requeue(conn: Connection, now: datetime, job_id: int) -> bool:
     """Give a dead job a fresh set of attempts, due now. False when the job is not dead."""
     changed = await conn.execute(
         update(jobs)
@@ -271,59 +258,3 @@ class Wakeup:
             return False
         self._event.clear()
         return True
-
-
-class JobListener:
-    """LISTENs on `JOBS_CHANNEL` over its own PostgreSQL connection and sets a Wakeup on each NOTIFY.
-
-    If the connection drops, it tries again every `reconnect_delay` seconds and sets the Wakeup once
-    back (jobs may have arrived meanwhile); until then workers fall back to polling.
-    """
-
-    def __init__(self, conninfo: str, wakeup: Wakeup, *, reconnect_delay: float = 5.0) -> None:
-        self._conninfo = conninfo
-        self._wakeup = wakeup
-        self._reconnect_delay = reconnect_delay
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Connect and LISTEN now, so no NOTIFY sent after `start` returns is missed. Raises psycopg.Error."""
-        connection = await self._listen()
-        self._task = asyncio.create_task(self._run(connection), name="awf-job-listener")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _listen(self) -> psycopg.AsyncConnection[Any]:
-        connection = await psycopg.AsyncConnection.connect(
-            self._conninfo, autocommit=True, application_name=LISTENER_APPLICATION_NAME
-        )
-        try:
-            await connection.execute(f"LISTEN {JOBS_CHANNEL}")
-        except BaseException:
-            await connection.close()
-            raise
-        return connection
-
-    async def _run(self, connection: psycopg.AsyncConnection[Any]) -> None:
-        while True:
-            try:
-                async with connection:
-                    async for _ in connection.notifies():
-                        self._wakeup.set()
-            except psycopg.Error as error:
-                logger.warning("lost the PostgreSQL connection listening for jobs: %s", error)
-            connection = await self._reconnect()
-            self._wakeup.set()
-
-    async def _reconnect(self) -> psycopg.AsyncConnection[Any]:
-        while True:
-            await asyncio.sleep(self._reconnect_delay)
-            try:
-                return await self._listen()
-            except psycopg.Error as error:
-                logger.warning("cannot listen for jobs on PostgreSQL yet: %s", error)

@@ -7,6 +7,9 @@ all (the outbox, DESIGN.md "State of a task"). Each transition is one conditiona
 changes nothing the second time, and the caller learns that from the rows returned.
 
 Driver errors never leave the store: they become `StoreError`, with a sentence and the cause chained.
+
+The connections come from `sqlite.py` (sqlite3 on the event loop's thread: read its docstring before
+adding a statement, which must stay cheap) or `postgres.py` (psycopg, async; imported only for it).
 """
 
 from __future__ import annotations
@@ -20,9 +23,6 @@ from types import TracebackType
 from typing import Any, Self
 
 from sqlalchemy import Executable, Result, bindparam, insert, select, text, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from abiquo_workflow.domain import (
     Callback,
@@ -34,11 +34,10 @@ from abiquo_workflow.domain import (
 )
 from abiquo_workflow.exceptions import StoreError
 from abiquo_workflow.store import queue, schema
+from abiquo_workflow.store.connection import Connection, Database, insert_on_conflict
 from abiquo_workflow.store.engine import (
-    READ_ONLY_OPTION,
-    create_async_store_engine,
     display_url,
-    libpq_conninfo,
+    is_schema_missing,
     parse_url,
     schema_too_new,
     schema_too_old,
@@ -53,6 +52,7 @@ from abiquo_workflow.store.records import (
     RequestRecord,
     TaskRecord,
 )
+from abiquo_workflow.store.sqlite import SQLiteDatabase
 from abiquo_workflow.store.tables import audit, jobs, notifications, requests, tasks
 
 #: Returns the current time, timezone-aware. Tests pass their own to move time without sleeping.
@@ -66,7 +66,7 @@ def utc_now() -> datetime:
 class Reader:
     """Reads over one connection: the store's reads outside a transaction, and a UnitOfWork's inside one."""
 
-    def __init__(self, conn: AsyncConnection, *, url: str, clock: Clock) -> None:
+    def __init__(self, conn: Connection, *, url: str, clock: Clock) -> None:
         self._conn = conn
         self._url = url
         self._clock = clock
@@ -160,14 +160,10 @@ class UnitOfWork(Reader):
     it commits at once. If the block raises, everything written in it is rolled back, jobs included.
     """
 
-    def __init__(self, conn: AsyncConnection, *, url: str, clock: Clock) -> None:
+    def __init__(self, conn: Connection, *, url: str, clock: Clock) -> None:
         super().__init__(conn, url=url, clock=clock)
         #: True once a job was enqueued or requeued: the store wakes workers after the COMMIT.
         self.enqueued = False
-
-    def _insert(self, table: Any) -> Any:
-        """INSERT with ON CONFLICT support for the database in use."""
-        return postgresql_insert(table) if self._conn.dialect.name == "postgresql" else sqlite_insert(table)
 
     async def insert_request(
         self, callback: Callback, *, body: str, content_type: str | None, source: str | None
@@ -227,7 +223,7 @@ class UnitOfWork(Reader):
             for position, task in enumerate(unique)
         ]
         statement = (
-            self._insert(tasks)
+            insert_on_conflict(self._conn, tasks)
             .on_conflict_do_nothing(index_elements=[tasks.c.task_id])
             .returning(tasks.c.task_id)
         )
@@ -453,14 +449,13 @@ class Store:
     with `await store.close()`. Every method is a coroutine and returns frozen records.
     """
 
-    def __init__(self, engine: AsyncEngine, *, url: str, clock: Clock) -> None:
+    def __init__(self, database: Database, *, url: str, clock: Clock, wakeup: queue.Wakeup) -> None:
         """Use `Store.open`, which also migrates, checks the schema and starts the job listener."""
-        self._engine = engine
+        self._database = database
         self._url = url
         self._clock = clock
         #: Set after the COMMIT of any transaction that enqueued a job (and, on PostgreSQL, on NOTIFY).
-        self.wakeup = queue.Wakeup()
-        self._listener: queue.JobListener | None = None
+        self.wakeup = wakeup
 
     @classmethod
     async def open(cls, url: str, *, migrate: bool = True, clock: Clock = utc_now) -> Store:
@@ -469,24 +464,26 @@ class Store:
         Parameters
         ----------
         migrate:
-            Upgrade the schema first (the default, right for a single instance). Replicas sharing a
-            PostgreSQL database pass False and run `abiquo-workflow migrate` once per release.
+            Upgrade the schema first if it is not this version's (the default, right for a single
+            instance). Replicas sharing a PostgreSQL database pass False and run `abiquo-workflow
+            migrate` once per release.
         clock:
             Where "now" comes from; tests pass a clock they can move.
 
+        On SQLite the Store belongs to the event loop (and thread) that opened it: see `sqlite.py`.
         Raises StoreError when the database is unreachable or its schema is not this version's.
         """
-        parse_url(url)
-        if migrate:
-            await asyncio.to_thread(schema.migrate, url)
-        store = cls(create_async_store_engine(url), url=url, clock=clock)
+        wakeup = queue.Wakeup()
+        database: Database
+        if parse_url(url).drivername == "sqlite":
+            database = await SQLiteDatabase.open(url)
+        else:
+            from abiquo_workflow.store.postgres import PostgresDatabase  # psycopg: PostgreSQL only
+
+            database = await PostgresDatabase.open(url, wakeup)
+        store = cls(database, url=url, clock=clock, wakeup=wakeup)
         try:
-            await store._check_schema()
-            if store.dialect == "postgresql":
-                listener = queue.JobListener(libpq_conninfo(url), store.wakeup)
-                with translated_errors(url, connecting=True):
-                    await listener.start()
-                store._listener = listener
+            await store._ensure_schema(migrate=migrate)
         except BaseException:
             await store.close()
             raise
@@ -494,10 +491,7 @@ class Store:
 
     async def close(self) -> None:
         """Stop listening for jobs and close every connection. Safe to call twice."""
-        if self._listener is not None:
-            await self._listener.stop()
-            self._listener = None
-        await self._engine.dispose()
+        await self._database.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -513,21 +507,7 @@ class Store:
     @property
     def dialect(self) -> str:
         """`sqlite` or `postgresql`."""
-        return self._engine.dialect.name
-
-    @contextlib.asynccontextmanager
-    async def _connection(self, *, read_only: bool) -> AsyncIterator[AsyncConnection]:
-        """One connection in one transaction: committed if the block ends normally, else rolled back."""
-        with translated_errors(self._url, connecting=True):
-            conn = await self._engine.connect()
-        try:
-            with translated_errors(self._url):
-                if read_only:
-                    await conn.execution_options(**{READ_ONLY_OPTION: True})
-                async with conn.begin():
-                    yield conn
-        finally:
-            await conn.close()
+        return self._database.dialect
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[UnitOfWork]:
@@ -537,10 +517,11 @@ class Store:
         after the COMMIT when the block enqueued a job, never before and never after a rollback.
 
         Keep the block short and free of network I/O (Abiquo, SMTP): on SQLite it holds the one write
-        lock, and other writers give up after `SQLITE_BUSY_TIMEOUT_MS`. For the same reason, never open
-        a second transaction inside the block; the store's reads outside it are fine.
+        lock, and this process's other writers queue behind it (giving up after `SQLITE_BUSY_TIMEOUT_MS`).
+        For the same reason never open a second transaction inside the block (on SQLite that raises
+        RuntimeError); the store's reads outside it are fine, and see the state before the block.
         """
-        async with self._connection(read_only=False) as conn:
+        async with self._database.transaction(read_only=False) as conn:
             work = UnitOfWork(conn, url=self._url, clock=self._clock)
             yield work
         if work.enqueued:
@@ -548,17 +529,36 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def _reading(self) -> AsyncIterator[Reader]:
-        async with self._connection(read_only=True) as conn:
+        async with self._database.transaction(read_only=True) as conn:
             yield Reader(conn, url=self._url, clock=self._clock)
 
-    async def _check_schema(self) -> None:
-        head, known = await asyncio.to_thread(lambda: (schema.head_revision(), schema.known_revisions()))
-        async with self._connection(read_only=True) as conn:
-            current = await conn.run_sync(schema.current_revision)
-        if current is not None and current not in known:
+    async def _ensure_schema(self, *, migrate: bool) -> None:
+        """Check the database is at `schema.HEAD_REVISION`, migrating it first if allowed and needed.
+
+        Alembic is imported only when the database is not at the head (see `schema.py`).
+        """
+        revisions = await self._schema_revisions()
+        if revisions == {schema.HEAD_REVISION}:
+            return
+        if migrate:
+            await asyncio.to_thread(schema.migrate, self._url)  # StoreError if the schema is newer
+            revisions = await self._schema_revisions()
+            if revisions == {schema.HEAD_REVISION}:
+                return
+        if revisions and not revisions <= await asyncio.to_thread(schema.known_revisions):
             raise StoreError(schema_too_new(self._url))
-        if current != head:
-            raise StoreError(schema_too_old(self._url))
+        raise StoreError(schema_too_old(self._url))
+
+    async def _schema_revisions(self) -> set[str]:
+        """The revisions in Alembic's version table (one, or none when the database was never migrated)."""
+        try:
+            async with self._database.transaction(read_only=True) as conn:
+                result = await conn.execute(select(schema.alembic_version.c.version_num))
+                return set(result.scalars())
+        except StoreError as error:
+            if error.__cause__ is not None and is_schema_missing(error.__cause__):
+                return set()
+            raise
 
     async def ping(self) -> None:
         """Raise StoreError unless the database answers a trivial query (for readiness checks)."""
@@ -631,12 +631,12 @@ class Store:
         worker stopped). Claimed jobs are `running`, locked by `worker_id`, with one more attempt
         counted. No job is given to two workers. Only jobs of `kinds` are claimed, if given.
         """
-        async with self._connection(read_only=False) as conn:
+        async with self._database.transaction(read_only=False) as conn:
             return await queue.claim(conn, self._clock(), worker_id, limit=limit, lease=lease, kinds=kinds)
 
     async def complete(self, job_id: int, worker_id: str) -> bool:
         """Mark a claimed job done. False if `worker_id` no longer holds it (its lease was taken over)."""
-        async with self._connection(read_only=False) as conn:
+        async with self._database.transaction(read_only=False) as conn:
             return await queue.complete(conn, self._clock(), job_id, worker_id)
 
     async def retry(self, job_id: int, worker_id: str, *, error: str, run_after: datetime) -> bool:
@@ -644,17 +644,17 @@ class Store:
 
         Bury it instead when `job.exhausted` (this was its last attempt).
         """
-        async with self._connection(read_only=False) as conn:
+        async with self._database.transaction(read_only=False) as conn:
             return await queue.retry(conn, self._clock(), job_id, worker_id, error=error, run_after=run_after)
 
     async def bury(self, job_id: int, worker_id: str, *, error: str) -> bool:
         """Mark a claimed job dead (no more attempts), noting `error`. False if not held."""
-        async with self._connection(read_only=False) as conn:
+        async with self._database.transaction(read_only=False) as conn:
             return await queue.bury(conn, self._clock(), job_id, worker_id, error=error)
 
     async def extend_lease(self, job_id: int, worker_id: str, lease: float) -> bool:
         """Keep a long job: its lease now ends `lease` seconds from now. False if not held any more."""
-        async with self._connection(read_only=False) as conn:
+        async with self._database.transaction(read_only=False) as conn:
             return await queue.extend_lease(conn, self._clock(), job_id, worker_id, lease)
 
     async def requeue(self, job_id: int) -> bool:
