@@ -313,16 +313,18 @@ async def test_a_long_job_keeps_its_lease_so_no_other_worker_takes_it_over(
     def long_job(worker_name: str) -> Handler:
         async def handle(job: JobRecord) -> None:
             runs.append(worker_name)
-            await asyncio.sleep(1.0)  # more than three leases
+            await asyncio.sleep(2.5)  # more than two leases
 
         return handle
 
     job_id = await enqueue(store, "long")
-    first = await start_worker({"long": long_job("first")}, lease=0.3)
+    # A lease of 1 s is renewed every third of it; on a loaded machine a renewal can take a few
+    # hundred milliseconds, so a shorter lease would test the machine rather than the worker.
+    first = await start_worker({"long": long_job("first")}, lease=1.0)
     await until(lambda: status_is(store, job_id, JobStatus.RUNNING), "the first worker runs the job")
     async with await Store.open(database_url, migrate=False) as other_process:
         second = await start_worker(
-            {"long": long_job("second")}, on_store=other_process, lease=0.3, poll_interval=0.02
+            {"long": long_job("second")}, on_store=other_process, lease=1.0, poll_interval=0.02
         )
         await until(lambda: status_is(store, job_id, JobStatus.DONE), "the job is done")
         await second.stop()

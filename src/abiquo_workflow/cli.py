@@ -65,7 +65,7 @@ def configure_logging(verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
     # alembic announces every plugin and migration context at INFO: noise on every command.
-    for noisy in ("aiosqlite", "alembic", "httpcore", "httpx2", "mail.log", "asyncio"):
+    for noisy in ("alembic", "httpcore", "httpx2", "mail.log", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=[

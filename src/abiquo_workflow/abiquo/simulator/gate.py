@@ -89,14 +89,18 @@ class ApiGate:
         if fault is not None and fault.latency is not None:
             await asyncio.sleep(fault.latency)
 
-        statuses: list[int] = []
+        recorded = False
 
         async def recording_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                statuses.append(message["status"])
+            nonlocal recorded
+            if message["type"] == "http.response.start" and not recorded:
+                # Before the answer leaves: a client that has its answer finds the call in the log.
+                sim.record_api_call(method, path, query, message["status"])
+                recorded = True
             await send(message)
 
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            sim.record_api_call(method, path, query, statuses[0] if statuses else None)
+            if not recorded:
+                sim.record_api_call(method, path, query, None)
