@@ -42,11 +42,16 @@ class Database(Protocol):
 
 
 def insert_on_conflict(connection: Connection, table: Table) -> sqlite.Insert | postgresql.Insert:
-    """An INSERT that can say ON CONFLICT, for the connection's database (SQLAlchemy has one per dialect).
+    """An INSERT that can say ON CONFLICT, for the connection's database (SQLAlchemy has one per dialect)."""
+    return insert_on_conflict_for(connection.dialect.name, table)
+
+
+def insert_on_conflict_for(dialect: str, table: Table) -> sqlite.Insert | postgresql.Insert:
+    """`insert_on_conflict` by dialect name (`sqlite` or `postgresql`).
 
     PostgreSQL's is imported only when used: a process on SQLite never loads that dialect (1.3 MiB).
     """
-    if connection.dialect.name == "postgresql":
+    if dialect == "postgresql":
         from sqlalchemy.dialects import postgresql
 
         return postgresql.insert(table)

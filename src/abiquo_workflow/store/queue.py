@@ -21,13 +21,14 @@ find work by polling: a wake-up only saves the wait.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, text, update
+from sqlalchemy import Executable, and_, insert, or_, select, text, update
 
-from abiquo_workflow.store.connection import Connection, insert_on_conflict
+from abiquo_workflow.store.connection import Connection, insert_on_conflict_for
 from abiquo_workflow.store.records import JobRecord, JobStatus
 from abiquo_workflow.store.tables import jobs
 
@@ -62,19 +63,24 @@ async def enqueue(
         "created_at": now,
         "updated_at": now,
     }
-    if dedupe_key is None:
-        statement = insert(jobs).values(values).returning(jobs.c.id)
-    else:
-        statement = (
-            insert_on_conflict(conn, jobs)
-            .values(values)
-            .on_conflict_do_nothing(index_elements=[jobs.c.dedupe_key])
-            .returning(jobs.c.id)
-        )
-    job_id: int | None = (await conn.execute(statement)).scalar_one_or_none()
+    statement = _enqueue_statement(conn.dialect.name, deduplicated=dedupe_key is not None)
+    job_id: int | None = (await conn.execute(statement, values)).scalar_one_or_none()
     if job_id is not None:
         await notify(conn)
     return job_id
+
+
+@functools.cache
+def _enqueue_statement(dialect: str, *, deduplicated: bool) -> Executable:
+    """The INSERT of a job, built once per database kind and run with parameters (it is on every
+    callback's path; see `store._INSERT_REQUEST`)."""
+    if not deduplicated:
+        return insert(jobs).returning(jobs.c.id)
+    return (
+        insert_on_conflict_for(dialect, jobs)
+        .on_conflict_do_nothing(index_elements=[jobs.c.dedupe_key])
+        .returning(jobs.c.id)
+    )
 
 
 async def notify(conn: Connection) -> None:

@@ -63,6 +63,13 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+# Statements on the callback's path, built once and run with parameters: building an INSERT with
+# `.values(...)` each time coerced every value and keyed the compiled-statement cache on them, which
+# profiling showed as a fifth of a callback's CPU time.
+_INSERT_REQUEST = insert(requests)
+_INSERT_AUDIT = insert(audit).returning(audit.c.id)
+
+
 class Reader:
     """Reads over one connection: the store's reads outside a transaction, and a UnitOfWork's inside one."""
 
@@ -175,17 +182,18 @@ class UnitOfWork(Reader):
         request_id = str(uuid.uuid4())
         first = callback.tasks[0] if callback.tasks else None
         await self._execute(
-            insert(requests).values(
-                id=request_id,
-                received_at=self._clock(),
-                format=callback.format,
-                single_root=callback.single_root,
-                content_type=content_type,
-                source=source,
-                body=body,
-                requester_id=first.user_id if first else None,
-                requester_href=first.user_href if first else None,
-            )
+            _INSERT_REQUEST,
+            {
+                "id": request_id,
+                "received_at": self._clock(),
+                "format": callback.format,
+                "single_root": callback.single_root,
+                "content_type": content_type,
+                "source": source,
+                "body": body,
+                "requester_id": first.user_id if first else None,
+                "requester_href": first.user_href if first else None,
+            },
         )
         return request_id
 
@@ -387,17 +395,16 @@ class UnitOfWork(Reader):
     ) -> int:
         """Append one line to the audit log and return its id. Lines are never changed or removed."""
         result = await self._execute(
-            insert(audit)
-            .values(
-                at=self._clock(),
-                request_id=request_id,
-                task_id=task_id,
-                actor=actor,
-                action=action,
-                channel=channel,
-                detail=detail,
-            )
-            .returning(audit.c.id)
+            _INSERT_AUDIT,
+            {
+                "at": self._clock(),
+                "request_id": request_id,
+                "task_id": task_id,
+                "actor": actor,
+                "action": action,
+                "channel": channel,
+                "detail": detail,
+            },
         )
         return int(result.scalar_one())
 
