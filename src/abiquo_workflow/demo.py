@@ -67,7 +67,8 @@ def _banner(port: int) -> str:
 abiquo-workflow demo is running.
 
   1. Ask for an approval   {simulator}
-     (the simulated Abiquo: pick "Web tier & cache" and press "Deploy vApp")
+     (the simulated Abiquo: as Target pick "vApp 1: Web tier & cache", then press
+      "Hold it and POST the callback")
   2. Read the email        {inbox}
      (the approvers Alice, Bob and Zoë each get one; open it and click Accept or Decline)
   3. See Abiquo get it     {simulator}
