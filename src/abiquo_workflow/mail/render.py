@@ -153,17 +153,14 @@ def _vm_row(vm_details: VmDetails, links: ActionLinks | None) -> VmRow:
         return VmRow(
             vm_details.task_id, unknown, task_type, unknown, unknown, (unknown,), (unknown,), error, links
         )
-    disk_sizes = [disk.size_mb for disk in sorted(vm.disks, key=lambda disk: disk.sequence)]
-    if not disk_sizes and vm.hd_in_bytes is not None:  # Abiquo 2.x: only the primary disk, in bytes
-        disk_sizes = [vm.hd_in_bytes // (1024 * 1024)]
     return VmRow(
         task_id=vm_details.task_id,
         name=words.or_unknown(vm.name),
         task_type=task_type,
         cpu=str(vm.cpu) if vm.cpu is not None else words.UNKNOWN,
         ram=words.size_words(vm.ram_mb),
-        disks=tuple(words.size_words(size) for size in disk_sizes),
-        volumes=tuple(f"{words.or_unknown(v.name)} ({words.size_words(v.size_mb)})" for v in vm.volumes),
+        disks=words.disk_words(vm),
+        volumes=words.volume_words(vm),
         error=None,
         links=links,
     )

@@ -10,7 +10,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
-from abiquo_workflow.domain import DecidedBy, DecisionState, DeliveryState
+from abiquo_workflow.domain import DecidedBy, DecisionState, DeliveryState, VirtualMachine
 from abiquo_workflow.mail.model import TaskResult
 
 UNKNOWN = "unknown"
@@ -50,6 +50,19 @@ def size_words(megabytes: int | float | None) -> str:
             value = round(megabytes / scale, 1)
             return f"{value:g} {unit}"
     return f"{megabytes:g} MB"
+
+
+def disk_words(vm: VirtualMachine) -> tuple[str, ...]:
+    """A VM's disks by sequence, in words ("20 GB"); on Abiquo 2.x only the primary disk, from `hdInBytes`."""
+    sizes = [disk.size_mb for disk in sorted(vm.disks, key=lambda disk: disk.sequence)]
+    if not sizes and vm.hd_in_bytes is not None:
+        sizes = [vm.hd_in_bytes // (1024 * 1024)]
+    return tuple(size_words(size) for size in sizes)
+
+
+def volume_words(vm: VirtualMachine) -> tuple[str, ...]:
+    """A VM's volumes in words: "db-data (100 GB)"."""
+    return tuple(f"{or_unknown(v.name)} ({size_words(v.size_mb)})" for v in vm.volumes)
 
 
 def task_word(task_type: str | None) -> str:

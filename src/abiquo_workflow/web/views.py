@@ -27,9 +27,7 @@ class TaskRow:
 
 
 def _storage(vm: VirtualMachine) -> str:
-    disks = [words.size_words(d.size_mb) for d in sorted(vm.disks, key=lambda d: d.sequence)]
-    volumes = [f"{words.or_unknown(v.name)} {words.size_words(v.size_mb)}" for v in vm.volumes]
-    return ", ".join(disks + volumes) or words.UNKNOWN
+    return ", ".join(words.disk_words(vm) + words.volume_words(vm)) or words.UNKNOWN
 
 
 def status_words(task: TaskRecord) -> str:
