@@ -105,8 +105,31 @@ def test_a_signed_token_with_an_unreadable_expiry_is_refused(signer: LinkSigner,
 
     from itsdangerous import URLSafeSerializer
 
-    forged = URLSafeSerializer("a-test-secret", salt="abiquo-workflow/action-link/v1").dumps(
-        {"h": sha256(b"t1").hexdigest()[:32], "a": "accept", "p": "a@x", "e": expiry}
+    forged = URLSafeSerializer("a-test-secret", salt="abiquo-workflow/action-link/v2").dumps(
+        {"h": sha256(b'["t1"]').hexdigest()[:32], "a": "accept", "p": "a@x", "e": expiry}
     )
     with pytest.raises(TokenError, match="expiry cannot be read"):
         signer.verify(forged, ["t1"], Action.ACCEPT, now=NOW)
+
+
+def test_a_token_for_ids_holding_a_comma_does_not_cover_the_ids_split_at_it(signer: LinkSigner) -> None:
+    # The attack: a callback with the ids "a" and "b,zzzz" got an "accept all" link for "a,b,zzzz",
+    # which then also accepted task "b" of another request. The parser now refuses such ids; the
+    # token's encoding refuses them too.
+    token = signer.token(["a", "b,zzzz"], Action.ACCEPT, "a@x", now=NOW)
+
+    with pytest.raises(TokenError, match="other tasks"):
+        signer.verify(token, ["a", "b", "zzzz"], Action.ACCEPT, now=NOW)
+
+
+def test_a_link_of_an_earlier_release_is_refused_with_a_sentence_saying_so(signer: LinkSigner) -> None:
+    from hashlib import sha256
+
+    from itsdangerous import URLSafeSerializer
+
+    old = URLSafeSerializer("a-test-secret", salt="abiquo-workflow/action-link/v1").dumps(
+        {"h": sha256(b"t1").hexdigest()[:32], "a": "accept", "p": "a@x", "e": int(NOW) + 60}
+    )
+
+    with pytest.raises(TokenError, match="earlier version of abiquo-workflow"):
+        signer.verify(old, ["t1"], Action.ACCEPT, now=NOW)

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from abiquo_workflow.abiquo.payload import parse_callback, parse_task_json, parse_task_xml
+from abiquo_workflow.abiquo.payload import is_task_id, parse_callback, parse_task_json, parse_task_xml
 from abiquo_workflow.domain import Callback, HeldTask, Job, Link, PayloadFormat
 from abiquo_workflow.exceptions import PayloadError
 
@@ -679,15 +679,77 @@ def test_a_task_without_its_continue_or_cancel_link_is_refused(rel: str):
     assert (error.status, str(error)) == (400, f"task {DEPLOY_ID} has no {rel} link")
 
 
-def test_a_long_task_id_is_shortened_in_the_message():
-    error = refusal(collection(minimal_task("x" * 5000, type=None)), JSON_TYPE)
+def test_an_over_long_task_id_is_refused_and_shortened_in_the_message():
+    error = refusal(collection(minimal_task("x" * 5000)), JSON_TYPE)
 
-    assert str(error) == f"task {'x' * 59}… has no type (DEPLOY, UNDEPLOY or RECONFIGURE)"
+    assert (error.status, str(error)) == (
+        400,
+        f"task 1 has the taskId '{'x' * 59}…', which is not an Abiquo task id: "
+        "task ids are letters, digits, '.', '_' and '-', at most 64 characters",
+    )
 
 
-@pytest.mark.parametrize("bad", ["\\u0000", "\\ud800"])
-def test_text_that_no_database_can_store_is_refused(bad: str):
-    body = collection(minimal_task(state="QUEUE")).replace(b"QUEUE", bad.encode())
+@pytest.mark.parametrize(
+    ("task_id", "quoted"),
+    [
+        ("a,b", "'a,b'"),  # a comma would blur the list of ids a link binds
+        ("a b", "'a b'"),  # whitespace inside an id
+        ("a\u0007b", "'a\\u0007b'"),  # a control character, escaped in the message
+        ("a/../b", "'a/../b'"),  # a path: ids end up in hrefs
+        ("x" * 65, f"'{'x' * 59}…'"),  # one character too long
+        ("-leading", "'-leading'"),  # must start with a letter or digit
+    ],
+)
+def test_a_task_id_not_shaped_like_abiquos_is_refused(task_id: str, quoted: str):
+    error = refusal(collection(minimal_task("t-1"), minimal_task(task_id)), JSON_TYPE)
+
+    assert error.status == 400
+    assert str(error).startswith(f"task 2 has the taskId {quoted}, which is not an Abiquo task id")
+
+
+def test_an_abiquo_uuid_and_a_64_character_id_are_task_ids():
+    assert is_task_id("0b6c1f2e-5d1a-4c1e-9a8e-2f1d3c4b5a60")
+    assert is_task_id("a" * 64)
+    assert not is_task_id("")
+
+
+def test_an_unpaired_surrogate_anywhere_in_json_is_refused_at_once():
+    body = b'{"comment": "\\ud800", ' + collection(minimal_task()).lstrip(b"{")
+
+    error = refusal(body, JSON_TYPE)
+
+    assert (error.status, str(error)) == (
+        400,
+        "the JSON holds an unpaired surrogate (a \\uD800\u2013\\uDFFF escape), which is not text",
+    )
+
+
+def test_an_escaped_surrogate_pair_is_text():
+    body = collection(minimal_task(state="SMILE")).replace(b"SMILE", b"\\ud83d\\ude00")
+
+    [task] = parse_callback(body, JSON_TYPE).tasks
+
+    assert task.state == "\U0001f600"
+
+
+def test_a_callback_with_more_tasks_than_the_limit_is_refused_before_they_are_read():
+    body = collection(*(minimal_task(f"t-{i}") for i in range(4)))
+
+    error = refusal(body, JSON_TYPE, max_tasks=3)
+
+    assert (error.status, str(error)) == (413, "the callback holds 4 tasks; at most 3 are accepted in one callback")
+
+
+def test_an_xml_callback_with_more_tasks_than_the_limit_is_refused():
+    body = f"<tasks>{''.join(minimal_xml_task(f't-{i}') for i in range(4))}</tasks>".encode()
+
+    error = refusal(body, XML_TYPE, max_tasks=3)
+
+    assert error.status == 413
+
+
+def test_a_nul_character_that_no_database_can_store_is_refused():
+    body = collection(minimal_task(state="QUEUE")).replace(b"QUEUE", b"\\u0000")
 
     error = refusal(body, JSON_TYPE)
 
@@ -856,7 +918,13 @@ def timestamps() -> st.SearchStrategy[str | int | None]:
 
 task_specs = st.builds(
     TaskSpec,
-    task_id=non_blank(),
+    # Abiquo-shaped ids, with the blanks around them that the parser strips.
+    task_id=st.builds(
+        lambda pad, core, tail: pad + core + tail,
+        st.sampled_from(["", " ", "\n  "]),
+        st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True),
+        st.sampled_from(["", " "]),
+    ),
     task_type=st.sampled_from(["DEPLOY", "undeploy", " Reconfigure "]) | non_blank(20),
     user_id=ids(),
     owner_id=ids(),
@@ -1119,3 +1187,15 @@ def test_task_shaped_json_with_arbitrary_values_parses_or_raises_payload_error(
 )
 def test_xml_like_text_parses_or_raises_payload_error(pieces: list[str], content_type: str | None):
     parses_or_refuses("".join(pieces).encode("utf-8", "surrogatepass"), content_type)
+
+
+@settings(max_examples=300, deadline=None)
+@given(task_id=st.text(min_size=1, max_size=80).filter(lambda text: not is_task_id(text.strip())))
+def test_any_other_task_id_is_refused_with_a_sentence_that_can_be_sent_back(task_id: str):
+    body = json.dumps({"collection": [minimal_task(task_id)]}).encode()
+
+    error = refusal(body, JSON_TYPE)
+
+    assert error.status == 400
+    # The message goes back to the sender as JSON and into logs: it must be encodable text.
+    str(error).encode("utf-8")

@@ -2,7 +2,8 @@
 
 A link in an approval email carries a token signed with `server.secret_key`. The token binds:
 
-- the exact set of task ids the link acts on (as a digest, so a 100-VM "accept all" link stays short),
+- the exact set of task ids the link acts on (as a digest of the sorted ids encoded as a JSON list, so
+  that no two sets share an encoding and a 100-VM "accept all" link stays short),
 - the action (accept or decline),
 - the approver it was sent to (so we know who decided),
 - an expiry time.
@@ -15,6 +16,7 @@ person holding them (they are signed, not encrypted); they hold no more than the
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,7 +29,10 @@ from abiquo_workflow.domain import Action
 from abiquo_workflow.exceptions import TokenError
 
 # Changing the salt invalidates every link already sent; bump the suffix only on purpose.
-_SALT = "abiquo-workflow/action-link/v1"
+_SALT = "abiquo-workflow/action-link/v2"
+#: Links of releases before 0.2, whose digest joined the ids with commas: a task id holding a comma
+#: could stretch such a link over another task. They are recognised only to say so.
+_RETIRED_SALTS = ("abiquo-workflow/action-link/v1",)
 
 #: No link lives past the year 9999 (datetime's limit); a larger expiry is not one we wrote.
 _LATEST_EXPIRY = 253_402_300_800
@@ -52,8 +57,9 @@ class Grant:
 
 
 def _digest(task_ids: Iterable[str]) -> str:
-    ordered = ",".join(sorted(set(task_ids)))
-    return hashlib.sha256(ordered.encode()).hexdigest()[:32]
+    """A digest of the set of ids: a JSON list is unambiguous whatever characters the ids hold."""
+    encoded = json.dumps(sorted(set(task_ids)), ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode()).hexdigest()[:32]
 
 
 def parse_task_list(raw: str) -> tuple[str, ...]:
@@ -82,6 +88,7 @@ class LinkSigner:
         if not secret_key:
             raise ValueError("a secret key is required to sign links")
         self._serializer = URLSafeSerializer(secret_key, salt=_SALT)
+        self._retired = [URLSafeSerializer(secret_key, salt=salt) for salt in _RETIRED_SALTS]
         self._base_url = base_url.rstrip("/")
         self.ttl = ttl
 
@@ -106,6 +113,11 @@ class LinkSigner:
         try:
             payload = self._serializer.loads(token)
         except BadSignature:
+            if self._is_retired(token):
+                raise TokenError(
+                    "This link was made by an earlier version of abiquo-workflow, whose links are no longer "
+                    "accepted. Decide in Abiquo's Workflow tasks tab, or ask your administrator."
+                ) from None
             raise TokenError(
                 "This link is not valid: it was altered, or it was made by another installation."
             ) from None
@@ -126,6 +138,15 @@ class LinkSigner:
                 "Ask for the request to be sent again, or decide in Abiquo."
             )
         return Grant(tuple(task_ids), action, str(payload["p"]), expires_at)
+
+    def _is_retired(self, token: str) -> bool:
+        for serializer in self._retired:
+            try:
+                serializer.loads(token)
+            except BadSignature:
+                continue
+            return True
+        return False
 
     def expires_at(self, *, now: float | None = None) -> datetime:
         """When a link made now stops working."""

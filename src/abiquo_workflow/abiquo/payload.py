@@ -17,16 +17,20 @@ PROTOCOL.md §3, §9 and §10 rule 1, and is liberal in what it accepts:
   (`<task>` / a task object, as Abiquo sends for a reconfigure); `Callback.single_root` records which.
   The media type's `task` vs `tasks` is not checked against the root. An empty collection is refused.
 - Tasks. `taskId`, `type`, and the `continue` and `cancel` links are required; everything else is
-  optional. `type` is upper-cased; `userId`/`ownerId` may be numbers or strings and are kept as text;
+  optional. A task id must look like one of Abiquo's (a UUID): letters, digits, `.`, `_` and `-`, at
+  most 64 characters. Anything else (a comma, which would blur a list of ids, whitespace, control
+  characters, a 5,000-character id) is refused, because ids travel in links and audit lines. `type` is upper-cased; `userId`/`ownerId` may be numbers or strings and are kept as text;
   timestamps may be numbers or numeric strings, and anything else (or a value outside a signed 64-bit
   integer) counts as missing. Unknown elements and keys are ignored; every link with a `rel` and an
   `href` is kept in `HeldTask.links`, and the first link of each relation wins. Hrefs are kept as
   received, relative or absolute (the Abiquo client resolves them, PROTOCOL.md §3.7). Jobs without an
   `id` or a `type` are skipped: jobs are informational only.
 - Duplicates. When a callback repeats a `taskId`, the first task wins and the later ones are dropped.
-- Safety. The size is checked before anything is parsed (413). XML goes through defusedxml with DTDs,
-  entities and external references forbidden. Deep JSON nesting, integers longer than 100 digits, NUL
-  characters and unpaired surrogates (which no database column can hold) are refused.
+- Safety. The size is checked before anything is parsed (413), and the number of tasks before any task
+  is read (413 above `max_tasks`). XML goes through defusedxml with DTDs, entities and external
+  references forbidden. Deep JSON nesting, integers longer than 100 digits, NUL characters and unpaired
+  surrogates anywhere in the body (which no database column can hold, nor any answer quote) are refused.
+  Received text quoted back in an error message is shortened and its unprintable characters escaped.
 
 Every refusal is a `PayloadError` whose message is a sentence naming the problem and whose `status` is
 the HTTP status to answer with (400, 413 or 415).
@@ -51,10 +55,25 @@ if TYPE_CHECKING:
     # Only the type: every document is parsed through defusedxml.
     from xml.etree.ElementTree import Element
 
-__all__ = ["DEFAULT_MAX_BYTES", "parse_callback", "parse_task_json", "parse_task_xml"]
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_TASKS",
+    "is_task_id",
+    "parse_callback",
+    "parse_task_json",
+    "parse_task_xml",
+]
 
 #: The largest body accepted unless the caller says otherwise (the default of `server.max_body`).
 DEFAULT_MAX_BYTES = 1_048_576
+#: The most tasks one callback may hold unless the caller says otherwise (the default of
+#: `server.max_tasks`). Abiquo sends one task per VM of a virtual appliance.
+DEFAULT_MAX_TASKS = 1_000
+
+#: What an Abiquo task id looks like: a UUID in practice; letters, digits, `.`, `_`, `-` in general.
+_TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: A `\uD800`–`\uDFFF` escape in JSON text: only then can the decoded text hold an unpaired surrogate.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 #: Abiquo's task media types: when one of them is declared, the body must be in that dialect.
 _ABIQUO_TASK_TYPES: Mapping[str, PayloadFormat] = {
@@ -93,7 +112,18 @@ class _IntegerTooLong(ValueError):
     """A JSON integer literal with more than `_MAX_JSON_INT_DIGITS` digits."""
 
 
-def parse_callback(body: bytes, content_type: str | None, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Callback:
+def is_task_id(text: str) -> bool:
+    """Whether `text` has the shape of an Abiquo task id (see the module docstring)."""
+    return _TASK_ID.fullmatch(text) is not None
+
+
+def parse_callback(
+    body: bytes,
+    content_type: str | None,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_tasks: int = DEFAULT_MAX_TASKS,
+) -> Callback:
     """Read one workflow callback from Abiquo.
 
     Parameters
@@ -104,6 +134,8 @@ def parse_callback(body: bytes, content_type: str | None, *, max_bytes: int = DE
         The request's Content-Type header, or None when it had none.
     max_bytes:
         The largest body accepted; a longer one is refused with 413 before any parsing.
+    max_tasks:
+        The most tasks accepted; a callback with more is refused with 413 before any task is read.
 
     Raises `PayloadError` (and nothing else) for every body it cannot accept.
     """
@@ -115,9 +147,9 @@ def parse_callback(body: bytes, content_type: str | None, *, max_bytes: int = DE
         raise PayloadError("the body is empty")
     payload_format = _choose_format(text, declared)
     if payload_format is PayloadFormat.XML:
-        tasks, single_root = _tasks_from_xml(text)
+        tasks, single_root = _tasks_from_xml(text, max_tasks)
     else:
-        tasks, single_root = _tasks_from_json(text)
+        tasks, single_root = _tasks_from_json(text, max_tasks)
     return Callback(tasks=_first_of_each_id(tasks), format=payload_format, single_root=single_root)
 
 
@@ -214,17 +246,18 @@ def _choose_format(text: str, declared: _DeclaredType) -> PayloadFormat:
 # --- XML --------------------------------------------------------------------------------------------
 
 
-def _tasks_from_xml(text: str) -> tuple[list[HeldTask], bool]:
+def _tasks_from_xml(text: str, max_tasks: int) -> tuple[list[HeldTask], bool]:
     root = _parse_xml(text)
     root_name = _local_name(root.tag)
     if root_name == "task":
         return [parse_task_xml(root)], True
     if root_name != "tasks":
         raise PayloadError(f"the XML root is <{_quote(root_name, marks=False)}>; expected <tasks> or <task>")
-    tasks = [parse_task_xml(child, index=i) for i, child in enumerate(_children_named(root, "task"), 1)]
-    if not tasks:
+    elements = list(_children_named(root, "task"))
+    if not elements:
         raise PayloadError("the collection is empty: <tasks> holds no <task>")
-    return tasks, False
+    _check_count(len(elements), max_tasks)
+    return [parse_task_xml(child, index=i) for i, child in enumerate(elements, 1)], False
 
 
 def _parse_xml(text: str) -> Element:
@@ -278,7 +311,15 @@ def _job_from_xml(element: Element) -> Job | None:
 # --- JSON -------------------------------------------------------------------------------------------
 
 
-def _tasks_from_json(text: str) -> tuple[list[HeldTask], bool]:
+def _check_count(count: int, max_tasks: int) -> None:
+    if count > max_tasks:
+        raise PayloadError(
+            f"the callback holds {count:,} tasks; at most {max_tasks:,} are accepted in one callback",
+            status=413,
+        )
+
+
+def _tasks_from_json(text: str, max_tasks: int) -> tuple[list[HeldTask], bool]:
     root = _parse_json(text)
     if not isinstance(root, dict):
         raise PayloadError("the JSON root must be an object")
@@ -293,6 +334,7 @@ def _tasks_from_json(text: str) -> tuple[list[HeldTask], bool]:
         raise PayloadError("the collection must be a JSON array of tasks")
     if not collection:
         raise PayloadError("the collection is empty")
+    _check_count(len(collection), max_tasks)
     tasks = []
     for i, item in enumerate(collection, 1):
         if not isinstance(item, dict):
@@ -303,7 +345,7 @@ def _tasks_from_json(text: str) -> tuple[list[HeldTask], bool]:
 
 def _parse_json(text: str) -> object:
     try:
-        return json.loads(text, parse_int=_bounded_int)
+        parsed = json.loads(text, parse_int=_bounded_int)
     except json.JSONDecodeError as exc:
         raise PayloadError(
             f"the JSON is not valid ({exc.msg} at line {exc.lineno}, column {exc.colno})"
@@ -312,6 +354,18 @@ def _parse_json(text: str) -> object:
         raise PayloadError(f"the JSON holds a number longer than {_MAX_JSON_INT_DIGITS} digits") from exc
     except RecursionError as exc:
         raise PayloadError("the JSON is nested too deeply") from exc
+    if _SURROGATE_ESCAPE.search(text) and not _encodable(parsed):
+        raise PayloadError("the JSON holds an unpaired surrogate (a \\uD800–\\uDFFF escape), which is not text")
+    return parsed
+
+
+def _encodable(value: object) -> bool:
+    """Whether every string in a decoded JSON value is valid Unicode (no unpaired surrogate)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _bounded_int(literal: str) -> int:
@@ -345,6 +399,11 @@ def _build_task(
     task_id = _as_id(fields.get("taskId"))
     if task_id is None:
         raise PayloadError(f"{_task_label(None, index)} has no taskId")
+    if not is_task_id(task_id):
+        raise PayloadError(
+            f"{_task_label(None, index)} has the taskId {_quote(task_id)}, which is not an Abiquo task id: "
+            "task ids are letters, digits, '.', '_' and '-', at most 64 characters"
+        )
     label = _task_label(task_id, index)
     task_type = _as_text(fields.get("type"))
     if task_type is None:
@@ -463,6 +522,7 @@ def _task_label(task_id: str | None, index: int | None) -> str:
 
 
 def _quote(text: str, *, marks: bool = True) -> str:
-    """Received text, shortened, for an error message."""
+    """Received text, shortened and with unprintable characters escaped, for an error message."""
     short = text if len(text) <= _QUOTE_LIMIT else text[: _QUOTE_LIMIT - 1] + "…"
-    return f"'{short}'" if marks else short
+    shown = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in short)
+    return f"'{shown}'" if marks else shown
