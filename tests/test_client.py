@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx2
 import pytest
 import stamina
+from pydantic import AnyHttpUrl
 
-from abiquo_workflow.abiquo import _representation
+from abiquo_workflow.abiquo import _readers, _representation
 from abiquo_workflow.abiquo.client import AbiquoClient
 from abiquo_workflow.abiquo.payload import parse_callback
 from abiquo_workflow.abiquo.simulator import SimulatorServer
@@ -261,6 +265,29 @@ async def test_vdc_of_abiquo_2_6_links_the_admin_datacenter(
     assert (await client.get_datacenter(vdc.datacenter_href)).name == "Barcelona DC"
 
 
+async def test_vm_of_abiquo_2_6_has_the_disks_it_links_as_disks(
+    client: AbiquoClient, simulator: SimulatorServer
+) -> None:
+    simulator.simulator.update_settings({"mode": "2.6"})
+    vm = await client.get_vm(VM_2)
+    # Both disks: the boot disk alone would be all that `hdInBytes` could tell.
+    assert [(disk.sequence, disk.size_mb) for disk in vm.disks] == [(0, 20480), (1, 51200)]
+
+
+def test_single_disk_links_are_not_taken_for_the_disks_collection() -> None:
+    vm = _representation.JsonRepresentation(
+        {
+            "id": 7,
+            "name": "web-01",
+            "links": [
+                {"rel": "disk0", "href": "https://abq.example/api/cloud/virtualdatacenters/3/disks/901"},
+                {"rel": "disk1", "href": "https://abq.example/api/cloud/virtualdatacenters/3/disks/902"},
+            ],
+        }
+    )
+    assert _readers.vm_from(vm).harddisks_href is None
+
+
 async def test_vapp(client: AbiquoClient) -> None:
     vapp = await client.get_vapp(VAPP_1)
     assert (vapp.id, vapp.name, vapp.state) == ("1", "Web tier & cache", "NOT_DEPLOYED")
@@ -338,6 +365,21 @@ def test_unreadable_error_body_gives_no_code() -> None:
     assert _representation.error_of(b"Service Unavailable", "text/plain") == (None, None)
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type", "total"),
+    [
+        (b'{"totalSize": 30, "links": [], "collection": []}', "application/vnd.abiquo.tasks+json", 30),
+        (b"<tasks><totalSize>30</totalSize></tasks>", "application/vnd.abiquo.tasks+xml", 30),
+        (b'{"links": [], "collection": []}', "application/vnd.abiquo.harddisks+json", None),
+        (b"<disks><disk><id>901</id></disk></disks>", "application/vnd.abiquo.harddisks+xml", None),
+    ],
+)
+def test_total_size_of_a_list_is_read_from_json_and_xml(
+    body: bytes, content_type: str, total: int | None
+) -> None:
+    assert _representation.parse(body, content_type).total() == total
+
+
 # --- Credentials ------------------------------------------------------------------------------------
 
 
@@ -400,6 +442,140 @@ async def test_pending_tasks_are_read_to_the_last_page(
 
 async def test_no_pending_tasks(client: AbiquoClient) -> None:
     assert await client.pending_tasks("admin/enterprises/3") == []
+
+
+@pytest.mark.parametrize("wire_format", [PayloadFormat.JSON, PayloadFormat.XML], ids=["json", "xml"])
+async def test_pending_tasks_without_next_links_are_read_page_by_page_to_their_total_size(
+    simulator: SimulatorServer, callback_inbox: CallbackInbox, wire_format: PayloadFormat
+) -> None:
+    await hold(simulator, callback_inbox, "deploy", vapp=2)  # 100 tasks, four pages of 25
+    transport = RecordingTransport()
+    async with AbiquoClient(settings_for(simulator), transport=transport, wire_format=wire_format) as c:
+        pending = await c.pending_tasks(ACME)
+    assert len({task.task_id for task in pending}) == 100
+    assert [request.url.params.get("startwith") for request, _ in transport.exchanges] == [
+        None,
+        "25",
+        "50",
+        "75",
+    ]
+    assert not any(b'"next"' in response.content for _, response in transport.exchanges)
+
+
+# --- Pending tasks as real Abiquo lists them (PROTOCOL.md §6, §11.7) ---------------------------------
+
+
+@dataclass
+class CapturedAbiquo:
+    """A tiny HTTP server that lists held tasks the way real Abiquo 3.10 does: pages by `startwith` and
+    `limit` (default 25), counts them in `totalSize`, and links only `self` and `parent`."""
+
+    api_url: str = ""
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    total: int = 0
+    targets: list[str] = field(default_factory=list)
+
+    def listing(self, target: str) -> bytes:
+        query = dict(parse_qsl(urlsplit(target).query))
+        start, limit = int(query.get("startwith", "0")), int(query.get("limit", "25"))
+        here = f"{self.api_url}/admin/enterprises/7"
+        return json.dumps(
+            {
+                "totalSize": self.total,
+                "links": [
+                    {"rel": "self", "href": f"{here}/action/pendingtasks"},
+                    {"rel": "parent", "href": here},
+                ],
+                "collection": self.tasks[start : start + limit],
+            }
+        ).encode()
+
+
+def captured_task(n: int) -> dict[str, Any]:
+    """The n-th held task of a listing, shaped as PROTOCOL.md §11.7 shows one."""
+    task_id = f"0b6c1f2e-5d1a-4c1e-9a8e-{n:012d}"
+    vm = f"https://abiquo.example.com/api/cloud/virtualdatacenters/3/virtualappliances/5/virtualmachines/{n}"
+    task = f"{vm}/tasks/{task_id}"
+    return {
+        "taskId": task_id,
+        "userId": "42",
+        "ownerId": str(n),
+        "type": "DEPLOY",
+        "state": "QUEUEING",
+        "creationTimestamp": 1479997659,
+        "timestamp": 1479997659,
+        "jobs": {"links": [], "collection": []},
+        "links": [
+            {"rel": "self", "href": task},
+            {"rel": "parent", "href": vm},
+            {"rel": "cancel", "href": f"{task}/action/cancel"},
+            {"rel": "continue", "href": f"{task}/action/continue"},
+            {"rel": "target", "href": vm},
+            {
+                "rel": "user",
+                "href": "https://abiquo.example.com/api/admin/enterprises/7/users/42",
+                "type": "application/vnd.abiquo.user+json",
+                "title": "jdoe",
+            },
+        ],
+    }
+
+
+@pytest.fixture
+async def captured_abiquo() -> AsyncIterator[CapturedAbiquo]:
+    captured = CapturedAbiquo()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        target = head.split(" ", 2)[1]
+        captured.targets.append(target)
+        body = captured.listing(target)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.abiquo.tasks+json; version=3.10\r\n"
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    captured.api_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/api"
+    async with server:
+        yield captured
+
+
+async def read_captured_pending(captured: CapturedAbiquo) -> list[HeldTask]:
+    settings = AbiquoSettings.model_validate({"api_url": captured.api_url, "retries": RETRIES})
+    async with AbiquoClient(settings) as c:
+        return await c.pending_tasks("admin/enterprises/7")
+
+
+async def test_a_pending_tasks_listing_captured_from_real_abiquo_is_read_completely(
+    captured_abiquo: CapturedAbiquo,
+) -> None:
+    captured_abiquo.tasks, captured_abiquo.total = [captured_task(n) for n in range(1, 31)], 30
+    pending = await read_captured_pending(captured_abiquo)
+    assert [task.task_id for task in pending] == [task["taskId"] for task in captured_abiquo.tasks]
+
+
+async def test_the_next_page_starts_after_the_members_read_and_is_as_long_as_the_page_read(
+    captured_abiquo: CapturedAbiquo,
+) -> None:
+    captured_abiquo.tasks, captured_abiquo.total = [captured_task(n) for n in range(1, 31)], 30
+    await read_captured_pending(captured_abiquo)
+    assert captured_abiquo.targets == [
+        "/api/admin/enterprises/7/action/pendingtasks",
+        "/api/admin/enterprises/7/action/pendingtasks?startwith=25&limit=25",
+    ]
+
+
+async def test_a_listing_that_overstates_its_total_size_ends_at_its_first_empty_page(
+    captured_abiquo: CapturedAbiquo,
+) -> None:
+    captured_abiquo.tasks, captured_abiquo.total = [captured_task(n) for n in range(1, 26)], 30
+    pending = await read_captured_pending(captured_abiquo)
+    assert len(pending) == 25
+    assert len(captured_abiquo.targets) == 2
 
 
 # --- Continue and cancel ----------------------------------------------------------------------------
@@ -560,3 +736,22 @@ async def test_concurrent_reads_never_exceed_max_connections(simulator: Simulato
     assert [vm.name for vm in vms] == [f"batch-{n:03d}" for n in range(1, 31)]
     assert len(transport.exchanges) == 90  # each VM, its disks and its volumes
     assert transport.peak == 3
+
+
+@pytest.mark.parametrize(
+    ("url", "inside"),
+    [
+        ("https://abiquo.example.com/api/cloud/tasks/1", True),  # under the API path
+        ("https://abiquo.example.com/api", True),  # the API root itself
+        ("https://abiquo.example.com/apiary/x", False),  # a longer path that only starts alike
+        ("https://abiquo.example.com/api/../admin/x", False),  # a dot segment climbs out of the API
+        ("https://abiquo.example.com/api/%2e%2e/admin/x", False),  # the same, percent-encoded
+        ("https://abiquo.example.com:8443/api/x", False),  # another port is another origin
+        ("http://abiquo.example.com/api/x", False),  # another scheme is another origin
+        ("https://evil.example/api/x", False),  # another host
+    ],
+)
+def test_only_urls_under_the_configured_api_count_as_the_apis(url: str, inside: bool) -> None:
+    client = AbiquoClient(AbiquoSettings(api_url=AnyHttpUrl("https://abiquo.example.com/api")))
+
+    assert client.is_api_url(url) is inside

@@ -393,6 +393,22 @@ def test_vm_has_hd_in_bytes_in_2_6_mode(simulator: SimulatorServer, api: httpx2.
     assert vm.findtext("hdInBytes") == str(20480 * 1024 * 1024)
 
 
+def test_vm_links_its_disks_as_disks_in_2_6_mode(simulator: SimulatorServer, api: httpx2.Client) -> None:
+    simulator.simulator.update_settings({"mode": "2.6"})
+
+    rels = xml_links(fromstring(api.get(VM_2).content))
+
+    assert rels["disks"].endswith(VM_2 + "/storage/disks")
+    assert "harddisks" not in rels
+
+
+@pytest.mark.parametrize("path", ["/cloud/locations/2", "/admin/datacenters/2"])
+def test_a_datacenter_links_itself_as_edit(api: httpx2.Client, path: str) -> None:
+    datacenter = api.get(path, headers={"Accept": "application/vnd.abiquo.datacenter+json"}).json()
+
+    assert links(datacenter)["edit"]["href"] == f"{api.base_url}{path.lstrip('/')}"
+
+
 def test_vapp_lists_its_vms(api: httpx2.Client) -> None:
     vms = api.get(
         "/cloud/virtualdatacenters/1/virtualappliances/2/virtualmachines", params={"limit": 100}
@@ -696,6 +712,32 @@ def test_pending_tasks_list_only_held_tasks_with_absolute_hrefs(
     assert continue_href(pending["collection"][0]).startswith(str(api.base_url) + "cloud/")
 
 
+@pytest.mark.parametrize(
+    "path", ["/admin/enterprises/2/action/pendingtasks", "/admin/enterprises/2/users/20/action/pendingtasks"]
+)
+def test_pending_tasks_link_only_self_and_parent(
+    api: httpx2.Client, control: httpx2.Client, receiver: CallbackReceiver, path: str
+) -> None:
+    hold(control, receiver, action="deploy", vapp=2)  # 100 tasks: pages before and after this one
+
+    pending = api.get(path, params={"startwith": 25, "limit": 25}).json()
+
+    assert [link["rel"] for link in pending["links"]] == ["self", "parent"]
+
+
+def test_pending_tasks_page_by_startwith_and_limit_and_count_them_all(
+    api: httpx2.Client, control: httpx2.Client, receiver: CallbackReceiver
+) -> None:
+    answer, _ = hold(control, receiver, action="deploy", vapp=2)
+
+    pending = api.get(
+        "/admin/enterprises/2/action/pendingtasks", params={"startwith": 90, "limit": 25}
+    ).json()
+
+    assert pending["totalSize"] == 100
+    assert [t["taskId"] for t in pending["collection"]] == [t["task_id"] for t in answer["tasks"][90:]]
+
+
 def test_user_pending_tasks_list_what_they_asked_for(
     api: httpx2.Client, control: httpx2.Client, receiver: CallbackReceiver
 ) -> None:
@@ -888,3 +930,23 @@ def test_basic_auth_header_is_parsed_strictly(simulator: SimulatorServer) -> Non
     garbage = {"Authorization": "Basic " + base64.b64encode(b"no-colon-here").decode()}
 
     assert httpx2.get(simulator.api_url + "/login", headers=garbage).status_code == 401
+
+
+def test_an_administrator_can_take_a_users_approver_role_away(
+    control: httpx2.Client, api: httpx2.Client
+) -> None:
+    answer = control.put("/_sim/users/10", json={"role": "USER"})
+
+    assert answer.status_code == 200, answer.text
+    users = api.get(
+        "/admin/enterprises/2/users", headers={"accept": "application/vnd.abiquo.userswithroles+json"}
+    ).json()["collection"]
+    alice = next(user for user in users if user["nick"] == "asmith")
+    assert alice["role"]["name"] == "USER"
+
+
+def test_changing_a_user_to_a_role_that_does_not_exist_is_404(control: httpx2.Client) -> None:
+    answer = control.put("/_sim/users/10", json={"role": "NO_SUCH_ROLE"})
+
+    assert answer.status_code == 404
+    assert "NO_SUCH_ROLE" in answer.json()["error"]

@@ -69,7 +69,7 @@ def enterprise_from(rep: Representation, href: str | None = None) -> Enterprise:
 
 
 def vm_from(rep: Representation, href: str | None = None) -> VirtualMachine:
-    """A VM without its disks and volumes, which live behind the `harddisks` and `volumes` links."""
+    """A VM without its disks and volumes, behind its `harddisks` (2.x: `disks`) and `volumes` links."""
     own_href = _own_href(rep, href)
     enterprise, vdc, vapp = (
         rep.link("enterprise"),
@@ -89,10 +89,18 @@ def vm_from(rep: Representation, href: str | None = None) -> VirtualMachine:
         vdc_name=_title(vdc),
         vapp_href=_href(vapp),
         vapp_name=_title(vapp),
-        harddisks_href=_href(rep.link("harddisks")),
+        harddisks_href=_href(_disks_link(rep)),
         volumes_href=_href(rep.link("volumes")),
         hd_in_bytes=rep.integer("hdInBytes"),
     )
+
+
+def _disks_link(rep: Representation) -> Link | None:
+    """The VM's link to its disks collection: `harddisks` (3.x), else `disks` (what Abiquo 2.x names it).
+
+    Only these exact rels name the collection; the `disk0…diskN` links of 3.x each lead to one disk.
+    """
+    return rep.link("harddisks") or rep.link("disks")
 
 
 def disk_from(rep: Representation) -> Disk:
@@ -149,11 +157,20 @@ def vapp_from(rep: Representation, href: str | None = None) -> VirtualAppliance:
     )
 
 
-def task_state_from(rep: Representation) -> AbiquoTaskState:
+def task_state_from(rep: Representation, href: str | None = None) -> AbiquoTaskState:
+    """A task (`GET {self}`, or one of a pending-tasks listing) with the links Abiquo gives it."""
+    task_type = rep.text("type")
     return AbiquoTaskState(
         task_id=_required(rep, "taskId", "task"),
         state=rep.text("state") or None,
-        task_type=rep.text("type") or None,
+        task_type=task_type.strip().upper() if task_type else None,
+        user_id=(rep.text("userId") or "").strip() or None,
+        owner_id=(rep.text("ownerId") or "").strip() or None,
+        self_href=_href(rep.link("self")) or href,
+        target_href=_href(rep.link("target")),
+        user_href=_href(rep.link("user")),
+        continue_href=_href(rep.link("continue")),
+        cancel_href=_href(rep.link("cancel")),
     )
 
 

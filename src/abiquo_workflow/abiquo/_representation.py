@@ -46,6 +46,14 @@ class Representation(ABC):
     def link(self, rel: str) -> Link | None:
         return next((link for link in self.links() if link.rel == rel), None)
 
+    def total(self) -> int | None:
+        """How many members a list answer says it has over all its pages (`totalSize`), if it says.
+
+        Pending-task listings link no `next` page, so this count is what tells the client to read on.
+        JSON carries it as a key, XML as a `<totalSize>` child of the list root: both are a field here.
+        """
+        return self.integer("totalSize")
+
     def integer(self, name: str) -> int | None:
         value = self.text(name)
         if value is None or not value.strip():

@@ -7,6 +7,13 @@ path (`api/`), then joins the rest to `abiquo.api_url`. Because Abiquo's callbac
 a forged callback could name any absolute URL: the client therefore sends its credentials only to the
 origin (scheme, host, port) of `abiquo.api_url` and refuses any other with `AbiquoProtocolError`.
 
+Paging (PROTOCOL.md §8.1). Lists are read to their end. After each page the client follows its
+`rel="next"` link when it has one (users, roles, enterprises). Real Abiquo's pending-task listings link only
+`self` and `parent`, never `next`, though they page with `startwith`/`limit` and declare `totalSize`: so
+without a `next` link, while `totalSize` exceeds the members read so far, the client asks for the same URL
+again with `startwith` set to that count and `limit` to the size of the page just read (other query
+parameters kept). An empty page ends any list, and a page URL met twice is an `AbiquoProtocolError`.
+
 Retries. Every request, reads and continue/cancel POSTs alike, is retried with exponential backoff and
 jitter (stamina) on connection failures, timeouts and 5xx answers, `abiquo.retries` extra attempts at most;
 a 4xx is never retried. Repeating a continue or cancel whose first answer was lost is safe: Abiquo refuses
@@ -34,7 +41,7 @@ import http.cookiejar
 from collections.abc import Callable
 from types import TracebackType
 from typing import Final, Self, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx2
 import stamina
@@ -81,6 +88,7 @@ T = TypeVar("T")
 #: held (TASK-2). The codes' HTTP statuses are inferred (PROTOCOL.md §4), hence all three.
 _REFUSED_AS_DECIDED: Final = frozenset({400, 404, 409})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+_DOT_SEGMENTS: Final = frozenset({".", "..", "%2e", "%2e%2e", ".%2e", "%2e."})
 
 
 class _ServerError(Exception):
@@ -158,6 +166,15 @@ class AbiquoClient:
             relative = relative[len(self._api_path) :].lstrip("/")
         return f"{self._base_url}/{relative}" if relative else self._base_url
 
+    def is_api_url(self, url: str) -> bool:
+        """Whether an absolute URL lies inside the configured API: its origin, and under its path."""
+        if _origin(url) != self._origin:
+            return False
+        path = urlsplit(url).path.strip("/")
+        if any(segment.lower() in _DOT_SEGMENTS for segment in path.split("/")):
+            return False  # `api/../elsewhere` is not under the API, whatever the prefix says
+        return not self._api_path or path == self._api_path or path.startswith(self._api_path + "/")
+
     # --- People and enterprises ----------------------------------------------------------------------
 
     async def get_user(self, href: str) -> User:
@@ -220,7 +237,8 @@ class AbiquoClient:
     async def get_vm(self, href: str, *, with_storage: bool = True) -> VirtualMachine:
         """A VM; with its hard disks and volumes (read concurrently) unless `with_storage` is False.
 
-        On 2.x, which has no `harddisks` link, the boot disk's size comes from the VM's `hdInBytes`.
+        The disks are behind the `harddisks` link (3.x) or the `disks` link (2.x); a VM with neither
+        gets its boot disk's size from its `hdInBytes` (2.x).
         """
         vm = await self._read(href, "virtualmachine", _readers.vm_from)
         if not with_storage:
@@ -252,7 +270,8 @@ class AbiquoClient:
     # --- Tasks ---------------------------------------------------------------------------------------
 
     async def get_task(self, href: str) -> AbiquoTaskState:
-        return await self._read(href, "task", lambda rep, _href: _readers.task_state_from(rep))
+        """A task as Abiquo shows it now, with its links (`GET {self}`); 404 → `AbiquoNotFound`."""
+        return await self._read(href, "task", _readers.task_state_from)
 
     async def pending_tasks(self, enterprise_href: str) -> list[HeldTask]:
         """The held (QUEUEING) tasks of an enterprise, all pages (`…/action/pendingtasks`, §6)."""
@@ -328,7 +347,8 @@ class AbiquoClient:
     async def _read_all(
         self, href: str, media: str, build: Callable[[Representation, str | None], T]
     ) -> list[T]:
-        """GET a list and every following page (`rel="next"`, §8.1), building a value from each member."""
+        """GET a list and every following page (see Paging in the module docstring), building a value
+        from each member."""
         values: list[T] = []
         url: str | None = self.resolve(href)
         seen: set[str] = set()
@@ -336,12 +356,27 @@ class AbiquoClient:
             response = await self._get_page(url, media, seen)
             try:
                 page = parse(response.content, response.headers.get("content-type"))
-                values.extend(build(member, None) for member in page.items())
+                members = page.items()
+                values.extend(build(member, None) for member in members)
+                total = page.total()
             except ValueError as exc:
                 raise self._unreadable(response, exc) from exc
-            next_page = page.link("next")
-            url = self.resolve(next_page.href) if next_page is not None else None
+            url = self._next_page_url(url, page, len(members), len(values), total)
         return values
+
+    def _next_page_url(
+        self, url: str, page: Representation, page_size: int, read: int, total: int | None
+    ) -> str | None:
+        """Where the rest of a list is: its `next` link, else (pending tasks link none) the same URL
+        from `startwith=read`, while `totalSize` says members remain; None once the list is read."""
+        if page_size == 0:
+            return None  # an empty page ends any list, whatever it links or counts
+        next_page = page.link("next")
+        if next_page is not None:
+            return self.resolve(next_page.href)
+        if total is None or read >= total:
+            return None
+        return _with_query(url, startwith=read, limit=page_size)
 
     async def _get_page(self, url: str, media: str, seen: set[str]) -> httpx2.Response:
         if url in seen:
@@ -495,6 +530,16 @@ def _held_task_from(rep: Representation) -> HeldTask:
     except PayloadError as exc:
         raise ValueError(str(exc)) from exc
     raise TypeError(f"unknown representation {type(rep).__name__}")
+
+
+def _with_query(url: str, **params: int) -> str:
+    """The URL with these query parameters set (replacing any of the same name), the others kept."""
+    parts = urlsplit(url)
+    kept = [
+        (name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True) if name not in params
+    ]
+    query = urlencode([*kept, *((name, str(value)) for name, value in params.items())])
+    return urlunsplit(parts._replace(query=query))
 
 
 def _task_href_of(action_href: str) -> str | None:

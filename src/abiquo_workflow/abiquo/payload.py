@@ -17,14 +17,15 @@ PROTOCOL.md §3, §9 and §10 rule 1, and is liberal in what it accepts:
   (`<task>` / a task object, as Abiquo sends for a reconfigure); `Callback.single_root` records which.
   The media type's `task` vs `tasks` is not checked against the root. An empty collection is refused.
 - Tasks. `taskId`, `type`, and the `continue` and `cancel` links are required; everything else is
-  optional. A task id must look like one of Abiquo's (a UUID): letters, digits, `.`, `_` and `-`, at
-  most 64 characters. Anything else (a comma, which would blur a list of ids, whitespace, control
-  characters, a 5,000-character id) is refused, because ids travel in links and audit lines. `type` is upper-cased; `userId`/`ownerId` may be numbers or strings and are kept as text;
-  timestamps may be numbers or numeric strings, and anything else (or a value outside a signed 64-bit
-  integer) counts as missing. Unknown elements and keys are ignored; every link with a `rel` and an
-  `href` is kept in `HeldTask.links`, and the first link of each relation wins. Hrefs are kept as
-  received, relative or absolute (the Abiquo client resolves them, PROTOCOL.md §3.7). Jobs without an
-  `id` or a `type` are skipped: jobs are informational only.
+  optional. A task id must look like one of Abiquo's (a UUID): letters, digits, `.`, `_` and `-`, at most
+  64 characters. Anything else (a comma, which would blur a list of ids, whitespace, control characters, a
+  5,000-character id) is refused, because ids travel in links and audit lines. `type` is upper-cased;
+  `userId`/`ownerId` may be numbers or strings and are kept as text; timestamps may be numbers or numeric
+  strings, and anything else (or a value outside a signed 64-bit integer) counts as missing. Unknown
+  elements and keys are ignored; every link with a `rel` and an `href` is kept in `HeldTask.links`, and
+  the first link of each relation wins. Hrefs are kept as received, relative or absolute (the Abiquo
+  client resolves them, PROTOCOL.md §3.7). Jobs without an `id` or a `type` are skipped: jobs are
+  informational only.
 - Duplicates. When a callback repeats a `taskId`, the first task wins and the later ones are dropped.
 - Safety. The size is checked before anything is parsed (413), and the number of tasks before any task
   is read (413 above `max_tasks`). XML goes through defusedxml with DTDs, entities and external
@@ -355,7 +356,9 @@ def _parse_json(text: str) -> object:
     except RecursionError as exc:
         raise PayloadError("the JSON is nested too deeply") from exc
     if _SURROGATE_ESCAPE.search(text) and not _encodable(parsed):
-        raise PayloadError("the JSON holds an unpaired surrogate (a \\uD800–\\uDFFF escape), which is not text")
+        raise PayloadError(
+            "the JSON holds an unpaired surrogate (a \\uD800–\\uDFFF escape), which is not text"
+        )
     return parsed
 
 

@@ -33,9 +33,13 @@ JSON or XML by Accept; absolute hrefs; `startwith` / `limit` / `by` / `asc` / `h
                                                             409 TASK-2, 403 GEN-4 (no WORKFLOW_OVERRIDE;
                                                             a requester may cancel their own task)
 
-Mode "2.6" imitates the first workflow release: VMs carry `hdInBytes`, VDCs link `datacenter`
-(admin/datacenters/{id}) instead of `location`, and without an Accept header the API answers XML (the users
-list: usersWithRoles).
+Paged lists link `first`, `last` and, where there is one, `previous` and `next`, except the pending-task
+listings, which (as in real Abiquo) link only `self` and `parent` and are read on by `totalSize`.
+Datacenters (locations and admin datacenters) link themselves as `edit`.
+
+Mode "2.6" imitates the first workflow release: VMs carry `hdInBytes` and link their disks as `disks`
+(not `harddisks`), VDCs link `datacenter` (admin/datacenters/{id}) instead of `location`, and without an
+Accept header the API answers XML (the users list: usersWithRoles).
 
 The control surface, under /_sim (JSON in and out, no auth)::
 
@@ -54,6 +58,7 @@ The control surface, under /_sim (JSON in and out, no auth)::
                                    user, at} (by: continue | cancel | requester-cancel) or null
     POST   /_sim/tasks/{id}/cancel the requester cancels their own held task (optional {"reason"}); 409 if
                                    it is no longer QUEUEING
+    PUT    /_sim/users/{id}        {"role": "USER"}: an administrator gives the user another role
     GET    /_sim/calls             continue/cancel calls that reached a task, in order: task_id, action,
                                    body (the reason), content_type, status, user, at
     GET    /_sim/api-calls         every /api call: method, path, query, status (null = dropped), at

@@ -253,8 +253,10 @@ def _user_one(ctx: Ctx, s: State) -> Representation:
 
 
 def _pending_page(ctx: Ctx, s: State, tasks: list[Task], href: str, parent: str) -> Representation:
+    """A page of held tasks. Real Abiquo pages these by `startwith`/`limit` and counts them in `totalSize`
+    but links only `self` and `parent`, never `first`/`last`/`previous`/`next` (PROTOCOL.md §6, §11.7)."""
     page: Page[Task] = paginate(tasks, href, ctx.params, matches=_task_matches(s.world), kind="tasks")
-    links = (Link("self", href, "tasks"), Link("parent", parent), *page.links)
+    links = (Link("self", href, "tasks"), Link("parent", parent))
     return ctx.rep.tasks(page.items, links, page.total, listing=True)
 
 

@@ -81,6 +81,7 @@ class Control:
             Route("/_sim/requests", self.create_request, methods=["POST"]),
             Route("/_sim/tasks", self.tasks),
             Route("/_sim/tasks/{task_id}/cancel", self.requester_cancel, methods=["POST"]),
+            Route("/_sim/users/{user_id:int}", self.change_user, methods=["PUT", "POST"]),
             Route("/_sim/calls", self.calls),
             Route("/_sim/api-calls", self.api_calls),
             Route("/_sim/faults", self.faults, methods=["GET", "POST", "DELETE"]),
@@ -140,6 +141,17 @@ class Control:
         except SimulatorError as exc:
             return self._failed(request, exc)
         return self._done(request, self.simulator.task_summary(task))
+
+    async def change_user(self, request: Request) -> Response:
+        try:
+            data = await _read(request)
+            role = _text(data, "role")
+            if role is None:
+                raise SimulatorError(400, "Say the user's new 'role' by name, for example USER.")
+            user = self.simulator.change_role(request.path_params["user_id"], role)
+        except SimulatorError as exc:
+            return self._failed(request, exc)
+        return self._done(request, {"id": user.id, "nick": user.nick, "role": role})
 
     async def calls(self, request: Request) -> Response:
         return JSONResponse([c.to_json() for c in self.simulator.decision_calls()])

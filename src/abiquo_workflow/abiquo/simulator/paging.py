@@ -1,7 +1,8 @@
 """Abiquo's paging (PROTOCOL.md §8.1): `startwith` (default 0), `limit` (default 25), `by`, `asc`, `has`.
 
 A page carries `totalSize` and the links `first`, `last`, and when there is one, `previous` and `next`,
-each an absolute href with the query string.
+each an absolute href with the query string. A listing may leave these links out, as real Abiquo's
+pending-task listings do (they link only `self` and `parent`).
 """
 
 from __future__ import annotations

@@ -216,7 +216,10 @@ class Representer:
     # --- Places ---------------------------------------------------------------------------------------
 
     def location(self, dc: Datacenter) -> Entity:
-        links = (Link("self", self.hrefs.location(dc.id), "datacenter", dc.name),)
+        """The tenant's view of a datacenter. Real Abiquo links a datacenter to itself as `edit`; the
+        `self` link of PROTOCOL.md §11.13 is kept beside it."""
+        href = self.hrefs.location(dc.id)
+        links = (Link("edit", href, "datacenter", dc.name), Link("self", href, "datacenter", dc.name))
         return Entity("datacenter", (("id", dc.id), ("name", dc.name), ("location", dc.location)), links)
 
     def datacenter(self, dc: Datacenter) -> Entity:
@@ -286,7 +289,8 @@ class Representer:
             Link("user", h.user(owner), "user", owner.full_name),
             Link("virtualdatacenter", h.vdc(vdc.id), "virtualdatacenter", vdc.name),
             Link("virtualappliance", h.vapp(vapp), "virtualappliance", vapp.name),
-            Link("harddisks", h.disks(vm), "harddisks", "disks"),
+            # 2.x named the link to the disks collection `disks`; 3.x names it `harddisks`.
+            Link("disks" if self.legacy else "harddisks", h.disks(vm), "harddisks", "disks"),
             Link("volumes", h.volumes(vm), "volumes", "volumes"),
         ]
         links += [

@@ -13,7 +13,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -155,8 +155,9 @@ class Simulator:
         callback_url: where held tasks are POSTed (Abiquo's `client.main.workflowEndPoint`); a request
             may name another.
         style: the callback dialect, "json" (3.x) or "xml" (2.6).
-        mode: the API generation imitated, "3.x" or "2.6" (2.6 adds `hdInBytes` on VMs, gives VDCs a
-            `datacenter` link instead of `location`, and answers XML when no Accept header is sent).
+        mode: the API generation imitated, "3.x" or "2.6" (2.6 adds `hdInBytes` on VMs, links their disks
+            as `disks` instead of `harddisks`, gives VDCs a `datacenter` link instead of `location`, and
+            answers XML when no Accept header is sent).
         latency: seconds added to every /api call.
     """
 
@@ -211,6 +212,21 @@ class Simulator:
     def task(self, task_id: str) -> Task:
         with self._lock:
             return self._state.tasks.get(task_id)
+
+    def change_role(self, user_id: int, role_name: str) -> User:
+        """Give a user another role (an administrator's change in Abiquo): the connector must notice
+        that an approver no longer approves. Raises SimulatorError (404) for an unknown user or role."""
+        with self._lock:
+            world = self._state.world
+            user = world.users.get(user_id)
+            role = next((r for r in world.roles.values() if r.name == role_name), None)
+            if user is None:
+                raise SimulatorError(404, f"There is no user {user_id}.")
+            if role is None:
+                raise SimulatorError(404, f"There is no role named {role_name!r}.")
+            changed = replace(user, role_id=role.id)
+            world.users[user_id] = changed
+            return changed
 
     def decision_calls(self) -> list[DecisionCall]:
         with self._lock:
