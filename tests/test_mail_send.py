@@ -178,6 +178,42 @@ async def test_one_refused_recipient_among_several_is_a_mail_error(smtp_inbox: I
         await send(settings_for(smtp_inbox), msg=message("alice.smith@acme.example, nobody@acme.example"))
 
 
+async def test_a_recipient_refused_with_5xx_is_a_mail_error_that_is_not_temporary(smtp_inbox: Inbox) -> None:
+    smtp_inbox.reject_recipients.add("nobody@acme.example")
+
+    with pytest.raises(MailError) as caught:
+        await send(settings_for(smtp_inbox), msg=message("nobody@acme.example"))
+
+    assert caught.value.temporary is False  # 550: sending it again gets the same answer
+
+
+async def test_one_recipient_refused_with_5xx_among_several_is_not_temporary(smtp_inbox: Inbox) -> None:
+    smtp_inbox.reject_recipients.add("nobody@acme.example")
+
+    with pytest.raises(MailError) as caught:
+        await send(settings_for(smtp_inbox), msg=message("alice.smith@acme.example, nobody@acme.example"))
+
+    assert caught.value.temporary is False
+
+
+async def test_a_relay_refusing_with_4xx_is_a_temporary_mail_error(smtp_inbox: Inbox) -> None:
+    smtp_inbox.refuse = True
+
+    with pytest.raises(MailError) as caught:
+        await send(settings_for(smtp_inbox))
+
+    assert caught.value.temporary is True  # 451: the relay may take it later
+
+
+async def test_a_relay_that_is_down_is_a_temporary_mail_error(smtp_inbox: Inbox) -> None:
+    smtp_inbox.stop()
+
+    with pytest.raises(MailError) as caught:
+        await send(settings_for(smtp_inbox))
+
+    assert caught.value.temporary is True
+
+
 @contextlib.asynccontextmanager
 async def stalled_relay(greeting: bytes) -> AsyncIterator[int]:
     """A relay that sends `greeting` (maybe nothing) on connect and then never says another word."""

@@ -13,8 +13,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import structlog
+from pydantic import TypeAdapter, ValidationError
 
 from abiquo_workflow.config import WorkerSettings
+from abiquo_workflow.exceptions import (
+    AbiquoAuthError,
+    AbiquoNotFound,
+    AbiquoProtocolError,
+    AbiquoUnavailable,
+    ConfigError,
+    MailError,
+    NotAnApprover,
+    PayloadError,
+    StoreError,
+    TokenError,
+    is_temporary,
+)
 from abiquo_workflow.store import JobRecord, JobStatus, Store
 from abiquo_workflow.worker import Handler, Worker, retry_delay
 
@@ -127,7 +142,7 @@ async def test_a_job_runs_once_and_is_done(store: Store, start_worker: Start) ->
     assert running.failed == []
 
 
-async def test_a_failing_job_is_retried_after_a_growing_backoff_and_then_succeeds(
+async def test_a_job_failing_while_abiquo_is_unavailable_is_retried_after_a_growing_backoff_and_succeeds(
     store: Store, start_worker: Start
 ) -> None:
     due: list[datetime] = []  # when each attempt was due
@@ -137,7 +152,7 @@ async def test_a_failing_job_is_retried_after_a_growing_backoff_and_then_succeed
         due.append(job.run_after)
         if job.attempts < 3:
             failed_at.append(datetime.now(UTC))
-            raise RuntimeError(f"flaky {job.attempts}")
+            raise AbiquoUnavailable(f"flaky {job.attempts}")
 
     job_id = await enqueue(store, "flaky")
     running = await start_worker({"flaky": flaky}, retry_base_delay=0.2, retry_max_delay=5)
@@ -161,7 +176,7 @@ async def test_a_job_failing_every_time_is_buried_after_max_attempts_and_reporte
 
     async def broken(job: JobRecord) -> None:
         runs.append(job.attempts)
-        raise RuntimeError(f"still broken after {job.attempts}")
+        raise MailError(f"still broken after {job.attempts}")  # the relay stays down
 
     job_id = await enqueue(store, "broken", max_attempts=3)
     running = await start_worker({"broken": broken})
@@ -197,7 +212,7 @@ async def test_a_retry_runs_when_due_not_at_the_next_poll(store: Store, start_wo
     async def flaky(job: JobRecord) -> None:
         attempts.append(job.attempts)
         if job.attempts == 1:
-            raise RuntimeError("not yet")
+            raise ConnectionRefusedError("not yet")
 
     job_id = await enqueue(store, "flaky")
     await start_worker({"flaky": flaky}, poll_interval=30)
@@ -206,20 +221,124 @@ async def test_a_retry_runs_when_due_not_at_the_next_poll(store: Store, start_wo
     assert attempts == [1, 2]
 
 
-async def test_a_handler_raising_a_lookup_error_is_retried_like_any_other(
+async def test_a_handler_raising_a_lookup_error_is_not_taken_for_a_job_of_an_unknown_kind(
     store: Store, start_worker: Start
 ) -> None:
-    async def missing_key_once(job: JobRecord) -> None:
-        if job.attempts == 1:
-            raise KeyError("vm")
+    async def missing_key(job: JobRecord) -> None:
+        raise KeyError("vm")
 
     job_id = await enqueue(store, "lookup", max_attempts=3)
-    running = await start_worker({"lookup": missing_key_once})
-    await until(lambda: status_is(store, job_id, JobStatus.DONE), "the job is done")
+    running = await start_worker({"lookup": missing_key})
+    await until(lambda: status_is(store, job_id, JobStatus.DEAD), "the job is dead")
     await running.stop()
 
-    assert (await job(store, job_id)).attempts == 2
-    assert running.failed == []
+    assert (await job(store, job_id)).last_error == "KeyError: 'vm'"
+    assert [error for _, error in running.failed] == ["KeyError: 'vm'"]
+
+
+# --- errors that are not temporary -------------------------------------------------------------------
+
+REFUSED_HREF = (
+    "Refusing to send the connector's credentials to https://elsewhere.example/api/tasks/1/action/"
+    "continue: it is outside the configured Abiquo API https://abiquo.acme.example/api."
+)
+
+
+async def test_a_job_failing_with_an_error_that_is_not_temporary_is_buried_at_its_first_attempt(
+    store: Store, start_worker: Start
+) -> None:
+    runs: list[int] = []
+
+    async def refused_href(job: JobRecord) -> None:
+        runs.append(job.attempts)
+        raise AbiquoProtocolError(REFUSED_HREF)
+
+    job_id = await enqueue(store, "deliver", max_attempts=5)
+    running = await start_worker({"deliver": refused_href})
+    await until(lambda: status_is(store, job_id, JobStatus.DEAD), "the job is dead")
+    await running.stop()
+
+    assert runs == [1]
+    assert [(reported.id, error) for reported, error in running.failed] == [(job_id, REFUSED_HREF)]
+    assert (await job(store, job_id)).last_error == REFUSED_HREF
+
+
+async def test_a_handler_failing_on_a_malformed_record_is_buried_at_once(
+    store: Store, start_worker: Start
+) -> None:
+    runs: list[int] = []
+
+    async def read_record(job: JobRecord) -> None:
+        runs.append(job.attempts)
+        int(job.payload["notification_id"])
+
+    job_id = await enqueue(store, "send_approval", {"notification_id": "seven"}, max_attempts=5)
+    running = await start_worker({"send_approval": read_record})
+    await until(lambda: status_is(store, job_id, JobStatus.DEAD), "the job is dead")
+    await running.stop()
+
+    assert runs == [1]
+    ((_, error),) = running.failed
+    assert error == "ValueError: invalid literal for int() with base 10: 'seven'"
+
+
+async def test_a_job_buried_at_once_is_logged_once_as_an_error_saying_why(
+    store: Store, start_worker: Start
+) -> None:
+    async def refused_href(job: JobRecord) -> None:
+        raise AbiquoProtocolError(REFUSED_HREF)
+
+    job_id = await enqueue(store, "deliver", max_attempts=5)
+    with structlog.testing.capture_logs() as logs:
+        running = await start_worker({"deliver": refused_href})
+        await until(lambda: status_is(store, job_id, JobStatus.DEAD), "the job is dead")
+        await running.stop()
+
+    [logged] = [entry for entry in logs if entry["log_level"] in ("warning", "error")]
+    assert logged["event"] == "job.dead" and logged["log_level"] == "error"
+    assert logged["error"] == REFUSED_HREF
+    assert logged["because"] == "the error is not temporary, so it failed for good"
+
+
+def _validation_error() -> ValidationError:
+    try:
+        TypeAdapter(int).validate_python("seven")
+    except ValidationError as exc:
+        return exc
+    raise AssertionError("'seven' was read as an int")
+
+
+@pytest.mark.parametrize(
+    ("error", "temporary"),
+    [
+        # Waiting may help: the far side is down, slow or busy.
+        (AbiquoUnavailable("Abiquo answered 503 after 3 attempts"), True),  # down, or 5xx every time
+        (AbiquoProtocolError("Abiquo answered 429", status=429), True),  # asks us to come back later
+        (AbiquoProtocolError("Abiquo answered 408", status=408), True),  # gave up waiting for us
+        (StoreError("the database is locked"), True),  # another writer holds the lock
+        (MailError("could not connect to the SMTP relay"), True),  # relay down, or a 4xx answer
+        (ConnectionRefusedError(111, "Connection refused"), True),  # a stdlib network error
+        (TimeoutError(), True),  # asyncio.timeout ran out
+        (OSError(24, "Too many open files"), True),  # the operating system, for now
+        # Waiting cannot help: the same attempt fails the same way.
+        (AbiquoProtocolError(REFUSED_HREF), False),  # a link we will not follow
+        (AbiquoProtocolError("Abiquo answered 400", status=400), False),  # a 4xx we do not expect
+        (AbiquoAuthError("Abiquo answered 401", status=401), False),  # credentials that are wrong
+        (AbiquoNotFound("Abiquo answered 404", status=404), False),  # something Abiquo no longer has
+        (MailError("550 No such mailbox", temporary=False), False),  # a 5xx refusal by the relay
+        (PayloadError("not XML"), False),  # a callback body we cannot accept
+        (ConfigError(["abiquo.url: required"]), False),  # settings nobody has fixed yet
+        (TokenError("the link has expired"), False),  # a link that will stay expired
+        (NotAnApprover("no longer an approver"), False),  # a role that waiting does not give back
+        (KeyError("vm"), False),  # a stored record without a field we need
+        (ValueError("invalid literal for int()"), False),  # a stored field we cannot read
+        (_validation_error(), False),  # a stored record pydantic cannot read
+        (RuntimeError("request R has not been triaged"), False),  # a bug or a broken invariant
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else None,
+)
+def test_is_temporary_says_which_errors_may_go_away_by_waiting(error: BaseException, temporary: bool) -> None:
+    assert is_temporary(error) is temporary
 
 
 # --- how many at once, and waking up -----------------------------------------------------------------

@@ -1,17 +1,24 @@
 """Runs the queued jobs: triage, approval emails, deliveries to Abiquo, the requester's email.
 
 How it works. The worker claims due jobs (`Store.claim`, a lease of `worker.lease` seconds each) and runs
-up to `worker.concurrency` at once. A job that raises is retried after an exponential backoff with
+up to `worker.concurrency` at once. A job that raises a temporary error (`exceptions.is_temporary`:
+Abiquo or the mail relay unreachable, the database locked) is retried after an exponential backoff with
 jitter, capped at `worker.retry_max_delay`; when its attempts (`worker.max_attempts`) run out it is
 buried (status `dead`) and `on_failed` records the failure where people look (the task shows delivery
-`failed`, the email shows `failed`).
+`failed`, the email shows `failed`, the request's audit `triage_failed`).
 
 When it wakes. At once when this process enqueues (the store signals after COMMIT), at once on
 PostgreSQL when another process enqueues (LISTEN/NOTIFY), when a retry it scheduled becomes due, and
 otherwise every `poll_interval` seconds (how other processes' retries and expired leases are found).
 
-How it fails. Killed mid-job, the job stays `running` until its lease runs out; then the next claim, by
-this process after a restart or by another replica, takes it up again. Every job kind is safe to repeat.
+How it fails. A job that raises an error that is not temporary (a link we refuse to follow, a 4xx from
+Abiquo we do not expect, a 5xx refusal from the mail relay, a stored record we cannot read, a bug) is
+buried on that attempt, the same way as one whose attempts ran out: repeating it would fail the same way,
+and only hide the failure from people for the quarter of an hour the retries take by default. `tasks
+retry` queues it again once the cause is fixed.
+
+Killed mid-job, the job stays `running` until its lease runs out; then the next claim, by this process
+after a restart or by another replica, takes it up again. Every job kind is safe to repeat.
 Stopping (`stop()`, or SIGINT/SIGTERM in the CLI) stops claiming and waits for the running jobs.
 """
 
@@ -29,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from abiquo_workflow.config import WorkerSettings
+from abiquo_workflow.exceptions import AbiquoWorkflowError, is_temporary
 from abiquo_workflow.store import Store
 from abiquo_workflow.store.records import JobRecord
 
@@ -36,6 +44,10 @@ log = structlog.stdlib.get_logger(__name__)
 
 Handler = Callable[[JobRecord], Awaitable[None]]
 OnFailed = Callable[[JobRecord, str], Awaitable[None]]
+
+#: Why a job is buried on its first attempt, as the log says: no later attempt can do better.
+_HOPELESS = "the error is not temporary, so it failed for good"
+_UNKNOWN = "no handler runs this kind of job, so it failed for good"
 
 
 def retry_delay(attempts: int, settings: WorkerSettings, *, rng: random.Random | None = None) -> float:
@@ -57,9 +69,15 @@ def release_free_memory() -> None:
 
 
 def describe(error: BaseException) -> str:
-    """One line for the job's `last_error`: the message, or the exception's name when it has none."""
-    text = str(error).strip()
-    return text if text else type(error).__name__
+    """One line for the job's `last_error`, shown to people when the job is buried.
+
+    Our own errors are sentences and stand alone. Any other error is prefixed with its name, since its
+    message alone (`'vm'` for a KeyError) does not say what went wrong.
+    """
+    name, text = type(error).__name__, str(error).strip()
+    if not text:
+        return name
+    return text if isinstance(error, AbiquoWorkflowError) else f"{name}: {text}"
 
 
 class Worker:
@@ -160,8 +178,8 @@ class Worker:
 
     async def _run_and_record(self, job: JobRecord, bound: structlog.stdlib.BoundLogger) -> None:
         handler = self.handlers.get(job.kind)
-        if handler is None:  # no later attempt can do better: bury it now
-            await self._bury(job, f"no handler for jobs of kind {job.kind!r}", bound)
+        if handler is None:
+            await self._bury(job, f"no handler for jobs of kind {job.kind!r}", bound, because=_UNKNOWN)
             return
         heartbeat = asyncio.create_task(self._keep_lease(job))
         try:
@@ -182,10 +200,16 @@ class Worker:
             await heartbeat
 
     async def _failed(self, job: JobRecord, exc: Exception, bound: structlog.stdlib.BoundLogger) -> None:
+        """Retry a job after a temporary error; bury it after any other, or when out of attempts."""
         error = describe(exc)
-        if job.exhausted:
-            await self._bury(job, error, bound)
-            return
+        if not is_temporary(exc):
+            await self._bury(job, error, bound, because=_HOPELESS)
+        elif job.exhausted:
+            await self._bury(job, error, bound, because=f"it failed all {job.max_attempts} attempts")
+        else:
+            await self._retry(job, error, bound)
+
+    async def _retry(self, job: JobRecord, error: str, bound: structlog.stdlib.BoundLogger) -> None:
         delay = retry_delay(job.attempts, self.settings)
         bound.warning("job.retry", error=error, delay=round(delay, 2))
         run_after = datetime.now(UTC) + timedelta(seconds=delay)
@@ -193,14 +217,17 @@ class Worker:
             # Look again when it is due, rather than at the next poll: a 50 ms backoff stays 50 ms.
             asyncio.get_running_loop().call_later(delay, self.store.wakeup.set)
 
-    async def _bury(self, job: JobRecord, error: str, bound: structlog.stdlib.BoundLogger) -> None:
-        """Record the failure where people look (`on_failed`), then mark the job dead.
+    async def _bury(
+        self, job: JobRecord, error: str, bound: structlog.stdlib.BoundLogger, *, because: str
+    ) -> None:
+        """Record the failure where people look (`on_failed`), then mark the job dead; `because` says
+        in the log why it failed for good.
 
         In that order: a crash between the two leaves the failure visible and the job running, and the
         next claim buries it once its lease runs out. The other order could leave a dead job behind a
         task that still looks queued.
         """
-        bound.error("job.dead", error=error)
+        bound.error("job.dead", error=error, because=because)
         if self.on_failed is not None:
             await self.on_failed(job, error)
         await self.store.bury(job.id, self.worker_id, error=error)

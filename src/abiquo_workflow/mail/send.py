@@ -3,11 +3,16 @@
 One connection per message: approval emails are few and far between, and a fresh connection means a
 relay restart between two messages costs nothing. Messages name the relay as host:port and say what
 failed; they never carry the password.
+
+A `MailError` is temporary (the worker retries the email) unless the relay refused with 5xx answers
+only: RFC 5321 calls those permanent, and the same message would be refused again. A 4xx answer, a relay
+that is down or silent, or a dropped connection may all pass.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from email.message import EmailMessage
 
 import aiosmtplib
@@ -58,12 +63,15 @@ class Mailer:
             async with self._client() as client:
                 refused, _ = await client.send_message(message)
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise MailError(self._explain(exc, "send a message")) from exc
+            raise MailError(self._explain(exc, "send a message"), temporary=_temporary(exc)) from exc
         if refused:
             who = ", ".join(
                 f"{address} ({response.code} {response.message})" for address, response in refused.items()
             )
-            raise MailError(f"the SMTP relay at {self.relay} refused the recipient(s) {who}")
+            raise MailError(
+                f"the SMTP relay at {self.relay} refused the recipient(s) {who}",
+                temporary=_may_pass([response.code for response in refused.values()]),
+            )
 
     async def check(self) -> None:
         """Connect, greet, secure and log in as configured, then quit; `MailError` if any step fails."""
@@ -71,7 +79,7 @@ class Mailer:
             async with self._client():
                 pass
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise MailError(self._explain(exc, "check the connection")) from exc
+            raise MailError(self._explain(exc, "check the connection"), temporary=_temporary(exc)) from exc
 
     def _explain(self, exc: BaseException, doing: str) -> str:
         """One sentence for the log or the CLI: where, what step, and the relay's own answer."""
@@ -107,6 +115,22 @@ class Mailer:
                 return f"could not {doing} through the SMTP relay at {relay}: {exc}"
 
 
+def _temporary(exc: BaseException) -> bool:
+    """Whether the relay may take the message later: yes, unless all its answers were 5xx refusals."""
+    match exc:
+        case aiosmtplib.SMTPRecipientsRefused(recipients=recipients):
+            return _may_pass([recipient.code for recipient in recipients])
+        case aiosmtplib.SMTPResponseException(code=code):
+            return _may_pass([code])
+        case _:  # down, silent, disconnected: it may be back later
+            return True
+
+
+def _may_pass(codes: Sequence[int]) -> bool:
+    """False when every code is a 5xx (permanent, RFC 5321 §4.2.1); a single 4xx may pass later."""
+    return not all(500 <= code <= 599 for code in codes)
+
+
 async def send_test_email(
     settings: MailSettings, to: str, *, tls_context: ssl.SSLContext | None = None
 ) -> None:
@@ -114,5 +138,5 @@ async def send_test_email(
     try:
         message = render_test(settings, to)
     except ValueError as exc:
-        raise MailError(str(exc)) from None
+        raise MailError(str(exc), temporary=False) from None
     await Mailer(settings, tls_context=tls_context).send(message)
