@@ -6,12 +6,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from abiquo_workflow.exceptions import StoreError
 from abiquo_workflow.store import Store, migrate
@@ -80,6 +82,42 @@ def test_downgrading_to_base_removes_every_table(database_url: str) -> None:
 
     assert table_names(database_url) <= {"alembic_version"}
     assert revision_of(database_url) is None
+
+
+def _insert_task(connection: Any, task_id: str, decision: str) -> None:
+    connection.execute(
+        text(
+            "INSERT INTO tasks (task_id, request_id, position, task_type, continue_href, cancel_href, "
+            "created_at, decision, delivery_attempts) VALUES (:id, 'r1', 0, 'DEPLOY', 'c', 'x', "
+            "CURRENT_TIMESTAMP, :decision, 0)"
+        ),
+        {"id": task_id, "decision": decision},
+    )
+
+
+def test_upgrading_from_0001_keeps_the_tasks_and_allows_the_rejected_decision(database_url: str) -> None:
+    with alembic_config(database_url) as config:
+        command.upgrade(config, "0001")
+    engine = create_sync_engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO requests (id, received_at, format, single_root, body) "
+                    "VALUES ('r1', CURRENT_TIMESTAMP, 'json', false, '{}')"
+                )
+            )
+            _insert_task(connection, "t-old", "pending")
+        migrate(database_url)
+        with engine.begin() as connection:
+            _insert_task(connection, "t-new", "rejected")
+            rows = connection.execute(text("SELECT task_id, decision FROM tasks ORDER BY task_id")).all()
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            _insert_task(connection, "t-bad", "maybe")
+    finally:
+        engine.dispose()
+
+    assert [tuple(row) for row in rows] == [("t-new", "rejected"), ("t-old", "pending")]
 
 
 def test_a_database_migrated_by_a_newer_version_is_refused(database_url: str) -> None:

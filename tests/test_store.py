@@ -181,6 +181,82 @@ async def test_deciding_an_already_decided_task_again_changes_nothing(store: Sto
     assert await store.get_task("t1") == before
 
 
+# --- verification with Abiquo ----------------------------------------------------------------------------
+
+ABIQUO = "https://abiquo.example.com/api/"
+
+
+def as_abiquo_shows(task_id: str, *, task_type: str = "RECONFIGURE", user_id: str = "42") -> HeldTask:
+    vm = f"{ABIQUO}{VM_HREF.format(9)}"
+    return HeldTask(
+        task_id=task_id,
+        task_type=task_type,
+        user_id=user_id,
+        owner_id="9",
+        state="QUEUEING",
+        continue_href=f"{vm}/tasks/{task_id}/action/continue",
+        cancel_href=f"{vm}/tasks/{task_id}/action/cancel",
+        target_href=vm,
+        user_href=f"{ABIQUO}admin/enterprises/7/users/{user_id}",
+        self_href=f"{vm}/tasks/{task_id}",
+    )
+
+
+async def test_confirming_a_task_replaces_what_the_callback_said_with_what_abiquo_says(store: Store) -> None:
+    await receive(store, held("t1"))
+    shown = as_abiquo_shows("t1")
+
+    async with store.transaction() as work:
+        [task] = await work.confirm_tasks([shown])
+
+    assert (task.task_type, task.user_id, task.owner_id) == ("RECONFIGURE", "42", "9")
+    assert (task.continue_href, task.cancel_href) == (shown.continue_href, shown.cancel_href)
+    assert (task.self_href, task.target_href, task.user_href) == (
+        shown.self_href,
+        shown.target_href,
+        shown.user_href,
+    )
+    assert task.verified_at is not None and task.decision is DecisionState.PENDING
+    assert await store.get_task("t1") == task
+
+
+async def test_confirming_leaves_a_task_decided_meanwhile_as_it_was_decided(store: Store) -> None:
+    await receive(store, held("t1"), held("t2"))
+    await decide(store, ["t1"], DecisionState.ACCEPTED)
+    before = await store.get_task("t1")
+
+    async with store.transaction() as work:
+        confirmed = await work.confirm_tasks([as_abiquo_shows("t1"), as_abiquo_shows("t2")])
+
+    assert [task.task_id for task in confirmed] == ["t2"]
+    assert await store.get_task("t1") == before
+
+
+async def test_a_rejected_task_is_not_pending_and_has_nothing_to_deliver(store: Store) -> None:
+    await receive(store, held("t1"), held("t2"))
+
+    async with store.transaction() as work:
+        [task] = await work.reject(["t1", "unknown"], "Abiquo has no such task")
+
+    assert (task.decision, task.decided_by, task.channel) == (
+        DecisionState.REJECTED,
+        DecidedBy.VERIFICATION,
+        Channel.SYSTEM,
+    )
+    assert (task.reason, task.delivery, task.verified_at) == ("Abiquo has no such task", None, None)
+    assert await decide(store, ["t1"], DecisionState.ACCEPTED) == []  # nobody can decide it afterwards
+    t2 = await store.get_task("t2")
+    assert t2 is not None and t2.decision is DecisionState.PENDING
+
+
+async def test_rejecting_a_decided_task_changes_nothing(store: Store) -> None:
+    await receive(store, held("t1"))
+    await decide(store, ["t1"], DecisionState.DECLINED)
+
+    async with store.transaction() as work:
+        assert await work.reject(["t1"], "Abiquo has no such task") == []
+
+
 async def test_an_external_decision_can_skip_delivery(store: Store) -> None:
     await receive(store, held("t1"))
 
@@ -425,7 +501,7 @@ def test_the_audit_log_can_only_be_appended_to_and_read() -> None:
     def audit_methods(cls: type) -> set[str]:
         return {name for name, _ in inspect.getmembers(cls, inspect.isfunction) if "audit" in name}
 
-    assert audit_methods(UnitOfWork) == {"audit", "audit_log"}
+    assert audit_methods(UnitOfWork) == {"audit", "audit_each", "audit_log"}
     assert audit_methods(Store) == {"audit_log"}
 
 

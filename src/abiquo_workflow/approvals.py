@@ -1,7 +1,8 @@
 """The use cases of the approval loop, composed from the store, the Abiquo client, the mailer and the links.
 
     receive   callback → request + tasks + a triage job, in one transaction (then 200 at once)
-    triage    job: enrich, apply the policy → automatic decision, or one approval email job per approver
+    triage    job: verify each task with Abiquo (verification.py; what Abiquo does not hold is rejected),
+              enrich, apply the policy → automatic decision, or one approval email job per approver
     decide    a person (or the policy) decides → conditional pending→accepted|declined + a delivery job
     deliver   job: POST continue|cancel to Abiquo → delivered | superseded; retried until it gets through
     notify    job: once every task of a request has settled, one email to the requester
@@ -23,11 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
-from abiquo_workflow import metrics
+from abiquo_workflow import display, metrics
 from abiquo_workflow.abiquo.client import AbiquoClient
 from abiquo_workflow.config import Settings
+from abiquo_workflow.directory import ApproverDirectory
 from abiquo_workflow.domain import (
     AbiquoTaskState,
     Action,
@@ -43,7 +45,7 @@ from abiquo_workflow.domain import (
     User,
 )
 from abiquo_workflow.enrichment import enrich
-from abiquo_workflow.exceptions import AbiquoError, MailError
+from abiquo_workflow.exceptions import AbiquoError, MailError, NotAnApprover
 from abiquo_workflow.links import LinkSigner
 from abiquo_workflow.mail.model import ActionLinks, ApprovalRequest, OutcomeNotice, TaskResult
 from abiquo_workflow.mail.render import render_approval, render_outcome
@@ -52,6 +54,7 @@ from abiquo_workflow.policy import AskApprovers, AutoDecision, evaluate, is_gate
 from abiquo_workflow.store import Store
 from abiquo_workflow.store.records import JobRecord, JobStatus, NotificationStatus, TaskRecord
 from abiquo_workflow.store.store import UnitOfWork
+from abiquo_workflow.verification import verify
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -153,12 +156,14 @@ class Approvals:
         abiquo: AbiquoClient,
         mailer: Mailer,
         signer: LinkSigner,
+        directory: ApproverDirectory,
     ) -> None:
         self.settings = settings
         self.store = store
         self.abiquo = abiquo
         self.mailer = mailer
         self.signer = signer
+        self.directory = directory
 
     def job_handlers(self) -> Mapping[str, Callable[[JobRecord], Awaitable[None]]]:
         """What the worker runs for each kind of job."""
@@ -225,6 +230,11 @@ class Approvals:
         ]
         if not pending:
             return
+        pending = await self._verified(request_id, pending)
+        if not pending:
+            async with self.store.transaction() as tx:
+                await tx.save_triage(request_id, None, [], {}, error="Abiquo holds none of its tasks")
+            return
         gated = [t for t in pending if is_gated(t.task_type, self.settings.policy)]
         enriched = await enrich(self.abiquo, pending, with_users=bool(gated))
         details = enriched.details
@@ -254,6 +264,41 @@ class Approvals:
                 request_id=request_id,
                 detail=_triage_summary(verdict, ungated, enriched.problems),
             )
+
+    async def _verified(self, request_id: str, pending: Sequence[TaskRecord]) -> list[TaskRecord]:
+        """The pending tasks Abiquo confirms, with Abiquo's type, requester, target and links; the
+        others rejected (an audit line each, a metric, one warning). Abiquo unreachable raises, and
+        triage is retried."""
+        outcome = await verify(self.abiquo, pending)
+        by_reason: dict[tuple[str, str], list[str]] = {}
+        for rejection in outcome.rejected:
+            by_reason.setdefault((rejection.kind, rejection.reason), []).append(rejection.task_id)
+        rejected: dict[str, list[str]] = {}
+        async with self.store.transaction() as tx:
+            confirmed = await tx.confirm_tasks(outcome.confirmed)
+            for (kind, reason), task_ids in by_reason.items():
+                changed = [t.task_id for t in await tx.reject(task_ids, reason)]
+                await tx.audit_each(
+                    "rejected", changed, channel=Channel.SYSTEM, request_id=request_id, detail=reason
+                )
+                rejected.setdefault(kind, []).extend(changed)
+            if confirmed:
+                await tx.audit(
+                    "verified",
+                    channel=Channel.ABIQUO,
+                    request_id=request_id,
+                    detail=f"Abiquo holds {_count(len(confirmed), 'task')} as the callback said",
+                )
+        for kind, task_ids in rejected.items():
+            metrics.TASKS_REJECTED.labels(kind).inc(len(task_ids))
+        if any(rejected.values()):
+            log.warning(
+                "triage.tasks_rejected",
+                request_id=request_id,
+                rejected={kind: len(ids) for kind, ids in rejected.items() if ids},
+                task_ids=[task_id for ids in rejected.values() for task_id in ids][:5],
+            )
+        return confirmed
 
     async def _decide_automatically(
         self, tx: UnitOfWork, task_ids: Sequence[str], auto: AutoDecision
@@ -343,6 +388,50 @@ class Approvals:
             )
 
     # --- decide ------------------------------------------------------------------------------------
+
+    async def check_approver(self, task_ids: Sequence[str], approver: str) -> None:
+        """Raise `NotAnApprover` unless `approver` is, in Abiquo now, an approver of the enterprise of
+        each request with a pending task among `task_ids` (directory.py says why and how fresh).
+
+        Unknown and decided tasks are left to `decide`. Raises `AbiquoError` when Abiquo cannot be
+        asked: then nothing may be decided.
+        """
+        pending = [t for t in await self.store.get_tasks(task_ids) if t.decision is DecisionState.PENDING]
+        for request_id in dict.fromkeys(t.request_id for t in pending):
+            enterprise_href = await self._enterprise_of(
+                request_id, [t for t in pending if t.request_id == request_id]
+            )
+            if enterprise_href is None:
+                raise NotAnApprover(
+                    "This request has not been checked with Abiquo yet, so nobody can decide it from a "
+                    "link. Open the link again in a few minutes."
+                )
+            if not await self.directory.is_approver(enterprise_href, approver):
+                raise NotAnApprover(
+                    f"{display.name(approver)} is no longer an approver of this request's enterprise in "
+                    "Abiquo, so this link cannot decide it. If you should still approve, ask an Abiquo "
+                    f"administrator to give you the {self.settings.policy.approver_role} role again; "
+                    "otherwise the other approvers can decide, or an administrator in Abiquo."
+                )
+
+    async def _enterprise_of(self, request_id: str, tasks: Sequence[TaskRecord]) -> str | None:
+        """The enterprise whose approvers decide a request: from triage's snapshot, else from the
+        requester link Abiquo gave a verified task (`…/admin/enterprises/{id}/users/{user}`)."""
+        request = await self.store.get_request(request_id)
+        try:
+            details = details_from_json(request.details if request else None)
+        except ValidationError:
+            details = None  # a snapshot another version wrote; the verified task still says
+        if details is not None and details.enterprise is not None and details.enterprise.href:
+            return details.enterprise.href
+        if details is not None and details.requester is not None and details.requester.enterprise_id:
+            return f"admin/enterprises/{details.requester.enterprise_id}"
+        for task in tasks:
+            if task.verified_at is not None and task.user_href:
+                head, sep, _user = task.user_href.rstrip("/").rpartition("/users/")
+                if sep and not head.endswith("/_"):
+                    return head
+        return None
 
     async def decide(
         self,
@@ -446,7 +535,7 @@ class Approvals:
         """
         try:
             async with self.store.transaction() as tx:
-                tasks = await tx.tasks_of_request(request_id)
+                tasks = _acted_on(await tx.tasks_of_request(request_id))
                 if not tasks or any(
                     t.decision is DecisionState.PENDING or t.delivery is DeliveryState.QUEUED for t in tasks
                 ):
@@ -489,7 +578,7 @@ class Approvals:
         details = details_from_json(request.details if request else None)
         if details is None or details.requester is None or not details.requester.email:
             return
-        tasks = await self.store.tasks_of_request(request_id)
+        tasks = _acted_on(await self.store.tasks_of_request(request_id))
         results = [
             TaskResult(
                 task_id=t.task_id,
@@ -552,6 +641,15 @@ class Approvals:
                 )
         if failed is not None:
             await self._notify_when_settled(failed.request_id)
+
+
+def _acted_on(tasks: Sequence[TaskRecord]) -> list[TaskRecord]:
+    """The tasks the requester hears about: all but those rejected (Abiquo never held them so)."""
+    return [t for t in tasks if t.decision is not DecisionState.REJECTED]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 class _NothingNew(Exception):

@@ -178,12 +178,24 @@ class VirtualAppliance:
 
 @dataclass(frozen=True, slots=True)
 class AbiquoTaskState:
-    """What Abiquo says about a task when we re-read it (after a refused continue or cancel)."""
+    """A task as Abiquo's API shows it, read with the connector's credentials.
+
+    Read when a callback's task is verified before triage (only what Abiquo holds is acted on, with the
+    type, requester, target and links given here) and when a refused continue or cancel is re-read.
+    `gone` is True when Abiquo has no such task. Hrefs are as Abiquo wrote them (absolute).
+    """
 
     task_id: str
     state: str | None
     task_type: str | None = None
     gone: bool = False
+    user_id: str | None = None
+    owner_id: str | None = None
+    self_href: str | None = None
+    target_href: str | None = None
+    user_href: str | None = None
+    continue_href: str | None = None
+    cancel_href: str | None = None
 
 
 class DeliveryResult(enum.StrEnum):
@@ -219,6 +231,9 @@ class DecisionState(enum.StrEnum):
     PENDING = "pending"
     ACCEPTED = "accepted"
     DECLINED = "declined"
+    #: Abiquo does not hold the task as the callback described it (unknown id, not waiting for review,
+    #: a callback mixing requesters): nothing is decided, nobody asked, nothing sent to Abiquo.
+    REJECTED = "rejected"
 
     @classmethod
     def for_action(cls, action: Action) -> DecisionState:
@@ -233,6 +248,8 @@ class DecidedBy(enum.StrEnum):
     DEADLINE = "deadline"
     NO_APPROVER = "no_approver"
     EXTERNAL = "external"
+    #: Our check of the callback against Abiquo's API (only for REJECTED tasks).
+    VERIFICATION = "verification"
 
 
 class DeliveryState(enum.StrEnum):

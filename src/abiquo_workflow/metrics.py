@@ -12,4 +12,10 @@ DELIVERIES = Counter("awf_deliveries", "Decisions settled with Abiquo, by delive
 EMAILS = Counter(
     "awf_emails", "Emails, by kind (approval, outcome) and outcome (sent, failed)", ["kind", "outcome"]
 )
+TASKS_REJECTED = Counter(
+    "awf_tasks_rejected",
+    "Callback tasks Abiquo does not hold as described, by reason "
+    "(bad_href, not_found, other_task, not_held, no_type, mixed)",
+    ["reason"],
+)
 JOBS_DEAD = Counter("awf_jobs_dead", "Jobs that ran out of attempts, by kind", ["kind"])

@@ -109,6 +109,8 @@ class TaskRecord:
     delivered_at: datetime | None
     #: The task's state as Abiquo reported it when we read it back.
     abiquo_state: str | None
+    #: When triage confirmed the task with Abiquo (its hrefs, type and requester are Abiquo's since).
+    verified_at: datetime | None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> TaskRecord:
@@ -138,6 +140,7 @@ class TaskRecord:
             delivery_attempts=row["delivery_attempts"],
             delivered_at=row["delivered_at"],
             abiquo_state=row["abiquo_state"],
+            verified_at=row["verified_at"],
         )
 
 

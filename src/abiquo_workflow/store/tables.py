@@ -130,6 +130,9 @@ tasks = Table(
     Column("delivery_attempts", Integer(), nullable=False),
     Column("delivered_at", UtcDateTime()),
     Column("abiquo_state", String(64)),
+    # When triage read the task back from Abiquo and took its type, requester, target and links from
+    # Abiquo's answer (None until then, and for a rejected task).
+    Column("verified_at", UtcDateTime()),
     _one_of("decision", DecisionState),
     _one_of("delivery", DeliveryState, nullable=True),
     # A decision comes before its delivery: a pending task has nothing to deliver.
