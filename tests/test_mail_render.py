@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from html.parser import HTMLParser
@@ -12,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from abiquo_workflow import display
 from abiquo_workflow.config import MailSettings
 from abiquo_workflow.domain import (
     Datacenter,
@@ -424,6 +427,118 @@ def test_sizes_are_humanised(megabytes: int | None, words_: str) -> None:
     assert words.size_words(megabytes) == words_
 
 
+# --- Names from Abiquo, cleaned and capped (display.py) ---------------------------------------------
+
+
+def spoofed(name: str) -> str:
+    """`name` with a right-to-left override and zero-width characters in it, padded to 5,000 characters."""
+    return f"{name[:2]}\u202e{name[2:]}\u200b\u200d\ufeff".ljust(5000, "x")
+
+
+def shown_as(name: str, limit: int = display.NAME_LIMIT) -> str:
+    """What an email shows for `spoofed(name)`: `name` and its padding, without them, capped with "…"."""
+    return (name + "x" * limit)[: limit - 1] + "…"
+
+
+#: Renders one part of a message as a string: `text_of` or `html_of`.
+Part = Callable[[EmailMessage], str]
+#: A copy of a request's details with one name replaced.
+Renamed = Callable[[RequestDetails, str], RequestDetails]
+
+
+def format_characters(text: str) -> list[str]:
+    return [char for char in text if unicodedata.category(char) == "Cf"]
+
+
+def test_a_spoofed_requester_name_is_cleaned_and_capped_in_the_subject() -> None:
+    requester = dataclasses.replace(JDOE, name=spoofed("John"))
+    request_details = dataclasses.replace(details(task(WEB)), requester=requester)
+    message = render_approval(approval(task(WEB), request_details=request_details), MailSettings())
+
+    assert message["Subject"] == f"Approval needed: Deploy requested by {shown_as('John')}"
+
+
+def test_a_spoofed_vapp_name_is_cleaned_and_capped_in_a_custom_subject() -> None:
+    request_details = dataclasses.replace(details(task(WEB)), vapp=VirtualAppliance("1", spoofed("Web tier")))
+    settings = MailSettings(approver_subject="{task_type} of {vapp}")
+    message = render_approval(approval(task(WEB), request_details=request_details), settings)
+
+    assert message["Subject"] == f"Deploy of {shown_as('Web tier')}"
+
+
+@pytest.mark.parametrize("part", [text_of, html_of], ids=["text", "html"])
+def test_a_spoofed_vm_name_is_cleaned_and_capped_in_the_body(part: Part) -> None:
+    spoof = dataclasses.replace(WEB, name=spoofed("web-01"))
+    body = part(render_approval(approval(task(spoof)), SETTINGS))
+
+    assert shown_as("web-01") in body
+    assert "x" * display.NAME_LIMIT not in body
+    assert format_characters(body) == []
+
+
+def _with_enterprise(request_details: RequestDetails, name: str) -> RequestDetails:
+    return dataclasses.replace(request_details, enterprise=Enterprise("2", name))
+
+
+def _with_vdc(request_details: RequestDetails, name: str) -> RequestDetails:
+    return dataclasses.replace(request_details, vdc=VirtualDatacenter("1", name))
+
+
+def _with_datacenter(request_details: RequestDetails, name: str) -> RequestDetails:
+    return dataclasses.replace(request_details, datacenter=Datacenter("1", name))
+
+
+def _with_volume(request_details: RequestDetails, name: str) -> RequestDetails:
+    vm = dataclasses.replace(WEB, volumes=(Volume("7", name, 1024),))
+    return dataclasses.replace(request_details, vms=(task(vm),))
+
+
+@pytest.mark.parametrize("part", [text_of, html_of], ids=["text", "html"])
+@pytest.mark.parametrize(
+    "named", [_with_enterprise, _with_vdc, _with_datacenter, _with_volume], ids=lambda f: f.__name__[6:]
+)
+def test_spoofed_place_and_volume_names_are_cleaned_and_capped_in_the_body(
+    named: Renamed, part: Part
+) -> None:
+    request_details = named(details(task(WEB)), spoofed("Acme"))
+    body = part(render_approval(approval(task(WEB), request_details=request_details), SETTINGS))
+
+    assert shown_as("Acme") in body
+    assert format_characters(body) == []
+
+
+@pytest.mark.parametrize("part", [text_of, html_of], ids=["text", "html"])
+def test_a_spoofed_approver_name_is_cleaned_and_capped_in_the_greeting(part: Part) -> None:
+    approver = dataclasses.replace(ASMITH, name=spoofed("Alice"), surname="")
+    body = part(render_approval(approval(task(WEB), approver=approver), SETTINGS))
+
+    assert f"Hello {shown_as('Alice')}," in body
+
+
+def test_a_spoofed_approver_name_is_cleaned_and_capped_in_the_to_header() -> None:
+    approver = dataclasses.replace(ASMITH, name=spoofed("Alice"), surname="")
+    message = render_approval(approval(task(WEB), approver=approver), SETTINGS)
+
+    assert message["To"] == f"{shown_as('Alice')} <alice.smith@acme.example>"
+
+
+def test_a_long_requester_address_is_capped_in_the_body() -> None:
+    requester = dataclasses.replace(JDOE, email="j" * 5000 + "@acme.example")
+    request_details = dataclasses.replace(details(task(WEB)), requester=requester)
+    text = text_of(render_approval(approval(task(WEB), request_details=request_details), SETTINGS))
+
+    assert f"<{'j' * (display.ADDRESS_LIMIT - 1)}…>" in text
+
+
+def test_a_capped_name_with_a_script_is_still_escaped_in_the_html() -> None:
+    spoof = dataclasses.replace(WEB, name=spoofed("<script>alert(1)</script>"))
+    html = html_of(render_approval(approval(task(spoof)), SETTINGS))
+
+    assert "script" not in Tags(html).names
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;xxx" in html
+    assert "…" in html
+
+
 # --- The outcome email ---------------------------------------------------------------------------------
 
 
@@ -548,6 +663,25 @@ def test_outcome_escapes_names_and_takes_unnamed_vms_from_the_details() -> None:
     assert "db &lt;primary&gt; &amp;" in html
     assert "Declined by &lt;b&gt;Eve&lt;/b&gt;" in html
     assert "<b>Eve" not in html
+
+
+@pytest.mark.parametrize("part", [text_of, html_of], ids=["text", "html"])
+def test_a_spoofed_approver_and_reason_are_cleaned_and_capped_in_the_outcome(part: Part) -> None:
+    spoof = result(WEB, DECLINED, DecidedBy.APPROVER, actor=spoofed("Alice"), reason=spoofed("Too big"))
+    body = part(outcome(spoof))
+
+    assert f"Declined by {shown_as('Alice')}" in body
+    assert f"Reason: {shown_as('Too big', display.REASON_LIMIT)}" in body
+    assert format_characters(body) == []
+
+
+@pytest.mark.parametrize("part", [text_of, html_of], ids=["text", "html"])
+def test_a_spoofed_vm_name_is_cleaned_and_capped_in_the_outcome(part: Part) -> None:
+    spoof = dataclasses.replace(result(WEB, ACCEPTED, DecidedBy.APPROVER), vm_name=spoofed("web-01"))
+    body = part(outcome(spoof))
+
+    assert shown_as("web-01") in body
+    assert format_characters(body) == []
 
 
 # --- In a real browser ------------------------------------------------------------------------------------

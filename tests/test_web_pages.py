@@ -7,7 +7,9 @@ the confirmation page under the Content-Security-Policy.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from abiquo_workflow import __version__
+from abiquo_workflow import __version__, display
 from abiquo_workflow.abiquo.simulator import SimulatorServer
 from abiquo_workflow.config import build_settings
 from abiquo_workflow.domain import Action
@@ -301,6 +303,89 @@ async def test_an_unexpected_error_elsewhere_is_a_500_sentence_in_json(crashing_
     message = assert_sentence_json(response, 500)
     assert "internal detail" not in message
     assert response.headers["referrer-policy"] == "no-referrer"
+
+
+# --- names from Abiquo, cleaned and capped on the decision pages (display.py) ----------------------------
+
+
+def spoofed(name: str) -> str:
+    """`name` with a right-to-left override and zero-width characters in it, padded to 5,000 characters."""
+    return f"{name[:2]}\u202e{name[2:]}\u200b\u200d\ufeff".ljust(5000, "x")
+
+
+def shown_as(name: str) -> str:
+    """What a page shows for `spoofed(name)`: `name` and its padding, without them, capped with "…"."""
+    return (name + "x" * display.NAME_LIMIT)[: display.NAME_LIMIT - 1] + "…"
+
+
+def format_characters(text: str) -> list[str]:
+    return [char for char in text if unicodedata.category(char) == "Cf"]
+
+
+def rename_vm(connector: Connector, vm_id: int, name: str) -> None:
+    world = connector.simulator.simulator.world
+    world.vms[vm_id] = dataclasses.replace(world.vms[vm_id], name=name)
+
+
+async def triaged_task(connector: Connector, vm_id: int = 1) -> str:
+    """A held deploy of `vm_id`, once triage has stored what Abiquo says about it (the emails are out)."""
+    result = await connector.request(action="deploy", vm=vm_id)
+    await connector.inbox.wait_for(1)
+    return str(result["tasks"][0]["task_id"])
+
+
+async def confirmation_page(connector: Connector, task: str) -> str:
+    url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
+    response = await fetch(connector.url, "GET", relative(url))
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+async def test_a_spoofed_vm_name_is_cleaned_and_capped_on_the_confirmation_page(connector: Connector) -> None:
+    rename_vm(connector, 1, spoofed("web-01"))
+
+    page = await confirmation_page(connector, await triaged_task(connector))
+
+    assert f"<td>{shown_as('web-01')}</td>" in page
+    assert f"Accept the deploy of {shown_as('web-01')}?" in page
+    assert "x" * display.NAME_LIMIT not in page
+    assert format_characters(page) == []
+
+
+async def test_a_spoofed_requester_and_vapp_are_cleaned_and_capped_on_the_confirmation_page(
+    connector: Connector,
+) -> None:
+    world = connector.simulator.simulator.world
+    world.users[20] = dataclasses.replace(world.users[20], name=spoofed("John"))
+    world.vapps[1] = dataclasses.replace(world.vapps[1], name=spoofed("Web tier"))
+
+    page = await confirmation_page(connector, await triaged_task(connector))
+
+    assert f"Requested by <strong>{shown_as('John')}</strong>" in page
+    assert f" › {shown_as('Web tier')}" in page
+    assert format_characters(page) == []
+
+
+async def test_a_capped_name_with_a_script_is_still_escaped_on_the_confirmation_page(
+    connector: Connector,
+) -> None:
+    rename_vm(connector, 1, spoofed("<script>alert(1)</script>"))
+
+    page = await confirmation_page(connector, await triaged_task(connector))
+
+    assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;xxx" in page
+    assert "<script" not in page
+
+
+async def test_a_spoofed_approver_is_cleaned_and_capped_in_the_decided_status(connector: Connector) -> None:
+    approver = f"{spoofed('Alice')} <alice.smith@acme.example>"
+    url = signer_for(connector).task_url(await triaged_task(connector), Action.ACCEPT, approver)
+
+    response = await fetch(connector.url, "POST", relative(url))
+
+    assert response.status_code == 200, response.text
+    assert f"Accepted by {shown_as('Alice')} on " in response.text
+    assert format_characters(response.text) == []
 
 
 # --- in a real browser ----------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """What the rest of the connector hands the mail layer: one value per email to write.
 
 These are inputs only. The approvals layer fills them from the store and the Abiquo client; `render`
-turns them into `EmailMessage`s. Nothing here is escaped or trimmed yet: that is the renderer's job.
+turns them into `EmailMessage`s. Nothing here is cleaned, capped or escaped yet, and nothing should be
+(the store keeps what Abiquo said): the renderer cleans each name with `display`, the templates escape.
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 Templates live in `mail/templates/`; a file of the same name in `mail.templates` (a folder) wins, so a
 site can restyle `base.html` or rewrite `approval.txt` without touching the code. Templates receive
-plain view values (`ApprovalView`, `OutcomeView` below), every user-supplied string already flattened to
-one line; the HTML templates autoescape, so a VM called `<b>` shows as text.
+plain view values (`ApprovalView`, `OutcomeView` below), every user-supplied string already cleaned by
+`display` (on one line, without format characters such as a right-to-left override, capped with "…"),
+so a site's own templates get the same safe text; the HTML templates autoescape, so a VM called `<b>`
+shows as text. Subjects are built from the cleaned values, and every header is flattened again.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import css_inline
 import jinja2
 
+from abiquo_workflow import display
 from abiquo_workflow.config import MailSettings
 from abiquo_workflow.domain import DecisionState, RequestDetails, User, VmDetails
 from abiquo_workflow.exceptions import ConfigError
@@ -42,7 +45,7 @@ _INLINER = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Place:
-    """Where a request lives, each part a one-line name or "unknown"."""
+    """Where a request lives, each part a cleaned name or "unknown"."""
 
     enterprise: str
     vdc: str
@@ -141,14 +144,14 @@ def _person(user: User | None) -> str:
 
 def _first_name_basis(user: User) -> str:
     """How an email greets someone: "Alice Smith", or the nick when the name is empty."""
-    return words.one_line(f"{user.name} {user.surname}") or words.or_unknown(user.nick)
+    return display.name(f"{user.name} {user.surname}") or words.or_unknown(user.nick)
 
 
 def _vm_row(vm_details: VmDetails, links: ActionLinks | None) -> VmRow:
     vm = vm_details.vm
     task_type = words.task_word(vm_details.task_type)
     if vm is None:
-        error = words.one_line(vm_details.error) or "the details could not be read from Abiquo"
+        error = display.reason(vm_details.error) or "the details could not be read from Abiquo"
         unknown = words.UNKNOWN
         return VmRow(
             vm_details.task_id, unknown, task_type, unknown, unknown, (unknown,), (unknown,), error, links
@@ -187,7 +190,7 @@ def approval_view(
         subject=words.one_line(subject),
         approver_name=_first_name_basis(approver),
         requester_name=requester,
-        requester_email=words.one_line(details.requester.email if details.requester else None) or None,
+        requester_email=display.address(details.requester.email if details.requester else None) or None,
         task_types=task_types,
         place=_place(details),
         vms=vms,
@@ -202,7 +205,7 @@ def _outcome_row(result: TaskResult, names: Mapping[str, str]) -> OutcomeRow:
     verdict, reason = words.verdict(result)
     return OutcomeRow(
         task_id=result.task_id,
-        name=words.one_line(result.vm_name) or names.get(result.task_id, words.UNKNOWN),
+        name=display.name(result.vm_name) or names.get(result.task_id, words.UNKNOWN),
         task_type=words.task_word(result.task_type),
         accepted=None
         if result.decision is DecisionState.PENDING

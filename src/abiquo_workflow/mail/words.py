@@ -1,6 +1,8 @@
 """Pure wording for emails: sizes, task types, outcomes, and text made safe to show.
 
-No I/O and no markup here: the templates escape, these functions only choose words.
+No I/O and no markup here: the templates escape, these functions only choose words. Every name and
+reason from Abiquo that they put into words goes through `display` (format characters removed, length
+capped), so the emails and the decision pages, which reuse these words, show the same cleaned text.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
+from abiquo_workflow import display
 from abiquo_workflow.domain import DecidedBy, DecisionState, DeliveryState, VirtualMachine
 from abiquo_workflow.mail.model import TaskResult
 
@@ -26,8 +29,9 @@ _SPACES = re.compile(r"\s+")
 def one_line(text: str | None) -> str:
     """`text` on one line: control characters, line breaks and bidi overrides become spaces.
 
-    VM, user and vApp names are user input. In a header a line break would start a new header; in the
-    plain-text body it could start a fake "Accept:" line. So every name is flattened before use.
+    In a header a line break would start a new header, so every header value is flattened here (names
+    shown to people are also cleaned and capped by `display`; this keeps headers safe whatever else
+    reaches them, such as the configured sender or subject).
     """
     if not text:
         return ""
@@ -38,7 +42,8 @@ def one_line(text: str | None) -> str:
 
 
 def or_unknown(text: str | None) -> str:
-    return one_line(text) or UNKNOWN
+    """A name as shown to people (see `display.name`), or "unknown" when nothing of it is left."""
+    return display.name(text) or UNKNOWN
 
 
 def size_words(megabytes: int | float | None) -> str:
@@ -70,7 +75,7 @@ def task_word(task_type: str | None) -> str:
     if not task_type:
         return UNKNOWN
     known = _TASK_WORDS.get(task_type.upper())
-    return known or one_line(task_type.replace("_", " ")).capitalize() or UNKNOWN
+    return known or display.name(task_type.replace("_", " ")).capitalize() or UNKNOWN
 
 
 def task_words(task_types: Iterable[str | None]) -> str:
@@ -114,13 +119,13 @@ def verdict(result: TaskResult) -> tuple[str, str | None]:
     Policy, deadline and no-approver reasons are clauses ("the requester holds the … role") that read
     after "because"; an approver's reason is their own comment and is shown beside the verdict.
     """
-    reason = one_line(result.reason) or None
+    reason = display.reason(result.reason) or None
     if result.decision is DecisionState.PENDING:
         return "Still waiting for a decision", reason
     accepted = result.decision is DecisionState.ACCEPTED
     match result.decided_by:
         case DecidedBy.APPROVER:
-            actor = one_line(result.actor) or "an approver"
+            actor = display.name(result.actor) or "an approver"
             return f"{'Accepted' if accepted else 'Declined'} by {actor}", reason
         case DecidedBy.POLICY:
             if reason:
@@ -139,9 +144,8 @@ def verdict(result: TaskResult) -> tuple[str, str | None]:
 def delivery_note(result: TaskResult) -> str | None:
     """A sentence when the decision did not simply reach Abiquo."""
     if result.delivery is DeliveryState.SUPERSEDED:
-        shown = (
-            f" (Abiquo shows it as {one_line(result.abiquo_state)})" if one_line(result.abiquo_state) else ""
-        )
+        state = display.name(result.abiquo_state)
+        shown = f" (Abiquo shows it as {state})" if state else ""
         return (
             f"Abiquo reported that this task had already been decided elsewhere{shown}, "
             "so this decision did not apply."

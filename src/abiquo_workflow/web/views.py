@@ -1,6 +1,8 @@
 """What the decision pages show about tasks: plain strings built from the store and triage's snapshot.
 
-Templates escape everything; this module only chooses words (reusing the emails' wording).
+Templates escape everything; this module only chooses words, reusing the emails' wording, so every name
+and the approver shown in a status comes out cleaned by `display` as in the emails (format characters
+removed, length capped with "…"), while the stored snapshot stays as Abiquo sent it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def status_words(task: TaskRecord) -> str:
     """ "Waiting for a decision", or "Accepted by Alice Smith <…> on 4 Mar 2025, 14:05 UTC"."""
     if task.decision is DecisionState.PENDING:
         return "Waiting for a decision"
+    if task.decision is DecisionState.REJECTED:
+        return "Not held by Abiquo as the callback said, so nobody decides it"
     verb = "Accepted" if task.decision is DecisionState.ACCEPTED else "Declined"
     when = f" on {words.moment_words(task.decided_at)}" if task.decided_at else ""
     return f"{verb} by {words.or_unknown(task.actor)}{when}"
