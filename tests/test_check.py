@@ -18,7 +18,7 @@ ABIQUO_PASSWORD = "xabiquo"
 WRONG_ABIQUO_PASSWORD = "not-the-abiquo-password-0451"
 SMTP_PASSWORD = "right-smtp-password-3172"
 WRONG_SMTP_PASSWORD = "wrong-smtp-password-8619"
-SECRET_KEY = "check-test-secret-key-5550"
+SECRET_KEY = "check-test-secret-key-5550-not-for-production"
 
 Config = Callable[..., Path]
 
@@ -165,6 +165,16 @@ def test_a_missing_secret_key_fails_the_config_check_naming_the_key(check_config
     assert result.exit_code == 1
     line = check_lines(result.stdout)["config"]
     assert line.startswith("FAIL") and "server.secret_key" in line, line
+
+
+def test_a_short_secret_key_fails_the_config_check_saying_how_to_make_one(check_config: Config) -> None:
+    config = check_config(server={"secret_key": "a"})
+
+    result = invoke("--config", str(config), "check")
+
+    assert result.exit_code == 1
+    line = check_lines(result.stdout)["config"]
+    assert line.startswith("FAIL") and "too short" in line and "token_urlsafe" in line, line
 
 
 def test_secrets_never_appear_in_the_check_output(check_config: Config) -> None:

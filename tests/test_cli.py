@@ -37,7 +37,7 @@ from abiquo_workflow.servers import BackgroundServer
 from abiquo_workflow.store import JobStatus, Store
 from tests.cli_support import WAIT, CliProcess, free_port, invoke, wait_until_answers, write_toml
 
-SECRET_KEY = "cli-test-secret-key-2291"
+SECRET_KEY = "cli-test-secret-key-2291-not-for-production"
 
 COMMANDS = ("serve", "worker", "migrate", "check", "send-test-email", "tasks", "simulate", "demo", "version")
 
@@ -482,6 +482,28 @@ def test_serve_without_a_secret_key_exits_2_naming_the_key(
     assert ended.returncode == 2
     assert "server.secret_key: required to sign the links in approval emails" in ended.stderr
     assert "Traceback" not in ended.stderr
+
+
+@pytest.mark.parametrize(
+    ("secret_key", "says"),
+    [
+        ("a", "1 characters is too short"),  # the key an attacker tried first
+        ("ab" * 20, "only 2 different characters"),  # long, but typed by hand
+    ],
+)
+def test_serve_with_a_weak_secret_key_exits_2_saying_how_to_make_one(
+    tmp_path: Path, serve_config: Callable[..., Path], secret_key: str, says: str
+) -> None:
+    config = serve_config(secret_key=secret_key)
+    serve = CliProcess(tmp_path / "serve", "--config", str(config), "serve")
+    try:
+        ended = serve.wait()
+    finally:
+        serve.kill()
+
+    assert ended.returncode == 2
+    assert says in ended.stderr
+    assert "secrets.token_urlsafe(32)" in ended.stderr
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)

@@ -737,7 +737,10 @@ def test_a_callback_with_more_tasks_than_the_limit_is_refused_before_they_are_re
 
     error = refusal(body, JSON_TYPE, max_tasks=3)
 
-    assert (error.status, str(error)) == (413, "the callback holds 4 tasks; at most 3 are accepted in one callback")
+    assert (error.status, str(error)) == (
+        413,
+        "the callback holds 4 tasks; at most 3 are accepted in one callback",
+    )
 
 
 def test_an_xml_callback_with_more_tasks_than_the_limit_is_refused():

@@ -7,6 +7,7 @@ Refusals answer JSON `{"error": "<a sentence>"}` and store nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -294,6 +295,134 @@ async def test_a_source_outside_callback_allow_is_refused_with_403(
 
         assert "127.0.0.1" in assert_refusal(response, 403)
         assert await stored_tasks(connector) == []
+
+
+async def stored_sources(connector: Connector) -> list[str | None]:
+    async with await Store.open(connector.settings.database.url, migrate=False) as store:
+        tasks = await store.list_tasks()
+        requests = [await store.get_request(task.request_id) for task in tasks]
+        return [request.source for request in requests if request is not None]
+
+
+SPOOFED = {"x-forwarded-for": "10.1.2.3", "x-forwarded-proto": "https"}
+
+
+async def test_a_forwarded_for_header_does_not_get_a_callback_past_callback_allow(
+    connector_factory: ConnectorFactory,
+) -> None:
+    # The attack: from 127.0.0.1, claim to be forwarding for an allowed Abiquo address.
+    with connector_factory(server={"callback_allow": ["10.0.0.0/8"]}) as connector:
+        response = await post(
+            f"{connector.url}/callback", sample("protocol_11_1_vm_deploy.xml"), headers=SPOOFED
+        )
+
+        assert "127.0.0.1" in assert_refusal(response, 403)
+        assert await stored_tasks(connector) == []
+
+
+async def test_a_forwarded_for_header_is_not_stored_as_the_callbacks_source(connector: Connector) -> None:
+    response = await post(f"{connector.url}/callback", sample("protocol_11_1_vm_deploy.xml"), headers=SPOOFED)
+
+    assert response.status_code == 200, response.text
+    assert await stored_sources(connector) == ["127.0.0.1"]
+
+
+async def test_a_trusted_proxy_is_believed_about_whom_it_forwards_for(
+    connector_factory: ConnectorFactory,
+) -> None:
+    settings = {"callback_allow": ["10.0.0.0/8"], "trusted_proxies": ["127.0.0.1/32"]}
+    with connector_factory(server=settings) as connector:
+        response = await post(
+            f"{connector.url}/callback", sample("protocol_11_1_vm_deploy.xml"), headers=SPOOFED
+        )
+
+        assert response.status_code == 200, response.text
+        assert await stored_sources(connector) == ["10.1.2.3"]
+
+
+# --- input that must not stall the server or make it fail ----------------------------------------------
+
+
+async def healthz_while(connector: Connector, work: Any) -> tuple[Any, list[int]]:
+    """Run `work` (a coroutine) while another client asks /healthz every 20 ms; its result and the
+    health checks' statuses. How fast they were is the benchmark's business, not the test's."""
+    statuses: list[int] = []
+    done = asyncio.Event()
+
+    async def probe() -> None:
+        async with httpx2.AsyncClient(timeout=30) as client:
+            while not done.is_set():
+                statuses.append((await client.get(f"{connector.url}/healthz")).status_code)
+                await asyncio.sleep(0.02)
+
+    prober = asyncio.create_task(probe())
+    try:
+        result = await work
+        await asyncio.sleep(0.2)
+    finally:
+        done.set()
+        await prober
+    return result, statuses
+
+
+async def test_a_lone_surrogate_as_a_task_id_is_refused_with_400_while_health_checks_answer(
+    connector: Connector,
+) -> None:
+    body = sample("protocol_11_2_vm_deploy.json").replace(DEPLOY_ID.encode(), b"\\ud800", 1)
+
+    response, health = await healthz_while(connector, post(f"{connector.url}/callback", body, JSON_TYPE))
+
+    assert "unpaired surrogate" in assert_refusal(response, 400)
+    assert health and set(health) == {200}
+    assert await stored_tasks(connector) == []
+
+
+async def test_a_task_id_holding_a_comma_is_refused_with_400(connector: Connector) -> None:
+    body = sample("protocol_11_2_vm_deploy.json").replace(DEPLOY_ID.encode(), b"a,b", 1)
+
+    response = await post(f"{connector.url}/callback", body, JSON_TYPE)
+
+    assert "not an Abiquo task id" in assert_refusal(response, 400)
+    assert await stored_tasks(connector) == []
+
+
+def many_tasks(count: int) -> bytes:
+    """A 1 MB callback of `count` small tasks, as the attacker sent it."""
+    tasks = [
+        {
+            "taskId": f"t{n}",
+            "type": "DEPLOY",
+            "links": [{"rel": "continue", "href": "c"}, {"rel": "cancel", "href": "x"}],
+        }
+        for n in range(count)
+    ]
+    return json.dumps({"collection": tasks}, separators=(",", ":")).encode()
+
+
+async def test_a_ten_thousand_task_callback_is_refused_with_413_while_health_checks_answer(
+    connector: Connector,
+) -> None:
+    body = many_tasks(10_000)
+    assert len(body) < connector.settings.server.max_body  # under the size limit: the count decides
+
+    response, health = await healthz_while(connector, post(f"{connector.url}/callback", body, JSON_TYPE))
+
+    message = assert_refusal(response, 413)
+    assert "10,000 tasks" in message and "server.max_tasks" in message
+    assert health and set(health) == {200}
+    assert await stored_tasks(connector) == []
+
+
+async def test_a_callback_at_the_task_limit_is_stored_while_health_checks_answer(
+    connector: Connector,
+) -> None:
+    body = many_tasks(connector.settings.server.max_tasks)
+
+    response, health = await healthz_while(connector, post(f"{connector.url}/callback", body, JSON_TYPE))
+
+    assert response.status_code == 200, response.text
+    assert len(response.json()["tasks"]) == connector.settings.server.max_tasks
+    assert health and set(health) == {200}
 
 
 # --- the database unavailable ----------------------------------------------------------------------------

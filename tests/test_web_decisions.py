@@ -49,9 +49,19 @@ def params_of(url: str) -> dict[str, str]:
 
 
 async def hold(connector: Connector, **request: Any) -> list[str]:
-    """Held task ids, one per VM: `await hold(connector, vm=1)`, `await hold(connector, vapp=1)`."""
+    """Held task ids, one per VM: `await hold(connector, vm=1)`, `await hold(connector, vapp=1)`.
+
+    Returns once triage has checked the tasks with Abiquo, as before any real approval email: a
+    link decides only tasks Abiquo confirmed, for an approver Abiquo still shows."""
     result = await connector.request(action="deploy", **request)
-    return [task["task_id"] for task in result["tasks"]]
+    task_ids = [task["task_id"] for task in result["tasks"]]
+    async with await Store.open(connector.settings.database.url, migrate=False) as store:
+        for _ in range(400):
+            tasks = await store.get_tasks(task_ids)
+            if all(t.verified_at is not None for t in tasks):
+                return task_ids
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"tasks {task_ids} not verified after 20 s")
 
 
 async def tasks_in_store(connector: Connector, task_ids: list[str]) -> list[TaskRecord]:
@@ -461,6 +471,96 @@ async def test_with_one_click_a_bad_token_still_decides_nothing(one_click_connec
     assert_page(await fetch(one_click_connector, "GET", "/accept", params={"task": task, "token": "x"}), 403)
 
     assert await decisions(one_click_connector, [task]) == [DecisionState.PENDING]
+
+
+async def test_with_one_click_head_decides_nothing(one_click_connector: Connector) -> None:
+    [task] = await hold(one_click_connector, vm=1)
+    url = signer_for(one_click_connector).task_url(task, Action.ACCEPT, ALICE)
+
+    assert (await fetch(one_click_connector, "HEAD", path_of(url))).status_code == 200
+
+    assert await decisions(one_click_connector, [task]) == [DecisionState.PENDING]
+
+
+# --- another site cannot make an approver's browser decide ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"sec-fetch-site": "cross-site"},  # a form on another site, posted by a modern browser
+        {"sec-fetch-site": "same-site"},  # another host of the same site is still not this one
+        {"origin": "https://attacker.example"},  # a browser that sends Origin but not Sec-Fetch-Site
+    ],
+    ids=["cross-site", "same-site", "foreign-origin"],
+)
+async def test_a_cross_site_post_is_403_and_decides_nothing(
+    connector: Connector, headers: dict[str, str]
+) -> None:
+    [task] = await hold(connector, vm=1)
+    url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
+
+    response = await fetch(connector, "POST", path_of(url), headers=headers)
+
+    assert "another web site" in assert_page(response, 403)
+    assert await decisions(connector, [task]) == [DecisionState.PENDING]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"sec-fetch-site": "same-origin", "origin": "null"},  # our own form under no-referrer
+        {"sec-fetch-site": "none"},  # a URL typed or pasted into the browser
+        {},  # a client that sends neither header
+    ],
+    ids=["own-form", "typed", "no-headers"],
+)
+async def test_a_post_from_our_own_page_decides(connector: Connector, headers: dict[str, str]) -> None:
+    [task] = await hold(connector, vm=1)
+    url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
+
+    assert_page(await fetch(connector, "POST", path_of(url), headers=headers), 200)
+    assert await decisions(connector, [task]) == [DecisionState.ACCEPTED]
+
+
+# --- an approver who no longer approves ---------------------------------------------------------------------
+
+
+async def test_an_approver_who_lost_the_role_cannot_decide_with_their_link(connector: Connector) -> None:
+    [task] = await hold(connector, vm=1)
+    url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
+    connector.simulator.simulator.change_role(10, "USER")  # Alice, in Abiquo's Users view
+
+    text = assert_page(await fetch(connector, "POST", path_of(url)), 403)
+
+    assert "no longer an approver" in text and "ENTERPRISE_ADMIN" in text
+    assert await decisions(connector, [task]) == [DecisionState.PENDING]
+    await settled(connector)
+    assert connector.decision_calls() == []
+
+
+async def test_another_approver_still_decides_after_one_lost_the_role(connector: Connector) -> None:
+    [task] = await hold(connector, vm=1)
+    connector.simulator.simulator.change_role(10, "USER")
+    url = signer_for(connector).task_url(task, Action.ACCEPT, BOB)
+
+    assert_page(await fetch(connector, "POST", path_of(url)), 200)
+    assert await decisions(connector, [task]) == [DecisionState.ACCEPTED]
+
+
+async def test_a_decision_while_abiquo_cannot_confirm_the_approver_is_503_and_decides_nothing(
+    connector: Connector,
+) -> None:
+    [task] = await hold(connector, vm=1)
+    url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
+    async with httpx2.AsyncClient() as client:
+        fault = {"count": 100, "status": 503, "match": "/users"}
+        assert (await client.post(f"{connector.simulator.url}/_sim/faults", json=fault)).status_code == 201
+
+    text = assert_page(await fetch(connector, "POST", path_of(url)), 503)
+
+    assert "Abiquo cannot be reached" in text
+    assert await decisions(connector, [task]) == [DecisionState.PENDING]
 
 
 # --- the reason --------------------------------------------------------------------------------------------

@@ -58,7 +58,11 @@ class ServerSettings(_Section):
     callback_allow: tuple[str, ...] = Field(
         (), description="CIDRs allowed to POST /callback; empty allows any source"
     )
+    trusted_proxies: tuple[str, ...] = Field(
+        (), description="CIDRs of reverse proxies whose X-Forwarded-For is believed; empty trusts none"
+    )
     max_body: int = Field(1_048_576, gt=0, description="largest callback body accepted, bytes")
+    max_tasks: int = Field(1_000, gt=0, description="most tasks one callback may hold")
 
     @field_validator("bind")
     @classmethod
@@ -68,9 +72,9 @@ class ServerSettings(_Section):
             raise ValueError(f"expected host:port, got {value!r}")
         return value
 
-    _split_allow = field_validator("callback_allow", mode="before")(_split_list)
+    _split_allow = field_validator("callback_allow", "trusted_proxies", mode="before")(_split_list)
 
-    @field_validator("callback_allow")
+    @field_validator("callback_allow", "trusted_proxies")
     @classmethod
     def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for cidr in value:

@@ -57,6 +57,8 @@ class BackgroundServer:
             log_config=None,
             log_level="warning",
             access_log=False,
+            # Which proxies to believe is the app's decision (`server.trusted_proxies`), not the runner's.
+            proxy_headers=False,
             timeout_graceful_shutdown=5,
         )
         server = uvicorn.Server(config)  # off the main thread, uvicorn leaves signals alone
@@ -123,6 +125,9 @@ def serve_in_foreground(app: ASGIApp, host: str, port: int, *, timeout_graceful_
             port=port,
             log_config=None,
             access_log=False,  # access lines would carry the tokens of decision links
+            # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, which let any local process
+            # pass for another source; the app decides whom to believe (`server.trusted_proxies`).
+            proxy_headers=False,
             timeout_graceful_shutdown=timeout_graceful_shutdown,
         )
     except _Terminated:

@@ -19,6 +19,7 @@ import structlog
 from abiquo_workflow.abiquo.client import AbiquoClient
 from abiquo_workflow.approvals import Approvals
 from abiquo_workflow.config import Settings
+from abiquo_workflow.directory import ApproverDirectory
 from abiquo_workflow.exceptions import ConfigError
 from abiquo_workflow.links import LinkSigner
 from abiquo_workflow.mail.send import Mailer
@@ -37,18 +38,41 @@ class Service:
     worker: Worker
 
 
-def link_signer(settings: Settings) -> LinkSigner:
-    """The signer for emailed links; refuses to run without `server.secret_key`."""
-    if settings.server.secret_key is None or not settings.server.secret_key.get_secret_value():
-        raise ConfigError(
-            [
-                "server.secret_key: required to sign the links in approval emails; generate one with "
-                "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
-            ]
+#: How to make a good `server.secret_key`, said wherever one is refused.
+_GENERATE_KEY = "generate one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+SECRET_KEY_MIN_LENGTH = 32
+#: Fewer different characters than this is a key typed by hand ("aaaa…", "changeme changeme…").
+SECRET_KEY_MIN_VARIETY = 10
+
+
+def secret_key_problem(key: str) -> str | None:
+    """Why `key` cannot sign links (missing, short, or of low variety), or None when it can.
+
+    Anyone who guesses the key can forge an approver's link, so a weak key is refused at start rather
+    than warned about.
+    """
+    if not key:
+        return f"server.secret_key: required to sign the links in approval emails; {_GENERATE_KEY}"
+    if len(key) < SECRET_KEY_MIN_LENGTH:
+        return (
+            f"server.secret_key: {len(key)} characters is too short to sign links safely (at least "
+            f"{SECRET_KEY_MIN_LENGTH}); {_GENERATE_KEY}"
         )
-    return LinkSigner(
-        settings.server.secret_key.get_secret_value(), settings.server.base_url, settings.links.ttl
-    )
+    if len(set(key)) < SECRET_KEY_MIN_VARIETY:
+        return (
+            f"server.secret_key: it uses only {len(set(key))} different characters, which is too easy to "
+            f"guess (at least {SECRET_KEY_MIN_VARIETY}); {_GENERATE_KEY}"
+        )
+    return None
+
+
+def link_signer(settings: Settings) -> LinkSigner:
+    """The signer for emailed links; refuses a missing, short or low-variety `server.secret_key`."""
+    key = settings.server.secret_key.get_secret_value() if settings.server.secret_key else ""
+    problem = secret_key_problem(key)
+    if problem is not None:
+        raise ConfigError([problem])
+    return LinkSigner(key, settings.server.base_url, settings.links.ttl)
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -81,7 +105,12 @@ async def running_service(settings: Settings, *, run_worker: bool = True) -> Asy
     try:
         async with AbiquoClient(settings.abiquo) as abiquo:
             approvals = Approvals(
-                settings=settings, store=store, abiquo=abiquo, mailer=Mailer(settings.mail), signer=signer
+                settings=settings,
+                store=store,
+                abiquo=abiquo,
+                mailer=Mailer(settings.mail),
+                signer=signer,
+                directory=ApproverDirectory(abiquo, settings.policy),
             )
             worker = Worker(
                 store, approvals.job_handlers(), settings=settings.worker, on_failed=approvals.job_failed

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from abiquo_workflow import __version__
 from abiquo_workflow.config import Settings
@@ -151,6 +152,9 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
     app.add_exception_handler(StoreError, _store_unavailable)
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(SecurityHeaders)
+    if settings.server.trusted_proxies:
+        # Only a peer in server.trusted_proxies may say, in X-Forwarded-For, whom it forwards for.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.server.trusted_proxies))
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index(request: Request) -> Response:

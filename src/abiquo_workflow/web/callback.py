@@ -4,14 +4,17 @@ Abiquo waits at most `workflow.read.timeout` (10 s by default) for this answer, 
 the requesting user as WKF-01. So this route only parses and stores (one transaction: request, tasks
 and the triage job) and answers 200; Abiquo and SMTP are never called here.
 
-Refusals, each with a JSON body `{"error": "<a sentence>"}` and nothing stored:
-403 source not in `server.callback_allow`, or the `server.callback_token` missing or wrong ·
-413 body over `server.max_body` · 415 a media type that is neither XML nor JSON · 400 anything else
-unreadable · 503 the database could not store it (Abiquo reports WKF-01; nothing is half-stored).
+Refusals, each with a JSON body `{"error": "<a sentence>"}` and nothing stored: 403 source not in
+`server.callback_allow`, or the `server.callback_token` missing or wrong · 413 body over
+`server.max_body`, or more than `server.max_tasks` tasks · 415 a media type that is neither XML nor JSON ·
+400 anything else unreadable · 503 the database could not store it (Abiquo reports WKF-01; nothing is
+half-stored).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
 import ipaddress
 
@@ -23,6 +26,7 @@ from starlette.responses import JSONResponse
 from abiquo_workflow import metrics
 from abiquo_workflow.abiquo.payload import parse_callback
 from abiquo_workflow.config import ServerSettings
+from abiquo_workflow.domain import Callback
 from abiquo_workflow.exceptions import PayloadError, StoreError
 from abiquo_workflow.service import Service
 from abiquo_workflow.web.bodies import BodyTooLarge, read_limited
@@ -50,6 +54,8 @@ class Refused(Exception):
 
 
 def _check_source(request: Request, settings: ServerSettings) -> None:
+    """The peer's address must be in `server.callback_allow`. It is the TCP peer's, or, only when that
+    peer is in `server.trusted_proxies`, the client its X-Forwarded-For names (app.py)."""
     if not settings.callback_allow:
         return
     host = request.client.host if request.client else ""
@@ -92,6 +98,20 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise Refused(413, message) from None
 
 
+#: Bodies larger than this are parsed on a worker thread, so the event loop keeps answering meanwhile
+#: (a callback of a thousand tasks takes a few hundred milliseconds to read).
+_PARSE_ON_THREAD_ABOVE = 64 * 1024
+
+
+async def _parse(body: bytes, content_type: str | None, server: ServerSettings) -> Callback:
+    parse = functools.partial(
+        parse_callback, body, content_type, max_bytes=server.max_body, max_tasks=server.max_tasks
+    )
+    if len(body) > _PARSE_ON_THREAD_ABOVE:
+        return await asyncio.to_thread(parse)
+    return parse()
+
+
 def _refuse(request: Request, status: int, message: str) -> JSONResponse:
     metrics.CALLBACKS.labels("refused").inc()
     log.warning("callback.refused", status=status, reason=message, source=_source(request))
@@ -110,7 +130,7 @@ async def _receive(request: Request, path_token: str | None) -> JSONResponse:
         _check_token(request, server, path_token)
         body = await _read_body(request, server.max_body)
         content_type = request.headers.get("content-type")
-        callback = parse_callback(body, content_type, max_bytes=server.max_body)
+        callback = await _parse(body, content_type, server)
         received = await service.approvals.receive(
             callback,
             body=body,
@@ -120,7 +140,8 @@ async def _receive(request: Request, path_token: str | None) -> JSONResponse:
     except Refused as refused:
         return _refuse(request, refused.status, refused.message)
     except PayloadError as exc:
-        return _refuse(request, exc.status, f"The callback was refused: {_clause(str(exc))}")
+        hint = " (server.max_tasks)" if exc.status == 413 else ""
+        return _refuse(request, exc.status, f"The callback was refused: {_clause(str(exc) + hint)}")
     except StoreError as exc:
         log.error("callback.not_stored", error=str(exc))
         return _refuse(request, 503, STORE_UNAVAILABLE)

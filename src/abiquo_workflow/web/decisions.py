@@ -1,7 +1,10 @@
 """`/accept`, `/decline` and `/multiple`: the pages behind the links in approval emails.
 
 GET and HEAD show what would be decided and decide nothing (mail scanners open every link); the page's
-button POSTs. With `links.one_click = true`, GET decides at once, as the 2013 tool did.
+button POSTs. With `links.one_click = true`, GET decides at once, as the 2013 tool did (HEAD never does).
+The POST must come from our own page: a browser's `Sec-Fetch-Site` other than same-origin (or none, a
+typed URL), or an `Origin` of another site, is refused with 403, so another site cannot make an
+approver's browser decide (the link's token is then not the only guard).
 
 Answers: 200 decided (or, on GET, the confirmation page) · 403 missing, forged or expired token ·
 404 unknown task · 410 already decided (the page says by whom and when). `/multiple` decides the tasks
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 from fastapi import APIRouter
@@ -23,9 +26,10 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from abiquo_workflow import display
 from abiquo_workflow.approvals import details_from_json
 from abiquo_workflow.domain import Action, Channel, DecisionState, RequestDetails
-from abiquo_workflow.exceptions import TokenError
+from abiquo_workflow.exceptions import AbiquoError, NotAnApprover, TokenError
 from abiquo_workflow.links import MULTIPLE_ACTIONS, Grant, parse_task_list
 from abiquo_workflow.mail import words
 from abiquo_workflow.service import Service
@@ -194,11 +198,27 @@ async def _show(request: Request, asked: Asked) -> Response:
         already=[t for t in tasks if t.decision is not DecisionState.PENDING],
         hidden=asked.params,
         form_action=request.url.path,
-        approver=grant.approver,
+        approver=display.name(grant.approver),
         expires=words.moment_words(grant.expires_at),
         reason_limit=REASON_LIMIT,
     )
     return page(request, "confirm.html", context)
+
+
+async def _check_approver(service: Service, asked: Asked, grant: Grant) -> None:
+    """The link's approver must still approve the request's enterprise in Abiquo (403 otherwise)."""
+    try:
+        await service.approvals.check_approver(asked.task_ids, grant.approver)
+    except NotAnApprover as exc:
+        log.warning("decision.not_an_approver", approver=grant.approver, tasks=len(asked.task_ids))
+        raise BadLink(403, "You can no longer decide this", str(exc)) from None
+    except AbiquoError:
+        raise BadLink(
+            503,
+            "Try again in a few minutes",
+            "Abiquo cannot be reached right now to confirm that you still approve this request's "
+            "enterprise, so nothing was decided. Open the link again in a few minutes.",
+        ) from None
 
 
 def _checked_reason(reason: str | None) -> str | None:
@@ -224,6 +244,7 @@ async def _decide(request: Request, asked: Asked, reason: str | None) -> Respons
     service = _service(request)
     grant = _grant(service, asked)
     reason = _checked_reason(reason)
+    await _check_approver(service, asked, grant)
     result = await service.approvals.decide(
         asked.task_ids, asked.action, actor=grant.approver, reason=reason, channel=Channel.EMAIL
     )
@@ -248,13 +269,44 @@ async def _decide(request: Request, asked: Asked, reason: str | None) -> Respons
     return page(request, "decided.html", context)
 
 
+#: `Sec-Fetch-Site` values of a request our own page (or a typed or pasted URL) can make.
+_OWN_FETCH_SITES = frozenset({"same-origin", "none"})
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _check_same_origin(request: Request, public_url: str) -> None:
+    """Refuse a POST another site made a browser send (see the module docstring).
+
+    Browsers that send neither header (old ones, or scripts) pass: the token still binds the link.
+    `Origin: null` is what a browser sends for our own form under `Referrer-Policy: no-referrer`.
+    """
+    fetch_site = request.headers.get("sec-fetch-site", "").strip().lower()
+    origin = request.headers.get("origin", "").strip().lower()
+    own = {_origin_of(public_url), _origin_of(str(request.base_url))}
+    other_site = fetch_site and fetch_site not in _OWN_FETCH_SITES
+    other_origin = origin not in ("", "null") and origin not in own
+    if other_site or other_origin:
+        raise BadLink(
+            403,
+            "Not sent from this site",
+            "This decision was sent from another web site, so nothing was decided. "
+            "Open the link in the email and press the button on its page.",
+        )
+
+
 async def _handle(request: Request, asked_from: Callable[[Mapping[str, str]], Asked]) -> Response:
     try:
+        if request.method == "POST":
+            _check_same_origin(request, _service(request).settings.server.base_url)
         params = await _parameters(request)
         asked = asked_from(params)
         if request.method == "POST":
             return await _decide(request, asked, params.get("reason"))
-        if _service(request).settings.links.one_click:
+        if request.method == "GET" and _service(request).settings.links.one_click:
             return await _decide(request, asked, None)
         return await _show(request, asked)
     except BadLink as bad:
