@@ -307,11 +307,18 @@ async def stored_sources(connector: Connector) -> list[str | None]:
 SPOOFED = {"x-forwarded-for": "10.1.2.3", "x-forwarded-proto": "https"}
 
 
+@pytest.fixture
+def attacked(connector_factory: ConnectorFactory, database_url: str) -> Iterator[Connector]:
+    """A connector in the default configuration on each database: every attack is tried on both."""
+    with connector_factory(database_url=database_url) as running:
+        yield running
+
+
 async def test_a_forwarded_for_header_does_not_get_a_callback_past_callback_allow(
-    connector_factory: ConnectorFactory,
+    connector_factory: ConnectorFactory, database_url: str
 ) -> None:
     # The attack: from 127.0.0.1, claim to be forwarding for an allowed Abiquo address.
-    with connector_factory(server={"callback_allow": ["10.0.0.0/8"]}) as connector:
+    with connector_factory(database_url=database_url, server={"callback_allow": ["10.0.0.0/8"]}) as connector:
         response = await post(
             f"{connector.url}/callback", sample("protocol_11_1_vm_deploy.xml"), headers=SPOOFED
         )
@@ -320,18 +327,18 @@ async def test_a_forwarded_for_header_does_not_get_a_callback_past_callback_allo
         assert await stored_tasks(connector) == []
 
 
-async def test_a_forwarded_for_header_is_not_stored_as_the_callbacks_source(connector: Connector) -> None:
-    response = await post(f"{connector.url}/callback", sample("protocol_11_1_vm_deploy.xml"), headers=SPOOFED)
+async def test_a_forwarded_for_header_is_not_stored_as_the_callbacks_source(attacked: Connector) -> None:
+    response = await post(f"{attacked.url}/callback", sample("protocol_11_1_vm_deploy.xml"), headers=SPOOFED)
 
     assert response.status_code == 200, response.text
-    assert await stored_sources(connector) == ["127.0.0.1"]
+    assert await stored_sources(attacked) == ["127.0.0.1"]
 
 
 async def test_a_trusted_proxy_is_believed_about_whom_it_forwards_for(
-    connector_factory: ConnectorFactory,
+    connector_factory: ConnectorFactory, database_url: str
 ) -> None:
     settings = {"callback_allow": ["10.0.0.0/8"], "trusted_proxies": ["127.0.0.1/32"]}
-    with connector_factory(server=settings) as connector:
+    with connector_factory(database_url=database_url, server=settings) as connector:
         response = await post(
             f"{connector.url}/callback", sample("protocol_11_1_vm_deploy.xml"), headers=SPOOFED
         )
@@ -366,24 +373,24 @@ async def healthz_while(connector: Connector, work: Any) -> tuple[Any, list[int]
 
 
 async def test_a_lone_surrogate_as_a_task_id_is_refused_with_400_while_health_checks_answer(
-    connector: Connector,
+    attacked: Connector,
 ) -> None:
     body = sample("protocol_11_2_vm_deploy.json").replace(DEPLOY_ID.encode(), b"\\ud800", 1)
 
-    response, health = await healthz_while(connector, post(f"{connector.url}/callback", body, JSON_TYPE))
+    response, health = await healthz_while(attacked, post(f"{attacked.url}/callback", body, JSON_TYPE))
 
     assert "unpaired surrogate" in assert_refusal(response, 400)
     assert health and set(health) == {200}
-    assert await stored_tasks(connector) == []
+    assert await stored_tasks(attacked) == []
 
 
-async def test_a_task_id_holding_a_comma_is_refused_with_400(connector: Connector) -> None:
+async def test_a_task_id_holding_a_comma_is_refused_with_400(attacked: Connector) -> None:
     body = sample("protocol_11_2_vm_deploy.json").replace(DEPLOY_ID.encode(), b"a,b", 1)
 
-    response = await post(f"{connector.url}/callback", body, JSON_TYPE)
+    response = await post(f"{attacked.url}/callback", body, JSON_TYPE)
 
     assert "not an Abiquo task id" in assert_refusal(response, 400)
-    assert await stored_tasks(connector) == []
+    assert await stored_tasks(attacked) == []
 
 
 def many_tasks(count: int) -> bytes:
@@ -400,28 +407,28 @@ def many_tasks(count: int) -> bytes:
 
 
 async def test_a_ten_thousand_task_callback_is_refused_with_413_while_health_checks_answer(
-    connector: Connector,
+    attacked: Connector,
 ) -> None:
     body = many_tasks(10_000)
-    assert len(body) < connector.settings.server.max_body  # under the size limit: the count decides
+    assert len(body) < attacked.settings.server.max_body  # under the size limit: the count decides
 
-    response, health = await healthz_while(connector, post(f"{connector.url}/callback", body, JSON_TYPE))
+    response, health = await healthz_while(attacked, post(f"{attacked.url}/callback", body, JSON_TYPE))
 
     message = assert_refusal(response, 413)
     assert "10,000 tasks" in message and "server.max_tasks" in message
     assert health and set(health) == {200}
-    assert await stored_tasks(connector) == []
+    assert await stored_tasks(attacked) == []
 
 
 async def test_a_callback_at_the_task_limit_is_stored_while_health_checks_answer(
-    connector: Connector,
+    attacked: Connector,
 ) -> None:
-    body = many_tasks(connector.settings.server.max_tasks)
+    body = many_tasks(attacked.settings.server.max_tasks)
 
-    response, health = await healthz_while(connector, post(f"{connector.url}/callback", body, JSON_TYPE))
+    response, health = await healthz_while(attacked, post(f"{attacked.url}/callback", body, JSON_TYPE))
 
     assert response.status_code == 200, response.text
-    assert len(response.json()["tasks"]) == connector.settings.server.max_tasks
+    assert len(response.json()["tasks"]) == attacked.settings.server.max_tasks
     assert health and set(health) == {200}
 
 

@@ -451,8 +451,8 @@ async def test_a_link_naming_no_task_is_400(connector: Connector, route: str, pa
 
 
 @pytest.fixture
-def one_click_connector(connector_factory: ConnectorFactory) -> Iterator[Connector]:
-    with connector_factory(links={"one_click": True}) as running:
+def one_click_connector(connector_factory: ConnectorFactory, database_url: str) -> Iterator[Connector]:
+    with connector_factory(database_url=database_url, links={"one_click": True}) as running:
         yield running
 
 
@@ -485,6 +485,13 @@ async def test_with_one_click_head_decides_nothing(one_click_connector: Connecto
 # --- another site cannot make an approver's browser decide ----------------------------------------------
 
 
+@pytest.fixture
+def attacked(connector_factory: ConnectorFactory, database_url: str) -> Iterator[Connector]:
+    """A connector in the default configuration on each database: every attack is tried on both."""
+    with connector_factory(database_url=database_url) as running:
+        yield running
+
+
 @pytest.mark.parametrize(
     "headers",
     [
@@ -495,15 +502,15 @@ async def test_with_one_click_head_decides_nothing(one_click_connector: Connecto
     ids=["cross-site", "same-site", "foreign-origin"],
 )
 async def test_a_cross_site_post_is_403_and_decides_nothing(
-    connector: Connector, headers: dict[str, str]
+    attacked: Connector, headers: dict[str, str]
 ) -> None:
-    [task] = await hold(connector, vm=1)
-    url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
+    [task] = await hold(attacked, vm=1)
+    url = signer_for(attacked).task_url(task, Action.ACCEPT, ALICE)
 
-    response = await fetch(connector, "POST", path_of(url), headers=headers)
+    response = await fetch(attacked, "POST", path_of(url), headers=headers)
 
     assert "another web site" in assert_page(response, 403)
-    assert await decisions(connector, [task]) == [DecisionState.PENDING]
+    assert await decisions(attacked, [task]) == [DecisionState.PENDING]
 
 
 @pytest.mark.parametrize(
@@ -526,17 +533,17 @@ async def test_a_post_from_our_own_page_decides(connector: Connector, headers: d
 # --- an approver who no longer approves ---------------------------------------------------------------------
 
 
-async def test_an_approver_who_lost_the_role_cannot_decide_with_their_link(connector: Connector) -> None:
-    [task] = await hold(connector, vm=1)
-    url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
-    connector.simulator.simulator.change_role(10, "USER")  # Alice, in Abiquo's Users view
+async def test_an_approver_who_lost_the_role_cannot_decide_with_their_link(attacked: Connector) -> None:
+    [task] = await hold(attacked, vm=1)
+    url = signer_for(attacked).task_url(task, Action.ACCEPT, ALICE)
+    attacked.simulator.simulator.change_role(10, "USER")  # Alice, in Abiquo's Users view
 
-    text = assert_page(await fetch(connector, "POST", path_of(url)), 403)
+    text = assert_page(await fetch(attacked, "POST", path_of(url)), 403)
 
     assert "no longer an approver" in text and "ENTERPRISE_ADMIN" in text
-    assert await decisions(connector, [task]) == [DecisionState.PENDING]
-    await settled(connector)
-    assert connector.decision_calls() == []
+    assert await decisions(attacked, [task]) == [DecisionState.PENDING]
+    await settled(attacked)
+    assert attacked.decision_calls() == []
 
 
 async def test_another_approver_still_decides_after_one_lost_the_role(connector: Connector) -> None:
