@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from abiquo_workflow.abiquo.simulator import Simulator, create_app
+from abiquo_simulator import Simulator, create_app
 from abiquo_workflow.mail.inbox import Inbox
 
 _CONTINUE_SUFFIX = "/action/continue"

@@ -1,10 +1,12 @@
-"""The Abiquo simulator, spoken to over real HTTP: the API (PROTOCOL.md §4, §6, §7, §8), the callback it
+"""The Abiquo simulator, spoken to over real HTTP: the API (docs/protocol.md §4, §6, §7, §8), the callback it
 POSTs (§3, §11), its control surface and its page."""
 
 from __future__ import annotations
 
 import base64
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +17,8 @@ import httpx2
 import pytest
 from defusedxml.ElementTree import fromstring
 
-from abiquo_workflow.abiquo.simulator import Simulator, SimulatorServer
+from abiquo_simulator import Simulator
+from abiquo_workflow.simulation import SimulatorServer
 
 ADMIN = ("admin", "xabiquo")
 JSON_USERS = "application/vnd.abiquo.users+json; version=3.10"
@@ -778,6 +781,11 @@ def test_latency_fault_slows_one_call(simulator: SimulatorServer, control: httpx
             impatient.get("/login")
         assert impatient.get("/login").status_code == 200
 
+    # The slowed call is still being answered: let it end here, not in the next test's simulator.
+    deadline = time.monotonic() + 5
+    while len(simulator.simulator.api_calls()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
 
 def test_dropped_connection_is_a_transport_error_for_the_client(
     api: httpx2.Client, control: httpx2.Client
@@ -924,6 +932,16 @@ def test_server_reports_the_port_it_bound_and_stops_its_thread() -> None:
     assert set(threading.enumerate()) == before
     with pytest.raises(httpx2.ConnectError):
         httpx2.get(f"http://127.0.0.1:{port}/_sim/settings")
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="this Python was built without IPv6")
+def test_server_listens_on_ipv6_and_writes_the_address_in_brackets() -> None:
+    with SimulatorServer(Simulator(), host="::1") as server:
+        assert server.url == f"http://[::1]:{server.port}"
+        assert server.simulator.public_api_url == f"{server.api_url}/"
+        assert httpx2.get(server.url + "/_sim/settings").status_code == 200
+
+    assert server.simulator.public_api_url is None
 
 
 def test_basic_auth_header_is_parsed_strictly(simulator: SimulatorServer) -> None:

@@ -1,8 +1,12 @@
 """Serving ASGI apps with uvicorn: `BackgroundServer` in a thread (the demo's side servers, the tests'
-servers) and `serve_in_foreground` on the main thread (`serve` and `demo`).
+servers) and `serve_in_foreground` on the main thread (`serve`, `demo` and `simulate`).
+
+These are the project's only server runners: the Abiquo simulator (`abiquo_simulator`) is served by them
+too (see `simulation.py`), so start-up, shutdown and address handling cannot drift apart.
 
 A background server's thread has its own event loop, so a test (or the demo's main loop) can block
-without stalling it. Port 0 picks a free port; `url` reports the real one once started.
+without stalling it. Port 0 picks a free port; `url` reports the real one once started. An IPv6 host
+(one with a colon, such as `::1`) is listened on as IPv6 and written in brackets in `url`.
 """
 
 from __future__ import annotations
@@ -12,16 +16,38 @@ import signal
 import socket
 import threading
 import time
-from types import FrameType, TracebackType
-from typing import Literal, Self
+from types import FrameType
+from typing import Literal
 
 import uvicorn
 from starlette.types import ASGIApp
 
+from abiquo_workflow.lifecycle import Startable
+
 _STARTUP_TIMEOUT = 30.0
 
 
-class BackgroundServer:
+def http_url(host: str, port: int) -> str:
+    """`http://host:port`, with an IPv6 address in brackets as URLs need it."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A bound socket for uvicorn: binding it ourselves lets port 0 pick a free port we can report."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without
+    # it every keep-alive response waits ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"Cannot listen on {host}:{port}: {exc.strerror}") from exc
+    return sock
+
+
+class BackgroundServer(Startable):
     """`with BackgroundServer(app) as server:` serves `app` at `server.url` until the block ends."""
 
     def __init__(
@@ -42,14 +68,10 @@ class BackgroundServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return http_url(self.host, self.port)
 
     def start(self) -> None:
-        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without
-        # it every keep-alive response waits ~40 ms for a delayed ACK (Nagle).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self._requested_port))
+        sock = _bind(self.host, self._requested_port)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app,
@@ -81,24 +103,6 @@ class BackgroundServer:
             self._thread.join()
         self._server = self._thread = None
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        await asyncio.to_thread(self.start)
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.stop)
-
 
 class _Terminated(Exception):
     """Raised by the SIGTERM handler `serve_in_foreground` installs while uvicorn runs."""
@@ -108,7 +112,14 @@ def _terminated(signum: int, frame: FrameType | None) -> None:
     raise _Terminated
 
 
-def serve_in_foreground(app: ASGIApp, host: str, port: int, *, timeout_graceful_shutdown: int) -> None:
+def serve_in_foreground(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    *,
+    timeout_graceful_shutdown: int,
+    lifespan: Literal["auto", "on", "off"] = "auto",
+) -> None:
     """Serve `app` on the main thread until SIGINT or SIGTERM, shut down gracefully, and return.
 
     uvicorn handles both signals itself and, once it has shut down, raises the one it stopped on again
@@ -123,6 +134,7 @@ def serve_in_foreground(app: ASGIApp, host: str, port: int, *, timeout_graceful_
             app,
             host=host,
             port=port,
+            lifespan=lifespan,
             log_config=None,
             access_log=False,  # access lines would carry the tokens of decision links
             # uvicorn believes X-Forwarded-For from 127.0.0.1 by default, which let any local process

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import jinja2
@@ -33,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from abiquo_workflow.lifecycle import Startable
 from abiquo_workflow.mail import words
 
 
@@ -125,7 +125,7 @@ class _Controller(Controller):
         return server
 
 
-class Inbox:
+class Inbox(Startable):
     """An SMTP server on `host:port` that keeps received messages in memory (thread-safe).
 
     Parameters
@@ -203,24 +203,6 @@ class Inbox:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
-
-    def __enter__(self) -> Inbox:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Inbox:
-        await asyncio.to_thread(self.start)
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.to_thread(self.stop)
 
     # --- messages -----------------------------------------------------------------------------------
 

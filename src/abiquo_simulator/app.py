@@ -15,7 +15,7 @@ from .simulator import Simulator
 
 
 def create_app(simulator: Simulator) -> ASGIApp:
-    """The whole simulator as one ASGI app (serve it with uvicorn, or use `SimulatorServer`)."""
+    """The whole simulator as one ASGI app, for whichever ASGI server runs it (uvicorn, for the product)."""
     api = Api(simulator)
     control = Control(simulator)
 

@@ -1,4 +1,4 @@
-"""Abiquo's paging (PROTOCOL.md §8.1): `startwith` (default 0), `limit` (default 25), `by`, `asc`, `has`.
+"""Abiquo's paging (docs/protocol.md §8.1): `startwith` (default 0), `limit` (default 25), `by`, `asc`, `has`.
 
 A page carries `totalSize` and the links `first`, `last`, and when there is one, `previous` and `next`,
 each an absolute href with the query string. A listing may leave these links out, as real Abiquo's

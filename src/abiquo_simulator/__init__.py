@@ -1,15 +1,20 @@
 """A stand-in Abiquo API that speaks only HTTP: the ground truth for tests, the demo and users' dry runs.
 
-It imports nothing else from abiquo_workflow; it implements PROTOCOL.md independently.
+A package of its own beside abiquo_workflow, in the same distribution: it imports nothing of the product
+(tests/test_layers.py fails if it does), so what it says about Abiquo comes from docs/protocol.md, not from
+the
+code under test. It has no server runner either: whoever runs it serves the ASGI app it builds.
 
 In-process API::
 
     simulator = Simulator(callback_url="http://127.0.0.1:8080/callback", style="json", mode="3.x")
-    with SimulatorServer(simulator) as server:          # or: async with SimulatorServer(...)
-        server.url, server.api_url                       # http://127.0.0.1:PORT, …/api
-        result = await simulator.request("deploy", vm=1) # holds a task and POSTs the callback
-    app = create_app(simulator)                          # the ASGI app, to serve some other way
-    run(host, port, callback_url, style, mode)           # blocking, for `abiquo-workflow simulate`
+    app = create_app(simulator)                          # the ASGI app: serve it with any ASGI server
+    simulator.public_api_url = "http://HOST:PORT/api/"   # where it is served, for in-process requests
+                                                         # with absolute hrefs (HTTP ones read the request)
+    result = await simulator.request("deploy", vm=1)     # holds a task and POSTs the callback
+
+(The product runs it with its own runner: `abiquo_workflow.simulation.SimulatorServer` in a thread for the
+tests and the demo, `abiquo_workflow.simulation.serve_simulator` for `abiquo-workflow simulate`.)
 
 The Abiquo API, under /api (HTTP Basic: admin / xabiquo; every other seeded user's password is their nick;
 JSON or XML by Accept; absolute hrefs; `startwith` / `limit` / `by` / `asc` / `has` paging)::
@@ -79,7 +84,6 @@ The page's forms post form-encoded bodies to /_sim/requests, /_sim/tasks/{id}/ca
 from __future__ import annotations
 
 from .app import create_app
-from .server import SimulatorServer, run
 from .simulator import RequestResult, Simulator, SimulatorError
 
-__all__ = ["RequestResult", "Simulator", "SimulatorError", "SimulatorServer", "create_app", "run"]
+__all__ = ["RequestResult", "Simulator", "SimulatorError", "create_app"]

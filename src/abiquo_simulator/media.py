@@ -3,7 +3,8 @@
 A resource offers one or more Abiquo media type names ("kinds"), e.g. the users list offers `users` and
 `userswithroles`. `Accept` may name one of them (`application/vnd.abiquo.users+xml; version=3.10`), or ask
 generically (`application/json`, `application/xml`, `*/*`), or be absent. A `version` parameter must look
-like `X.Y`, otherwise the answer is 406 "Invalid version parameter for 'Accept' header" (PROTOCOL.md §8.3).
+like `X.Y`, otherwise the answer is 406 "Invalid version parameter for 'Accept' header" (docs/protocol.md
+§8.3).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Abiquo's representations of the seeded world and of tasks, errors included (PROTOCOL.md §7, §11).
+"""Abiquo's representations of the seeded world and of tasks, errors included (docs/protocol.md §7, §11).
 
 `Hrefs` knows every resource's path. Its base is either the absolute API root (`http://host:port/api/`, what
 the API itself returns) or empty, for the relative hrefs Abiquo puts in the callback (no leading slash, no
-`api/`, PROTOCOL.md §3.7). `Representer` turns world objects into `rendering.Entity` / `Collection`
+`api/`, docs/protocol.md §3.7). `Representer` turns world objects into `rendering.Entity` / `Collection`
 values; `mode` is "3.x" or "2.6" and decides the few fields and links that differ (§9).
 """
 
@@ -217,7 +217,7 @@ class Representer:
 
     def location(self, dc: Datacenter) -> Entity:
         """The tenant's view of a datacenter. Real Abiquo links a datacenter to itself as `edit`; the
-        `self` link of PROTOCOL.md §11.13 is kept beside it."""
+        `self` link of docs/protocol.md §11.13 is kept beside it."""
         href = self.hrefs.location(dc.id)
         links = (Link("edit", href, "datacenter", dc.name), Link("self", href, "datacenter", dc.name))
         return Entity("datacenter", (("id", dc.id), ("name", dc.name), ("location", dc.location)), links)
@@ -233,7 +233,7 @@ class Representer:
         h = self.hrefs
         enterprise = self.world.enterprises[vdc.enterprise_id]
         dc = self.world.datacenters[vdc.datacenter_id]
-        # 3.x points at the tenant's view of the datacenter; 2.x at the admin one (PROTOCOL.md §7.6).
+        # 3.x points at the tenant's view of the datacenter; 2.x at the admin one (docs/protocol.md §7.6).
         place = (
             Link("datacenter", h.datacenter(dc.id), "datacenter", dc.name)
             if self.legacy
@@ -312,7 +312,7 @@ class Representer:
             ("ram", vm.ram_mb),
         ]
         if self.legacy:
-            # 2.x only: the primary disk's size in bytes (PROTOCOL.md §7.5); gone by 3.4.
+            # 2.x only: the primary disk's size in bytes (docs/protocol.md §7.5); gone by 3.4.
             fields.append(("hdInBytes", vm.disks[0].size_mb * 1024 * 1024))
         fields += [
             ("state", state),

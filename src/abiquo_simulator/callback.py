@@ -1,4 +1,5 @@
-"""The POST Abiquo makes to the workflow endpoint when it holds tasks (PROTOCOL.md §2.5, §3, §11.1 to 11.5).
+"""The POST Abiquo makes to the workflow endpoint when it holds tasks (docs/protocol.md §2.5, §3, §11.1 to
+11.5).
 
 Style "xml" is Abiquo 2.6: `application/vnd.abiquo.tasks+xml`, a `<tasks>` root (a single `<task>` root
 with `task+xml` for a reconfigure), no `creationTimestamp`. Style "json" is 3.x:
@@ -20,7 +21,7 @@ from .rendering import Format, media_type, render
 from .representations import Representer
 from .tasks import Task
 
-#: Abiquo's defaults for `workflow.connect.timeout` and `workflow.read.timeout` (PROTOCOL.md §2.3).
+#: Abiquo's defaults for `workflow.connect.timeout` and `workflow.read.timeout` (docs/protocol.md §2.3).
 CONNECT_TIMEOUT = 60.0
 READ_TIMEOUT = 10.0
 #: The API version a 3.x Abiquo names in the callback's Content-Type.
@@ -52,8 +53,18 @@ def callback_body(representer: Representer, tasks: list[Task], style: str, singl
     return body, media_type(kind, fmt, JSON_VERSION if fmt == "json" else None)
 
 
-async def post_callback(url: str, body: bytes, content_type: str, tls: ssl.SSLContext) -> CallbackOutcome:
-    """POST the callback and report what happened; transport failures are reported, never raised."""
+async def post_callback(
+    url: str,
+    body: bytes,
+    content_type: str,
+    tls: ssl.SSLContext,
+    transport: httpx2.AsyncBaseTransport | None = None,
+) -> CallbackOutcome:
+    """POST the callback and report what happened; transport failures are reported, never raised.
+
+    `transport` replaces the network (httpx2's seam): a test hands the ASGI transport of an app it
+    drives in-process, so that the callback reaches that app with no server in between.
+    """
     started = time.perf_counter()
     status: int | None = None
     error: str | None = None
@@ -61,7 +72,9 @@ async def post_callback(url: str, body: bytes, content_type: str, tls: ssl.SSLCo
     try:
         # trust_env=False: proxies from the environment have no business between Abiquo and its endpoint,
         # and reading them costs ~10 ms per client.
-        async with httpx2.AsyncClient(timeout=timeout, verify=tls, trust_env=False) as client:
+        async with httpx2.AsyncClient(
+            timeout=timeout, verify=tls, trust_env=False, transport=transport
+        ) as client:
             response = await client.post(url, content=body, headers={"Content-Type": content_type})
         status = response.status_code
     except (httpx2.HTTPError, httpx2.InvalidURL) as exc:

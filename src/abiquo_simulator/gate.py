@@ -15,7 +15,7 @@ from .api import API_PREFIX, error_response
 from .media import error_format
 from .simulator import Simulator
 
-#: Abiquo's own codes for the statuses a fault is most likely to use (APIError.java, PROTOCOL.md S5).
+#: Abiquo's own codes for the statuses a fault is most likely to use (APIError.java, docs/protocol.md S5).
 _ABIQUO_STATUS_ERRORS = {
     500: ("500-INTERNAL SERVER ERROR", "Unexpected exception"),
     503: ("503- Service Unavailable", "Service unavailable: try again in a few moments"),
@@ -69,6 +69,10 @@ class ApiGate:
         if scope["type"] != "http" or not _is_api(scope["path"]):
             await self.app(scope, receive, send)
             return
+        with self.simulator.answering():
+            await self._gate(scope, receive, send)
+
+    async def _gate(self, scope: Scope, receive: Receive, send: Send) -> None:
         sim = self.simulator
         method, path = scope["method"], scope["path"]
         query = scope.get("query_string", b"").decode("latin-1")

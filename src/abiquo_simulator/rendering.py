@@ -1,6 +1,6 @@
 """One neutral shape for every Abiquo representation, written out as JSON or as XML.
 
-Abiquo's JSON and XML carry the same words (PROTOCOL.md §3.6): links first (`<link …/>` elements or a
+Abiquo's JSON and XML carry the same words (docs/protocol.md §3.6): links first (`<link …/>` elements or a
 `links` array), then scalar fields; a collection is `{"links", "totalSize", "collection"}` in JSON and a
 root element holding links, `<totalSize>` and the items in XML. Building both from one `Entity` /
 `Collection` keeps the two formats from drifting apart. XML is built with ElementTree, so every value is

@@ -8,14 +8,17 @@ it while the server thread writes it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+
+import httpx2
 
 from .callback import CallbackOutcome, callback_body, post_callback
 from .errors import AbiquoApiError, forbidden
@@ -172,6 +175,8 @@ class Simulator:
         self.public_api_url: str | None = None
         self._lock = threading.RLock()
         self._state = State()
+        #: API calls being answered right now (`answering`).
+        self._in_flight = 0
         self._tls: ssl.SSLContext | None = None
 
     # --- Reading and resetting state --------------------------------------------------------------------
@@ -254,6 +259,29 @@ class Simulator:
         with self._lock:
             return self._state.faults.take(path)
 
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """Count an API call as in flight for as long as the block runs (see `wait_until_quiet`)."""
+        with self._lock:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def wait_until_quiet(self, timeout: float = 5.0) -> bool:
+        """Wait until no API call is being answered (a slowed call outlives its impatient client);
+        False if one still is after `timeout` seconds. Tests call it before a reset."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._in_flight == 0:
+                    return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+
     def record_api_call(self, method: str, path: str, query: str, status: int | None) -> None:
         with self._lock:
             self._state.api_calls.append(ApiCall(method, path, query, status, time.time()))
@@ -271,9 +299,13 @@ class Simulator:
         hrefs: str = "relative",
         callback_url: str | None = None,
         api_url: str | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> RequestResult:
         """Hold a deploy, undeploy or reconfigure of a VM (or deploy/undeploy of every VM of a vApp) and
         POST the callback, as Abiquo does when a user asks for one with workflow on.
+
+        `transport` (in-process callers only) carries the callback instead of the network, for example
+        to an app a test drives through httpx2's ASGI transport.
 
         Raises SimulatorError (400/404/409) for a request Abiquo could not have made. The callback's
         failure is reported in the result, not raised; the tasks then stay QUEUEING.
@@ -310,7 +342,7 @@ class Simulator:
                 Representer(world, base, self.settings.mode), held, style, single=action == "reconfigure"
             )
 
-        outcome = await post_callback(url, body, content_type, self._tls_context())
+        outcome = await post_callback(url, body, content_type, self._tls_context(), transport)
         created = [CreatedTask(t.task_id, t.vm_id, world.vms[t.vm_id].name, t.type.value) for t in held]
         return RequestResult(created, outcome)
 
@@ -393,7 +425,7 @@ class Simulator:
                 world.vm_states[task.vm_id] = "NOT_ALLOCATED"
 
     def cancel_as_requester(self, task_id: str, reason: str | None = None) -> Task:
-        """The requester withdraws their own held task (Abiquo allows it, PROTOCOL.md §1).
+        """The requester withdraws their own held task (Abiquo allows it, docs/protocol.md §1).
 
         Raises SimulatorError 404 for an unknown task and 409 when it is no longer QUEUEING.
         """

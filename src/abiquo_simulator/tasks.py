@@ -1,4 +1,4 @@
-"""Held tasks and how they are decided, with Abiquo's errors for the awkward cases (PROTOCOL.md §4).
+"""Held tasks and how they are decided, with Abiquo's errors for the awkward cases (docs/protocol.md §4).
 
 A workflow task is created QUEUEING. `continue` moves it through PENDING to FINISHED_SUCCESSFULLY at once
 (the simulator has no hypervisor to wait for); `cancel` makes it CANCELLED. Anything asked of a task that
@@ -34,7 +34,7 @@ class DecidedBy(enum.StrEnum):
     REQUESTER_CANCEL = "requester-cancel"  # the requester withdrew their own request
 
 
-#: The jobs Abiquo plans for each held task type (PROTOCOL.md §3.3; the undeploy list is inferred there).
+#: The jobs Abiquo plans for each held task type (docs/protocol.md §3.3; the undeploy list is inferred there).
 _JOBS: dict[TaskType, tuple[str, ...]] = {
     TaskType.DEPLOY: ("SCHEDULE", "CONFIGURE", "POWER_ON"),
     TaskType.UNDEPLOY: ("POWER_OFF", "DECONFIGURE", "FREE_RESOURCES"),
@@ -77,7 +77,7 @@ def task_not_found() -> AbiquoApiError:
 
 
 def task_invalid_state() -> AbiquoApiError:
-    # The status is inferred (PROTOCOL.md §4, §12.3); the code and message are Abiquo's.
+    # The status is inferred (docs/protocol.md §4, §12.3); the code and message are Abiquo's.
     return AbiquoApiError(409, "TASK-2", "The task is not in the appropriate state")
 
 

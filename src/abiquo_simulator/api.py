@@ -1,5 +1,5 @@
 """The simulated Abiquo API under /api: HTTP Basic auth, content negotiation, absolute hrefs, paging,
-Abiquo's error bodies, and continue/cancel of held tasks (PROTOCOL.md §4, §6, §7, §8).
+Abiquo's error bodies, and continue/cancel of held tasks (docs/protocol.md §4, §6, §7, §8).
 
 Every resource endpoint is declared with the Abiquo media type names it offers and a builder that turns
 the locked state into a representation; `_resource` does the rest (auth, negotiation, errors, rendering).
@@ -10,9 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -28,12 +28,14 @@ from .simulator import Simulator, State
 from .tasks import Task
 from .world import (
     Datacenter,
+    Disk,
     Enterprise,
     Role,
     User,
     VirtualAppliance,
     VirtualDatacenter,
     VirtualMachine,
+    Volume,
     World,
     collation_key,
 )
@@ -102,29 +104,44 @@ def authenticate(world: World, authorization: str | None) -> User:
 
 # --- Lookups that answer Abiquo's 404s ---------------------------------------------------------
 
+_Item = TypeVar("_Item")
+_Storage = TypeVar("_Storage", Disk, Volume)
+_NO_ENTERPRISE = "The requested enterprise does not exist"
+
+
+def _found(
+    items: Mapping[int, _Item],
+    key: int,
+    code: str,
+    message: str,
+    inside: Callable[[_Item], bool] = lambda _: True,
+) -> _Item:
+    """`items[key]`, when it exists and lies `inside` the parent its URL names; else Abiquo's 404 with
+    `code`. Abiquo answers the same for an id that exists under another parent as for no such id."""
+    item = items.get(key)
+    if item is None or not inside(item):
+        raise not_found(code, message)
+    return item
+
 
 def _enterprise(ctx: Ctx, w: World, enterprise_id: int) -> Enterprise:
-    enterprise = w.enterprises.get(enterprise_id)
-    if enterprise is None:
-        raise not_found("EN-0", "The requested enterprise does not exist")
+    enterprise = _found(w.enterprises, enterprise_id, "EN-0", _NO_ENTERPRISE)
     ctx.reach(enterprise.id)
     return enterprise
 
 
 def _enterprise_or_all(ctx: Ctx, w: World, raw: str) -> Enterprise | None:
-    """`_` stands for every enterprise in user URLs (PROTOCOL.md §7.1)."""
+    """`_` stands for every enterprise in user URLs (docs/protocol.md §7.1)."""
     if raw == "_":
         return None
     if not raw.isdigit():
-        raise not_found("EN-0", "The requested enterprise does not exist")
+        raise not_found("EN-0", _NO_ENTERPRISE)
     return _enterprise(ctx, w, int(raw))
 
 
 def _user(ctx: Ctx, w: World) -> User:
     enterprise = _enterprise_or_all(ctx, w, ctx.path["ent"])
-    user = w.users.get(ctx.path["user_id"])
-    if user is None:
-        raise not_found("USER-3", "The requested user does not exist")
+    user = _found(w.users, ctx.path["user_id"], "USER-3", "The requested user does not exist")
     if enterprise is not None and user.enterprise_id != enterprise.id:
         raise not_found("USER-0", "The user is not assigned to the enterprise")
     ctx.reach(user.enterprise_id)
@@ -132,41 +149,29 @@ def _user(ctx: Ctx, w: World) -> User:
 
 
 def _role(w: World, role_id: int) -> Role:
-    role = w.roles.get(role_id)
-    if role is None:
-        raise not_found("ROLE-0", "The requested role does not exist")
-    return role
+    return _found(w.roles, role_id, "ROLE-0", "The requested role does not exist")
 
 
 def _datacenter(w: World, datacenter_id: int) -> Datacenter:
-    dc = w.datacenters.get(datacenter_id)
-    if dc is None:
-        raise not_found("DC-0", "The requested datacenter does not exist")
-    return dc
+    return _found(w.datacenters, datacenter_id, "DC-0", "The requested datacenter does not exist")
 
 
 def _vdc(ctx: Ctx, w: World) -> VirtualDatacenter:
-    vdc = w.vdcs.get(ctx.path["vdc_id"])
-    if vdc is None:
-        raise not_found("VDC-0", "The requested virtual datacenter does not exist")
+    vdc = _found(w.vdcs, ctx.path["vdc_id"], "VDC-0", "The requested virtual datacenter does not exist")
     ctx.reach(vdc.enterprise_id)
     return vdc
 
 
 def _vapp(ctx: Ctx, w: World) -> VirtualAppliance:
     vdc = _vdc(ctx, w)
-    vapp = w.vapps.get(ctx.path["vapp_id"])
-    if vapp is None or vapp.vdc_id != vdc.id:
-        raise not_found("VAPP-0", "The requested virtual appliance does not exist")
-    return vapp
+    message = "The requested virtual appliance does not exist"
+    return _found(w.vapps, ctx.path["vapp_id"], "VAPP-0", message, lambda vapp: vapp.vdc_id == vdc.id)
 
 
 def _vm(ctx: Ctx, w: World) -> VirtualMachine:
     vapp = _vapp(ctx, w)
-    vm = w.vms.get(ctx.path["vm_id"])
-    if vm is None or vm.vapp_id != vapp.id:
-        raise not_found("VM-1", "The requested virtual machine does not exist")
-    return vm
+    message = "The requested virtual machine does not exist"
+    return _found(w.vms, ctx.path["vm_id"], "VM-1", message, lambda vm: vm.vapp_id == vapp.id)
 
 
 def _user_matches(user: User, text: str) -> bool:
@@ -201,15 +206,22 @@ def _login(ctx: Ctx, s: State) -> Representation:
     return ctx.rep.user(ctx.user)
 
 
+def _named_listing(
+    ctx: Ctx,
+    items: list[_Item],
+    href: str,
+    kind: str,
+    represent: Callable[[list[_Item], tuple[Link, ...], int], Representation],
+) -> Representation:
+    """A page of named objects (roles, enterprises, vApps, VMs), which Abiquo sorts by name or id, as
+    `represent(items, links, total)` writes it."""
+    page = paginate(items, href, ctx.params, sort_keys=_NAME_SORT, kind=kind)
+    return represent(page.items, page.links, page.total)
+
+
 def _roles(ctx: Ctx, s: State) -> Representation:
-    page = paginate(
-        list(s.world.roles.values()),
-        ctx.rep.hrefs.base + "admin/roles",
-        ctx.params,
-        sort_keys=_NAME_SORT,
-        kind="roles",
-    )
-    return ctx.rep.roles(page.items, page.links, page.total)
+    roles = list(s.world.roles.values())
+    return _named_listing(ctx, roles, ctx.rep.hrefs.base + "admin/roles", "roles", ctx.rep.roles)
 
 
 def _role_one(ctx: Ctx, s: State) -> Representation:
@@ -224,14 +236,8 @@ def _enterprises(ctx: Ctx, s: State) -> Representation:
     visible = [
         e for e in s.world.enterprises.values() if ctx.is_cloud_admin or e.id == ctx.user.enterprise_id
     ]
-    page = paginate(
-        visible,
-        ctx.rep.hrefs.base + "admin/enterprises",
-        ctx.params,
-        sort_keys=_NAME_SORT,
-        kind="enterprises",
-    )
-    return ctx.rep.enterprises(page.items, page.links, page.total)
+    href = ctx.rep.hrefs.base + "admin/enterprises"
+    return _named_listing(ctx, visible, href, "enterprises", ctx.rep.enterprises)
 
 
 def _enterprise_one(ctx: Ctx, s: State) -> Representation:
@@ -254,7 +260,8 @@ def _user_one(ctx: Ctx, s: State) -> Representation:
 
 def _pending_page(ctx: Ctx, s: State, tasks: list[Task], href: str, parent: str) -> Representation:
     """A page of held tasks. Real Abiquo pages these by `startwith`/`limit` and counts them in `totalSize`
-    but links only `self` and `parent`, never `first`/`last`/`previous`/`next` (PROTOCOL.md §6, §11.7)."""
+    but links only `self` and `parent`, never `first`/`last`/`previous`/`next` (docs/protocol.md §6,
+    §11.7)."""
     page: Page[Task] = paginate(tasks, href, ctx.params, matches=_task_matches(s.world), kind="tasks")
     links = (Link("self", href, "tasks"), Link("parent", parent))
     return ctx.rep.tasks(page.items, links, page.total, listing=True)
@@ -288,14 +295,8 @@ def _vdc_one(ctx: Ctx, s: State) -> Representation:
 
 def _vapps(ctx: Ctx, s: State) -> Representation:
     vdc = _vdc(ctx, s.world)
-    page = paginate(
-        s.world.vapps_of(vdc.id),
-        ctx.rep.hrefs.vapps(vdc.id),
-        ctx.params,
-        sort_keys=_NAME_SORT,
-        kind="virtualappliances",
-    )
-    return ctx.rep.vapps(page.items, page.links, page.total)
+    vapps, href = s.world.vapps_of(vdc.id), ctx.rep.hrefs.vapps(vdc.id)
+    return _named_listing(ctx, vapps, href, "virtualappliances", ctx.rep.vapps)
 
 
 def _vapp_one(ctx: Ctx, s: State) -> Representation:
@@ -304,14 +305,8 @@ def _vapp_one(ctx: Ctx, s: State) -> Representation:
 
 def _vms(ctx: Ctx, s: State) -> Representation:
     vapp = _vapp(ctx, s.world)
-    page = paginate(
-        s.world.vms_of(vapp.id),
-        ctx.rep.hrefs.vms(vapp),
-        ctx.params,
-        sort_keys=_NAME_SORT,
-        kind="virtualmachines",
-    )
-    return ctx.rep.vms(page.items, page.links, page.total)
+    vms, href = s.world.vms_of(vapp.id), ctx.rep.hrefs.vms(vapp)
+    return _named_listing(ctx, vms, href, "virtualmachines", ctx.rep.vms)
 
 
 def _vm_one(ctx: Ctx, s: State) -> Representation:
@@ -334,22 +329,28 @@ def _volumes(ctx: Ctx, s: State) -> Representation:
     return ctx.rep.volumes(_vm(ctx, s.world))
 
 
+def _attached_in_vdc(
+    ctx: Ctx, w: World, attached: Callable[[VirtualMachine], Iterable[_Storage]], storage_id: int
+) -> tuple[VirtualMachine, _Storage] | None:
+    """The disk or volume `storage_id` among `attached(vm)` of the VDC's VMs, with its VM; None if no
+    VM of the VDC has it. Abiquo links storage under the VDC too (docs/protocol.md §7.10, §11.10)."""
+    vdc = _vdc(ctx, w)
+    in_vdc = (vm for vm in w.vms.values() if w.vdc_of(vm).id == vdc.id)
+    return next(((vm, item) for vm in in_vdc for item in attached(vm) if item.id == storage_id), None)
+
+
 def _vdc_disk(ctx: Ctx, s: State) -> Representation:
-    vdc = _vdc(ctx, s.world)
-    for vm in s.world.vms.values():
-        for disk in vm.disks:
-            if disk.id == ctx.path["disk_id"] and s.world.vdc_of(vm).id == vdc.id:
-                return ctx.rep.disk(vm, disk)
-    raise not_found(message="The requested hard disk does not exist")
+    found = _attached_in_vdc(ctx, s.world, lambda vm: vm.disks, ctx.path["disk_id"])
+    if found is None:
+        raise not_found(message="The requested hard disk does not exist")
+    return ctx.rep.disk(*found)
 
 
 def _vdc_volume(ctx: Ctx, s: State) -> Representation:
-    vdc = _vdc(ctx, s.world)
-    for vm in s.world.vms.values():
-        for volume in vm.volumes:
-            if volume.id == ctx.path["volume_id"] and s.world.vdc_of(vm).id == vdc.id:
-                return ctx.rep.volume(vm, volume)
-    raise not_found("VOL-0", "The requested volume does not exist")
+    found = _attached_in_vdc(ctx, s.world, lambda vm: vm.volumes, ctx.path["volume_id"])
+    if found is None:
+        raise not_found("VOL-0", "The requested volume does not exist")
+    return ctx.rep.volume(*found)
 
 
 def _vm_tasks(ctx: Ctx, s: State) -> Representation:
@@ -399,7 +400,7 @@ class Api:
             _route("/admin/enterprises", r(("enterprises",), _enterprises)),
             _route("/admin/enterprises/{ent_id:int}", r(("enterprise",), _enterprise_one)),
             _route("/admin/enterprises/{ent_id:int}/action/pendingtasks", r(("tasks",), _enterprise_pending)),
-            # 2.6 clients sent no Accept and got users with roles as XML (PROTOCOL.md §7.2).
+            # 2.6 clients sent no Accept and got users with roles as XML (docs/protocol.md §7.2).
             _route(
                 "/admin/enterprises/{ent}/users",
                 r(("users", "userswithroles"), _users, ("userswithroles", "users")),
