@@ -13,9 +13,9 @@ from abiquo_workflow.abiquo.client import AbiquoClient
 from abiquo_workflow.config import Settings
 from abiquo_workflow.exceptions import AbiquoWorkflowError, ConfigError
 from abiquo_workflow.mail.send import Mailer
-from abiquo_workflow.service import link_signer, sqlite_file
+from abiquo_workflow.runtime import link_signer, sqlite_file
 from abiquo_workflow.store import Store
-from abiquo_workflow.store.engine import display_url
+from abiquo_workflow.store.urls import display_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,7 @@ async def check_database(settings: Settings) -> CheckResult:
             return CheckResult("database", True, f"{shown} does not exist yet; `serve` will create it")
         return CheckResult("database", False, f"{shown}: the folder {path.parent} does not exist")
     try:
-        store = await Store.open(url, migrate=False)
+        store = await Store.open(url, migrate=False, busy_timeout=settings.database.busy_timeout)
     except AbiquoWorkflowError as exc:
         return CheckResult("database", False, str(exc))
     await store.close()

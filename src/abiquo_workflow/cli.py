@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -126,8 +126,8 @@ def serve(
     worker: Annotated[bool, typer.Option(help="run the job worker in this process")] = True,
 ) -> None:
     """Serve the web endpoints (callback, decision pages, health) and, by default, the worker."""
+    from abiquo_workflow.runtime import link_signer, prepare_store, web_lifespan
     from abiquo_workflow.servers import serve_in_foreground
-    from abiquo_workflow.service import link_signer, prepare_store
     from abiquo_workflow.web.app import create_app
 
     ctx = _context(typer_ctx)
@@ -140,17 +140,20 @@ def serve(
     run(ctx, prepare_store(settings))
     server = settings.server
     serve_in_foreground(
-        create_app(settings, run_worker=worker), server.host, server.port, timeout_graceful_shutdown=10
+        create_app(settings, lifespan=web_lifespan(settings, start_worker=worker)),
+        server.host,
+        server.port,
+        timeout_graceful_shutdown=10,
     )
 
 
 @app.command(name="worker")
 def worker_command(typer_ctx: typer.Context) -> None:
     """Run only the job worker (for more workers beside `serve --no-worker`, on PostgreSQL)."""
-    from abiquo_workflow.service import run_worker
+    from abiquo_workflow.runtime import serve_jobs
 
     ctx = _context(typer_ctx)
-    run(ctx, run_worker(ctx.settings()))
+    run(ctx, serve_jobs(ctx.settings()))
 
 
 @app.command()
@@ -207,13 +210,13 @@ def simulate(
     mode: Annotated[str, typer.Option(help="API flavour: 3.x or 2.6")] = "3.x",
 ) -> None:
     """Run the Abiquo simulator: a stand-in Abiquo API with a seeded world and a control page."""
-    from abiquo_workflow.abiquo.simulator import run as run_simulator
+    from abiquo_workflow.simulation import serve_simulator
 
     if style not in ("json", "xml"):
         fail("--style must be json or xml", code=2)
     if mode not in ("3.x", "2.6"):
         fail("--mode must be 3.x or 2.6", code=2)
-    run_simulator(host, port, callback_url, style, mode)
+    serve_simulator(host, port, callback_url=callback_url, style=style, mode=mode)
 
 
 @app.command()
@@ -231,6 +234,20 @@ def demo(
     run_demo(data_dir, port)
 
 
+#: The argument of `tasks show` and `tasks retry`.
+TaskIdArgument = Annotated[str, typer.Argument(help="Abiquo task id")]
+
+
+def _answer(
+    typer_ctx: typer.Context, command: Callable[[Settings], Coroutine[Any, Any, str | list[str]]]
+) -> None:
+    """Run a `tasks` subcommand's coroutine with the settings and print what it answers, line by line."""
+    ctx = _context(typer_ctx)
+    answer = run(ctx, command(ctx.settings()))
+    for line in [answer] if isinstance(answer, str) else answer:
+        typer.echo(line)
+
+
 @tasks_app.command("list")
 def tasks_list(
     typer_ctx: typer.Context,
@@ -241,32 +258,25 @@ def tasks_list(
     """List tasks, newest first."""
     from abiquo_workflow.task_commands import list_tasks
 
-    ctx = _context(typer_ctx)
-    for line in run(ctx, list_tasks(ctx.settings(), decision=decision, delivery=delivery, limit=limit)):
-        typer.echo(line)
+    _answer(
+        typer_ctx, lambda settings: list_tasks(settings, decision=decision, delivery=delivery, limit=limit)
+    )
 
 
 @tasks_app.command("show")
-def tasks_show(
-    typer_ctx: typer.Context, task_id: Annotated[str, typer.Argument(help="Abiquo task id")]
-) -> None:
+def tasks_show(typer_ctx: typer.Context, task_id: TaskIdArgument) -> None:
     """Show one task, its decision, its delivery and its audit trail."""
     from abiquo_workflow.task_commands import show_task
 
-    ctx = _context(typer_ctx)
-    for line in run(ctx, show_task(ctx.settings(), task_id)):
-        typer.echo(line)
+    _answer(typer_ctx, lambda settings: show_task(settings, task_id))
 
 
 @tasks_app.command("retry")
-def tasks_retry(
-    typer_ctx: typer.Context, task_id: Annotated[str, typer.Argument(help="Abiquo task id")]
-) -> None:
+def tasks_retry(typer_ctx: typer.Context, task_id: TaskIdArgument) -> None:
     """Queue a failed delivery to Abiquo again."""
     from abiquo_workflow.task_commands import retry_task
 
-    ctx = _context(typer_ctx)
-    typer.echo(run(ctx, retry_task(ctx.settings(), task_id)))
+    _answer(typer_ctx, lambda settings: retry_task(settings, task_id))
 
 
 def main() -> None:

@@ -105,6 +105,9 @@ class DatabaseSettings(_Section):
         "sqlite:///./abiquo-workflow.db",
         description="sqlite:///path or postgresql://user@host/db",
     )
+    busy_timeout: float = Field(
+        5.0, gt=0, description="SQLite: seconds a write waits for another process's lock before failing"
+    )
 
     @field_validator("url")
     @classmethod

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import typer
 
-from abiquo_workflow.abiquo.simulator import Simulator, SimulatorServer
+from abiquo_simulator import Simulator
 from abiquo_workflow.config import Settings, build_settings
 from abiquo_workflow.mail.inbox import Inbox, inbox_app
+from abiquo_workflow.runtime import web_lifespan
 from abiquo_workflow.servers import BackgroundServer, serve_in_foreground
+from abiquo_workflow.simulation import SimulatorServer
 from abiquo_workflow.web.app import create_app
 
 HOST = "127.0.0.1"
@@ -96,5 +98,7 @@ def run_demo(data_dir: Path, port: int) -> None:
         SimulatorServer(simulator, HOST, port + 1),
     ):
         typer.echo(_banner(port))
-        serve_in_foreground(create_app(settings), HOST, port, timeout_graceful_shutdown=5)
+        serve_in_foreground(
+            create_app(settings, lifespan=web_lifespan(settings)), HOST, port, timeout_graceful_shutdown=5
+        )
     typer.echo("demo stopped")

@@ -9,10 +9,10 @@ from abiquo_workflow.approvals import NOTIFY_REQUESTER, SEND_APPROVAL, retry_del
 from abiquo_workflow.config import Settings
 from abiquo_workflow.domain import DecisionState, DeliveryState
 from abiquo_workflow.exceptions import AbiquoWorkflowError
-from abiquo_workflow.service import sqlite_file
+from abiquo_workflow.runtime import sqlite_file
 from abiquo_workflow.store import Store
-from abiquo_workflow.store.engine import display_url
 from abiquo_workflow.store.records import JobRecord, TaskRecord
+from abiquo_workflow.store.urls import display_url
 
 
 async def _open_store(settings: Settings) -> Store:
@@ -23,7 +23,7 @@ async def _open_store(settings: Settings) -> Store:
             f"there is no database at {display_url(url)} yet; `abiquo-workflow serve` creates it "
             "(or check database.url)"
         )
-    return await Store.open(url, migrate=False)
+    return await Store.open(url, migrate=False, busy_timeout=settings.database.busy_timeout)
 
 
 def _line(task: TaskRecord) -> str:

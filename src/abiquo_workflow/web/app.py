@@ -1,7 +1,9 @@
 """The ASGI application: routes, templates, static files, security headers and error pages.
 
-`create_app(settings)` does no I/O; the store, the Abiquo client, the mailer and the worker are opened
-by the app's lifespan (`service.running_service`) and closed when the server stops.
+`create_app(settings, lifespan=…)` does no I/O and builds nothing: the store, the Abiquo client, the
+mailer and the worker are opened by the lifespan it is handed (`runtime.web_lifespan` for `serve` and
+the demo, a test's own over a real store) and closed when the server stops. `settings` is what the app
+itself is built from: which proxies to believe and where people reach it.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from abiquo_workflow import __version__
 from abiquo_workflow.config import Settings
 from abiquo_workflow.exceptions import StoreError
-from abiquo_workflow.service import running_service
 from abiquo_workflow.web import callback, decisions, health
+from abiquo_workflow.web.state import Lifespan
 from abiquo_workflow.web.templating import error_page, page
 
 log = structlog.stdlib.get_logger(__name__)
@@ -125,20 +127,20 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return response
 
 
-def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
-    """The connector's web application. `run_worker=False` leaves jobs to a separate `worker` process."""
+def create_app(settings: Settings, *, lifespan: Lifespan) -> FastAPI:
+    """The connector's web application, serving the `Services` that `lifespan` opens (web/state.py)."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with running_service(settings, run_worker=run_worker) as service:
-            app.state.service = service
-            log.info("web.started", public_url=settings.server.base_url, database=repr(service.store))
+    async def open_services(app: FastAPI) -> AsyncIterator[None]:
+        async with lifespan() as services:
+            app.state.services = services
+            log.info("web.started", public_url=settings.server.base_url, database=repr(services.store))
             yield
 
     app = FastAPI(
         title="abiquo-workflow",
         version=__version__,
-        lifespan=lifespan,
+        lifespan=open_services,
         docs_url=None,
         redoc_url=None,
         openapi_url=None,

@@ -28,8 +28,8 @@ from abiquo_workflow.abiquo.payload import parse_callback
 from abiquo_workflow.config import ServerSettings
 from abiquo_workflow.domain import Callback
 from abiquo_workflow.exceptions import PayloadError, StoreError
-from abiquo_workflow.service import Service
 from abiquo_workflow.web.bodies import BodyTooLarge, read_limited
+from abiquo_workflow.web.state import services
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -123,7 +123,7 @@ def _source(request: Request) -> str | None:
 
 
 async def _receive(request: Request, path_token: str | None) -> JSONResponse:
-    service: Service = request.app.state.service
+    service = services(request)
     server = service.settings.server
     try:
         _check_source(request, server)

@@ -32,9 +32,9 @@ from abiquo_workflow.domain import Action, Channel, DecisionState, RequestDetail
 from abiquo_workflow.exceptions import AbiquoError, NotAnApprover, TokenError
 from abiquo_workflow.links import MULTIPLE_ACTIONS, Grant, parse_task_list
 from abiquo_workflow.mail import words
-from abiquo_workflow.service import Service
 from abiquo_workflow.store.records import TaskRecord
 from abiquo_workflow.web.bodies import BodyTooLarge, read_limited
+from abiquo_workflow.web.state import Services, services
 from abiquo_workflow.web.templating import error_page, page
 from abiquo_workflow.web.views import TaskRow, request_context, status_words
 
@@ -138,19 +138,14 @@ def _multiple(params: Mapping[str, str]) -> Asked:
     return Asked(action, tasks, params.get("token"), echoed)
 
 
-def _service(request: Request) -> Service:
-    service: Service = request.app.state.service
-    return service
-
-
-def _grant(service: Service, asked: Asked) -> Grant:
+def _grant(service: Services, asked: Asked) -> Grant:
     try:
         return service.signer.verify(asked.token, asked.task_ids, asked.action)
     except TokenError as exc:
         raise BadLink(403, "This link cannot be used", str(exc)) from None
 
 
-async def _details(service: Service, tasks: list[TaskRecord]) -> RequestDetails | None:
+async def _details(service: Services, tasks: list[TaskRecord]) -> RequestDetails | None:
     """Triage's snapshot of the request, or None when there is none or it cannot be read (one saved by
     another version, say): the page then shows less, but the approver can still decide."""
     request = await service.store.get_request(tasks[0].request_id)
@@ -177,7 +172,7 @@ def _already_message(tasks: list[TaskRecord]) -> str:
 
 
 async def _show(request: Request, asked: Asked) -> Response:
-    service = _service(request)
+    service = services(request)
     grant = _grant(service, asked)
     tasks = await service.store.get_tasks(asked.task_ids)
     if not tasks:
@@ -205,7 +200,7 @@ async def _show(request: Request, asked: Asked) -> Response:
     return page(request, "confirm.html", context)
 
 
-async def _check_approver(service: Service, asked: Asked, grant: Grant) -> None:
+async def _check_approver(service: Services, asked: Asked, grant: Grant) -> None:
     """The link's approver must still approve the request's enterprise in Abiquo (403 otherwise)."""
     try:
         await service.approvals.check_approver(asked.task_ids, grant.approver)
@@ -241,7 +236,7 @@ def _checked_reason(reason: str | None) -> str | None:
 
 
 async def _decide(request: Request, asked: Asked, reason: str | None) -> Response:
-    service = _service(request)
+    service = services(request)
     grant = _grant(service, asked)
     reason = _checked_reason(reason)
     await _check_approver(service, asked, grant)
@@ -301,12 +296,12 @@ def _check_same_origin(request: Request, public_url: str) -> None:
 async def _handle(request: Request, asked_from: Callable[[Mapping[str, str]], Asked]) -> Response:
     try:
         if request.method == "POST":
-            _check_same_origin(request, _service(request).settings.server.base_url)
+            _check_same_origin(request, services(request).settings.server.base_url)
         params = await _parameters(request)
         asked = asked_from(params)
         if request.method == "POST":
             return await _decide(request, asked, params.get("reason"))
-        if request.method == "GET" and _service(request).settings.links.one_click:
+        if request.method == "GET" and services(request).settings.links.one_click:
             return await _decide(request, asked, None)
         return await _show(request, asked)
     except BadLink as bad:

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from abiquo_workflow.exceptions import StoreError
-from abiquo_workflow.service import Service
+from abiquo_workflow.web.state import services
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -23,9 +23,8 @@ async def healthz() -> JSONResponse:
 
 @router.get("/readyz", name="readyz")
 async def readyz(request: Request) -> JSONResponse:
-    service: Service = request.app.state.service
     try:
-        await service.store.ping()
+        await services(request).store.ping()
     except StoreError as exc:
         # Where the database lives is for the log: this route is public (the index page links to it).
         log.error("web.not_ready", error=str(exc))

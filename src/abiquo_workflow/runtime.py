@@ -1,16 +1,19 @@
-"""Opens and closes what a running connector uses, in one place: the wiring of `serve` and `worker`.
+"""The composition root: opens and closes what a running connector uses (`serve`, `worker`, the demo).
 
-Nothing here is opened at import time. `running_service` opens the store (migrating SQLite first), the
+Nothing here is opened at import time. `open_runtime` opens the store (migrating SQLite first), the
 Abiquo client and the mailer, builds the use cases and, unless told otherwise, starts the worker in the
-same event loop; on exit the worker drains and everything closes in reverse order.
+same event loop; on exit the worker drains and everything closes in reverse order. The web app never
+builds any of this: `serve` hands `create_app` a lifespan that opens a `Runtime` (web/state.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +33,9 @@ log = structlog.stdlib.get_logger(__name__)
 
 
 @dataclass(frozen=True)
-class Service:
+class Runtime:
+    """Everything a running connector process holds open; also what the web app's routes use."""
+
     settings: Settings
     store: Store
     approvals: Approvals
@@ -87,21 +92,31 @@ def migrates_at_start(settings: Settings) -> bool:
     return settings.database.url.startswith("sqlite")
 
 
+async def open_store(settings: Settings) -> Store:
+    """The store `settings` describe, opened as a running connector opens it (migrating SQLite)."""
+    return await Store.open(
+        settings.database.url,
+        migrate=migrates_at_start(settings),
+        busy_timeout=settings.database.busy_timeout,
+    )
+
+
 async def prepare_store(settings: Settings) -> None:
-    """Open the database as `running_service` will (migrating SQLite) and close it again.
+    """Open the database as `open_runtime` will (migrating SQLite) and close it again.
 
     `serve` calls it before starting the web server, so that an unreachable or unmigrated database is
     one sentence on stderr rather than a traceback from the server's startup. Raises `StoreError`.
     """
-    store = await Store.open(settings.database.url, migrate=migrates_at_start(settings))
+    store = await open_store(settings)
     await store.close()
 
 
 @contextlib.asynccontextmanager
-async def running_service(settings: Settings, *, run_worker: bool = True) -> AsyncIterator[Service]:
-    """Everything a connector process needs, open; with the worker running unless `run_worker` is False."""
+async def open_runtime(settings: Settings, *, start_worker: bool = True) -> AsyncIterator[Runtime]:
+    """Everything a connector process needs, open; the worker running too unless `start_worker` is
+    False (`serve --no-worker`, where separate `worker` processes run the jobs)."""
     signer = link_signer(settings)
-    store = await Store.open(settings.database.url, migrate=migrates_at_start(settings))
+    store = await open_store(settings)
     try:
         async with AbiquoClient(settings.abiquo) as abiquo:
             approvals = Approvals(
@@ -113,11 +128,14 @@ async def running_service(settings: Settings, *, run_worker: bool = True) -> Asy
                 directory=ApproverDirectory(abiquo, settings.policy),
             )
             worker = Worker(
-                store, approvals.job_handlers(), settings=settings.worker, on_failed=approvals.job_failed
+                store.queue,
+                approvals.job_handlers(),
+                settings=settings.worker,
+                on_failed=approvals.job_failed,
             )
-            running = asyncio.create_task(worker.run(), name="worker") if run_worker else None
+            running = asyncio.create_task(worker.run(), name="worker") if start_worker else None
             try:
-                yield Service(settings, store, approvals, signer, worker)
+                yield Runtime(settings, store, approvals, signer, worker)
             finally:
                 if running is not None:
                     worker.stop()
@@ -126,12 +144,19 @@ async def running_service(settings: Settings, *, run_worker: bool = True) -> Asy
         await store.close()
 
 
-async def run_worker(settings: Settings) -> None:
+def web_lifespan(
+    settings: Settings, *, start_worker: bool = True
+) -> Callable[[], AbstractAsyncContextManager[Runtime]]:
+    """What `create_app` is handed by `serve` and the demo: opens a Runtime when the server starts."""
+    return functools.partial(open_runtime, settings, start_worker=start_worker)
+
+
+async def serve_jobs(settings: Settings) -> None:
     """The `worker` command: run jobs until SIGINT or SIGTERM, then let the running ones finish."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_service(settings, run_worker=True):
+    async with open_runtime(settings, start_worker=True):
         log.info("worker.ready", database=settings.database.url.split("@")[-1])
         await stop.wait()
