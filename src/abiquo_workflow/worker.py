@@ -1,7 +1,7 @@
 """Runs the queued jobs: triage, approval emails, deliveries to Abiquo, the requester's email.
 
-How it works. The worker claims due jobs (`Store.claim`, a lease of `worker.lease` seconds each) and runs
-up to `worker.concurrency` at once. A job that raises a temporary error (`exceptions.is_temporary`:
+How it works. The worker claims due jobs (`JobQueue.claim`, a lease of `worker.lease` seconds each) and
+runs up to `worker.concurrency` at once. A job that raises a temporary error (`exceptions.is_temporary`:
 Abiquo or the mail relay unreachable, the database locked) is retried after an exponential backoff with
 jitter, capped at `worker.retry_max_delay`; when its attempts (`worker.max_attempts`) run out it is
 buried (status `dead`) and `on_failed` records the failure where people look (the task shows delivery
@@ -37,7 +37,7 @@ import structlog
 
 from abiquo_workflow.config import WorkerSettings
 from abiquo_workflow.exceptions import AbiquoWorkflowError, is_temporary
-from abiquo_workflow.store import Store
+from abiquo_workflow.store import JobQueue
 from abiquo_workflow.store.records import JobRecord
 
 log = structlog.stdlib.get_logger(__name__)
@@ -85,6 +85,8 @@ class Worker:
 
     Parameters
     ----------
+    queue:
+        Where jobs are claimed and their outcomes recorded (`Store.queue`): all a worker needs of the store.
     handlers:
         The coroutine to run for each job kind. A job of another kind is buried at once.
     on_failed:
@@ -95,7 +97,7 @@ class Worker:
 
     def __init__(
         self,
-        store: Store,
+        queue: JobQueue,
         handlers: Mapping[str, Handler],
         *,
         settings: WorkerSettings,
@@ -103,7 +105,7 @@ class Worker:
         poll_interval: float = 1.0,
         worker_id: str | None = None,
     ) -> None:
-        self.store = store
+        self.queue = queue
         self.handlers = dict(handlers)
         self.settings = settings
         self.on_failed = on_failed
@@ -145,7 +147,7 @@ class Worker:
             await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
             return 1  # look again at once: a slot is free
         try:
-            jobs = await self.store.claim(self.worker_id, limit=free, lease=self.settings.lease)
+            jobs = await self.queue.claim(self.worker_id, limit=free, lease=self.settings.lease)
         except Exception as exc:  # the database may be briefly unreachable; keep going
             log.warning("worker.claim_failed", error=describe(exc))
             return 0
@@ -160,7 +162,7 @@ class Worker:
         if self._busy and not self._running:
             self._busy = False
             release_free_memory()
-        waiting = asyncio.ensure_future(self.store.wait_for_jobs(self.poll_interval))
+        waiting = asyncio.ensure_future(self.queue.wait_for_jobs(self.poll_interval))
         stopping = asyncio.ensure_future(self._stopping.wait())
         finished_job = [asyncio.ensure_future(asyncio.wait(self._running))] if self._running else []
         try:
@@ -189,7 +191,7 @@ class Worker:
             await self._failed(job, exc, bound)
         else:
             await self._stop_heartbeat(heartbeat)
-            await self.store.complete(job.id, self.worker_id)
+            await self.queue.complete(job.id, self.worker_id)
             bound.debug("job.done")
 
     @staticmethod
@@ -213,9 +215,9 @@ class Worker:
         delay = retry_delay(job.attempts, self.settings)
         bound.warning("job.retry", error=error, delay=round(delay, 2))
         run_after = datetime.now(UTC) + timedelta(seconds=delay)
-        if await self.store.retry(job.id, self.worker_id, error=error, run_after=run_after):
+        if await self.queue.retry(job.id, self.worker_id, error=error, run_after=run_after):
             # Look again when it is due, rather than at the next poll: a 50 ms backoff stays 50 ms.
-            asyncio.get_running_loop().call_later(delay, self.store.wakeup.set)
+            asyncio.get_running_loop().call_later(delay, self.queue.wake)
 
     async def _bury(
         self, job: JobRecord, error: str, bound: structlog.stdlib.BoundLogger, *, because: str
@@ -230,7 +232,7 @@ class Worker:
         bound.error("job.dead", error=error, because=because)
         if self.on_failed is not None:
             await self.on_failed(job, error)
-        await self.store.bury(job.id, self.worker_id, error=error)
+        await self.queue.bury(job.id, self.worker_id, error=error)
 
     async def _keep_lease(self, job: JobRecord) -> None:
         """Renew the lease while a long job runs, so no other worker takes it over."""
@@ -238,7 +240,7 @@ class Worker:
             while True:
                 await asyncio.sleep(self.settings.lease / 3)
                 try:
-                    held = await self.store.extend_lease(job.id, self.worker_id, self.settings.lease)
+                    held = await self.queue.extend_lease(job.id, self.worker_id, self.settings.lease)
                 except Exception as exc:  # the database may be briefly unreachable; try at the next beat
                     log.warning("worker.lease_not_renewed", job_id=job.id, error=describe(exc))
                     continue

@@ -8,7 +8,10 @@ psycopg (`postgres.py`, imported only for a PostgreSQL URL).
 
 from __future__ import annotations
 
+from abiquo_workflow.store.clock import Clock, utc_now
+from abiquo_workflow.store.job_queue import JobQueue
 from abiquo_workflow.store.queue import DEFAULT_MAX_ATTEMPTS
+from abiquo_workflow.store.reads import Reader
 from abiquo_workflow.store.records import (
     AuditRecord,
     JobRecord,
@@ -19,12 +22,13 @@ from abiquo_workflow.store.records import (
     TaskRecord,
 )
 from abiquo_workflow.store.schema import migrate
-from abiquo_workflow.store.store import Clock, Reader, Store, UnitOfWork, utc_now
+from abiquo_workflow.store.store import Store, UnitOfWork
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
     "AuditRecord",
     "Clock",
+    "JobQueue",
     "JobRecord",
     "JobStatus",
     "NotificationRecord",

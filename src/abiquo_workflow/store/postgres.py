@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from abiquo_workflow.exceptions import StoreError
 from abiquo_workflow.store.connection import Connection
-from abiquo_workflow.store.engine import libpq_conninfo, parse_url, translated_errors, unreachable
+from abiquo_workflow.store.errors import translated_errors, unreachable
 from abiquo_workflow.store.queue import JOBS_CHANNEL, Wakeup
+from abiquo_workflow.store.urls import libpq_conninfo, parse_url
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import Executable, and_, insert, or_, select, text, update
 
 from abiquo_workflow.store.connection import Connection, insert_on_conflict_for
-from abiquo_workflow.store.records import JobRecord, JobStatus
+from abiquo_workflow.store.records import JobRecord, JobStatus, from_row
 from abiquo_workflow.store.tables import jobs
 
 #: The PostgreSQL NOTIFY channel enqueues are announced on.
@@ -98,7 +98,7 @@ async def claim(
     lease: float,
     kinds: Sequence[str] | None,
 ) -> list[JobRecord]:
-    """Take up to `limit` due jobs for `worker_id`; see `Store.claim`."""
+    """Take up to `limit` due jobs for `worker_id`; see `JobQueue.claim`."""
     await _bury_abandoned(conn, now, kinds)
     due = or_(
         and_(jobs.c.status == JobStatus.QUEUED, jobs.c.run_after <= now),
@@ -124,7 +124,7 @@ async def claim(
         )
         .returning(*jobs.c)
     )
-    records = [JobRecord.from_row(row) for row in claimed.mappings()]
+    records = [from_row(JobRecord, row) for row in claimed.mappings()]
     return sorted(records, key=lambda job: (job.run_after, job.id))
 
 
@@ -166,51 +166,38 @@ async def _lock_ids(
 
 
 async def complete(conn: Connection, now: datetime, job_id: int, worker_id: str) -> bool:
-    return await _finish_run(
-        conn, job_id, worker_id, status=JobStatus.DONE, locked_until=None, finished_at=now, updated_at=now
-    )
+    return await _end_run(conn, now, job_id, worker_id, JobStatus.DONE, finished_at=now)
 
 
 async def retry(
     conn: Connection, now: datetime, job_id: int, worker_id: str, *, error: str, run_after: datetime
 ) -> bool:
-    return await _finish_run(
-        conn,
-        job_id,
-        worker_id,
-        status=JobStatus.QUEUED,
-        run_after=run_after,
-        last_error=error,
-        locked_until=None,
-        updated_at=now,
+    return await _end_run(
+        conn, now, job_id, worker_id, JobStatus.QUEUED, run_after=run_after, last_error=error
     )
 
 
 async def bury(conn: Connection, now: datetime, job_id: int, worker_id: str, *, error: str) -> bool:
-    return await _finish_run(
-        conn,
-        job_id,
-        worker_id,
-        status=JobStatus.DEAD,
-        last_error=error,
-        locked_until=None,
-        finished_at=now,
-        updated_at=now,
-    )
+    return await _end_run(conn, now, job_id, worker_id, JobStatus.DEAD, last_error=error, finished_at=now)
 
 
 async def extend_lease(conn: Connection, now: datetime, job_id: int, worker_id: str, lease: float) -> bool:
-    return await _finish_run(
-        conn, job_id, worker_id, locked_until=now + timedelta(seconds=lease), updated_at=now
-    )
+    return await _change_run(conn, now, job_id, worker_id, locked_until=now + timedelta(seconds=lease))
 
 
-async def _finish_run(conn: Connection, job_id: int, worker_id: str, **values: Any) -> bool:
+async def _end_run(
+    conn: Connection, now: datetime, job_id: int, worker_id: str, status: JobStatus, **values: Any
+) -> bool:
+    """End a run: the job leaves `running` for `status` and its lease is given up."""
+    return await _change_run(conn, now, job_id, worker_id, status=status, locked_until=None, **values)
+
+
+async def _change_run(conn: Connection, now: datetime, job_id: int, worker_id: str, **values: Any) -> bool:
     """Change a running job, but only for the worker that holds it."""
     changed = await conn.execute(
         update(jobs)
         .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING, jobs.c.locked_by == worker_id)
-        .values(**values)
+        .values(updated_at=now, **values)
         .returning(jobs.c.id)
     )
     return changed.scalar_one_or_none() is not None

@@ -1,17 +1,25 @@
 """What the store hands back: frozen snapshots of rows, never live ORM objects or driver rows.
 
-Every datetime is timezone-aware UTC. JSON columns come back as plain dicts and lists.
+Every datetime is timezone-aware UTC. JSON columns come back as plain dicts and lists, except where a
+field says tuple. A record's fields are its table's columns, by name: `from_row` builds any record from
+a row by reading the fields' types, so adding a column to a record means adding the field, nothing more.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from dataclasses import dataclass
+import functools
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from abiquo_workflow.domain import Channel, DecidedBy, DecisionState, DeliveryState, PayloadFormat
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 class JobStatus(enum.StrEnum):
@@ -27,10 +35,6 @@ class NotificationStatus(enum.StrEnum):
     QUEUED = "queued"
     SENT = "sent"
     FAILED = "failed"
-
-
-def _optional(enum_type: type[enum.StrEnum], value: str | None) -> Any:
-    return None if value is None else enum_type(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,25 +57,6 @@ class RequestRecord:
     approvers: tuple[str, ...] | None
     triaged_at: datetime | None
     triage_error: str | None
-
-    @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> RequestRecord:
-        approvers = row["approvers"]
-        return cls(
-            id=row["id"],
-            received_at=row["received_at"],
-            format=PayloadFormat(row["format"]),
-            single_root=bool(row["single_root"]),
-            content_type=row["content_type"],
-            source=row["source"],
-            body=row["body"],
-            requester_id=row["requester_id"],
-            requester_href=row["requester_href"],
-            details=row["details"],
-            approvers=None if approvers is None else tuple(approvers),
-            triaged_at=row["triaged_at"],
-            triage_error=row["triage_error"],
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,37 +97,6 @@ class TaskRecord:
     #: When triage confirmed the task with Abiquo (its hrefs, type and requester are Abiquo's since).
     verified_at: datetime | None
 
-    @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> TaskRecord:
-        return cls(
-            task_id=row["task_id"],
-            request_id=row["request_id"],
-            position=row["position"],
-            task_type=row["task_type"],
-            user_id=row["user_id"],
-            owner_id=row["owner_id"],
-            state=row["state"],
-            target_href=row["target_href"],
-            user_href=row["user_href"],
-            self_href=row["self_href"],
-            continue_href=row["continue_href"],
-            cancel_href=row["cancel_href"],
-            vm_name=row["vm_name"],
-            created_at=row["created_at"],
-            decision=DecisionState(row["decision"]),
-            decided_by=_optional(DecidedBy, row["decided_by"]),
-            actor=row["actor"],
-            decided_at=row["decided_at"],
-            reason=row["reason"],
-            channel=_optional(Channel, row["channel"]),
-            delivery=_optional(DeliveryState, row["delivery"]),
-            delivery_detail=row["delivery_detail"],
-            delivery_attempts=row["delivery_attempts"],
-            delivered_at=row["delivered_at"],
-            abiquo_state=row["abiquo_state"],
-            verified_at=row["verified_at"],
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class NotificationRecord:
@@ -160,22 +114,6 @@ class NotificationRecord:
     created_at: datetime
     sent_at: datetime | None
 
-    @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> NotificationRecord:
-        task_ids = row["task_ids"]
-        return cls(
-            id=row["id"],
-            request_id=row["request_id"],
-            task_ids=None if task_ids is None else tuple(task_ids),
-            kind=row["kind"],
-            recipient=row["recipient"],
-            status=NotificationStatus(row["status"]),
-            attempts=row["attempts"],
-            last_error=row["last_error"],
-            created_at=row["created_at"],
-            sent_at=row["sent_at"],
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
@@ -191,19 +129,6 @@ class AuditRecord:
     channel: Channel | None
     #: Why, or what exactly.
     detail: str | None
-
-    @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> AuditRecord:
-        return cls(
-            id=row["id"],
-            at=row["at"],
-            request_id=row["request_id"],
-            task_id=row["task_id"],
-            actor=row["actor"],
-            action=row["action"],
-            channel=_optional(Channel, row["channel"]),
-            detail=row["detail"],
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,21 +159,47 @@ class JobRecord:
         """True when this was the last allowed attempt: on failure, bury the job rather than retry it."""
         return self.attempts >= self.max_attempts
 
-    @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> JobRecord:
-        return cls(
-            id=row["id"],
-            kind=row["kind"],
-            payload=row["payload"],
-            status=JobStatus(row["status"]),
-            attempts=row["attempts"],
-            max_attempts=row["max_attempts"],
-            run_after=row["run_after"],
-            locked_by=row["locked_by"],
-            locked_until=row["locked_until"],
-            last_error=row["last_error"],
-            dedupe_key=row["dedupe_key"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            finished_at=row["finished_at"],
-        )
+
+_Record = TypeVar("_Record", bound="DataclassInstance")
+
+#: Turns a column's value into the field's; None where the driver's value already is the field's.
+_Convert = Callable[[Any], Any]
+
+
+def from_row(record_type: type[_Record], row: Mapping[Any, Any]) -> _Record:
+    """The record of `record_type` holding a row of its table (each field read from the column of its name).
+
+    Values become the field's type where the database cannot hold it: enums from their text (None
+    staying None where the field allows it), tuples from JSON lists.
+    """
+    return record_type(
+        **{
+            name: row[name] if convert is None else convert(row[name])
+            for name, convert in _conversions(record_type)
+        }
+    )
+
+
+@functools.cache
+def _conversions(record_type: type[DataclassInstance]) -> tuple[tuple[str, _Convert | None], ...]:
+    """Each field's name and conversion, worked out once per record type (rows are read on hot paths)."""
+    hints = typing.get_type_hints(record_type)
+    return tuple((field.name, _conversion(hints[field.name])) for field in fields(record_type))
+
+
+def _conversion(hint: Any) -> _Convert | None:
+    """How a column's value becomes a field of type `hint`: None when it needs nothing."""
+    origin = typing.get_origin(hint)
+    if origin is types.UnionType:  # `T | None`: the one union a field may be
+        (present,) = (arg for arg in typing.get_args(hint) if arg is not types.NoneType)
+        convert = _conversion(present)
+        return None if convert is None else functools.partial(_unless_none, convert)
+    if origin is tuple:
+        return tuple
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint
+    return None
+
+
+def _unless_none(convert: _Convert, value: Any) -> Any:
+    return None if value is None else convert(value)

@@ -23,10 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, String, column, table
+from sqlalchemy import Connection, Engine, String, column, create_engine, table
+from sqlalchemy.pool import NullPool
 
 from abiquo_workflow.exceptions import StoreError
-from abiquo_workflow.store.engine import create_sync_engine, schema_too_new, translated_errors
+from abiquo_workflow.store.errors import schema_too_new, translated_errors
+from abiquo_workflow.store.sqlite import configure_sqlite
+from abiquo_workflow.store.urls import parse_url
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -38,6 +41,20 @@ HEAD_REVISION = "0002"
 
 #: Alembic's record of the revision a database is at (one row; Alembic creates and owns the table).
 alembic_version = table("alembic_version", column("version_num", String))
+
+
+def create_sync_engine(url: str) -> Engine:
+    """The engine migrations run on: sqlite3 or psycopg (sync), without pooling.
+
+    Foreign keys stay off on SQLite here: Alembic's batch mode rebuilds tables by copy, drop and rename,
+    which enforced foreign keys would refuse (SQLite ignores the pragma inside a transaction anyway).
+    """
+    parsed = parse_url(url)
+    if parsed.drivername == "sqlite":
+        engine = create_engine(parsed.set(drivername="sqlite+pysqlite"), poolclass=NullPool)
+        configure_sqlite(engine, foreign_keys=False)
+        return engine
+    return create_engine(parsed.set(drivername="postgresql+psycopg"), poolclass=NullPool)
 
 
 @contextlib.contextmanager

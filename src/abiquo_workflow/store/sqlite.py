@@ -1,4 +1,5 @@
-"""SQLite, run on the event loop's own thread: one writer connection and one reader connection.
+"""SQLite, run on the event loop's own thread: one writer connection and one reader connection; and the
+set-up every SQLite connection gets, the migrations' own included.
 
 Why on the loop's thread. A statement here takes microseconds to a millisecond. Handing each one to a
 thread (as aiosqlite did) cost more than the statement itself, and a write transaction paid that once
@@ -15,7 +16,7 @@ What that asks of this module and of its callers:
   asyncio, on a `Mutex`. A write transaction begins with `BEGIN IMMEDIATE`, which takes the write lock
   at once or fails at once (SQLITE_BUSY) when another process holds it: the `tasks retry` command, or a
   second Store on the same file. Then we `asyncio.sleep` a growing delay and try again, for
-  `SQLITE_BUSY_TIMEOUT_MS` in all, while the loop serves everything else.
+  the busy timeout (`database.busy_timeout`) in all, while the loop serves everything else.
 - Once `BEGIN IMMEDIATE` succeeded, nothing later in the transaction waits for a lock: under WAL a
   writer only appends to the WAL file, so neither its statements nor its COMMIT need another lock (a
   rollback journal would make COMMIT wait for readers; we refuse to run on one). A COMMIT can still
@@ -33,6 +34,12 @@ What that asks of this module and of its callers:
   everything else go on.
 - sqlite3 connections belong to the thread that made them (`check_same_thread` stays on): a Store lives
   on the loop that opened it. Used from another thread, it raises RuntimeError before touching SQLite.
+
+Every SQLite connection, the migrations' too (`configure_sqlite`), begins its transactions itself
+(docs/design.md, "Known traps"): the sqlite3 module's own transaction handling starts a transaction lazily,
+at the first write, which lets two writers read the same row and lose an update. So it is switched off
+(`isolation_level = None`) and every write transaction begins with `BEGIN IMMEDIATE`, which takes the
+write lock up front; reads begin a deferred transaction and, under WAL, never wait for writers.
 """
 
 from __future__ import annotations
@@ -46,20 +53,18 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection as SyncConnection
-from sqlalchemy import Dialect, Engine, Executable, Result, create_engine, exc
+from sqlalchemy import Dialect, Engine, Executable, Result, create_engine, event, exc
 from sqlalchemy.pool import NullPool
 
 from abiquo_workflow.exceptions import StoreError
 from abiquo_workflow.store.connection import Connection
-from abiquo_workflow.store.engine import (
-    SQLITE_BUSY_TIMEOUT_MS,
-    apply_sqlite_pragmas,
-    display_url,
+from abiquo_workflow.store.errors import (
+    DEFAULT_BUSY_TIMEOUT,
     is_sqlite_busy,
-    parse_url,
     stayed_locked,
     translated_errors,
 )
+from abiquo_workflow.store.urls import display_url, parse_url
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +99,18 @@ class LoopConnection:
 class SQLiteDatabase:
     """The writer and the reader connection to one SQLite file, used as the module docstring says."""
 
-    def __init__(self, url: str, engine: Engine, *, writer: SyncConnection, reader: SyncConnection) -> None:
+    def __init__(
+        self,
+        url: str,
+        engine: Engine,
+        *,
+        writer: SyncConnection,
+        reader: SyncConnection,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> None:
         """Use `SQLiteDatabase.open`."""
         self._url = url
+        self._busy_timeout = busy_timeout
         self._engine = engine
         self._writer = writer
         self._reader = reader
@@ -110,12 +124,12 @@ class SQLiteDatabase:
         self._closed = False
 
     @classmethod
-    async def open(cls, url: str) -> SQLiteDatabase:
+    async def open(cls, url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> SQLiteDatabase:
         """Open both connections (creating the file if need be). Raises StoreError."""
         path = parse_url(url).database
         assert path is not None  # parse_url refuses SQLite URLs without a file
         engine = create_engine("sqlite+pysqlite://", creator=lambda: _connect(url, path), poolclass=NullPool)
-        deadline = _deadline()
+        deadline = _deadline(busy_timeout)
         connections: list[SyncConnection] = []
         try:
             with translated_errors(url, connecting=True):
@@ -127,7 +141,7 @@ class SQLiteDatabase:
             engine.dispose()
             raise
         writer, reader = connections
-        return cls(url, engine, writer=writer, reader=reader)
+        return cls(url, engine, writer=writer, reader=reader, busy_timeout=busy_timeout)
 
     @property
     def dialect(self) -> str:
@@ -137,7 +151,7 @@ class SQLiteDatabase:
     async def transaction(self, *, read_only: bool) -> AsyncIterator[Connection]:
         """A transaction on the reader (deferred) or the writer (`BEGIN IMMEDIATE`); see the module docstring.
 
-        Raises StoreError when the lock stays taken for `SQLITE_BUSY_TIMEOUT_MS`, and RuntimeError
+        Raises StoreError when the lock stays taken for the busy timeout, and RuntimeError
         when called from another thread or, for a write, from inside this task's own write transaction.
         """
         self._check_thread()
@@ -151,7 +165,7 @@ class SQLiteDatabase:
                     "UnitOfWork of the open one"
                 )
             connection, lock, begin = self._writer, self._write_lock, _begin_write
-        deadline = _deadline()
+        deadline = _deadline(self._busy_timeout)
         await self._acquire(lock, deadline)
         try:
             if not read_only:
@@ -195,7 +209,7 @@ class SQLiteDatabase:
         if not await lock.acquire(deadline):
             raise StoreError(
                 f"the database at {display_url(self._url)} stayed busy with this process's other "
-                f"transactions for more than {SQLITE_BUSY_TIMEOUT_MS // 1000} s: is one of them waiting "
+                f"transactions for more than {self._busy_timeout:g} s: is one of them waiting "
                 "on something slow?"
             )
 
@@ -251,6 +265,42 @@ class Mutex:
 
     def release(self) -> None:
         self._free.set()
+
+
+def configure_sqlite(engine: Engine, *, foreign_keys: bool) -> None:
+    """Install SQLAlchemy's documented recipe for real SQLite transactions, plus our pragmas.
+
+    For the migrations' engine, used from a thread: a writer waits in SQLite's busy handler for up to
+    `DEFAULT_BUSY_TIMEOUT`. The store's own connections do not use this (see `_connect`).
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+        apply_sqlite_pragmas(
+            dbapi_connection, foreign_keys=foreign_keys, busy_timeout_ms=int(DEFAULT_BUSY_TIMEOUT * 1000)
+        )
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: SyncConnection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def apply_sqlite_pragmas(dbapi_connection: Any, *, foreign_keys: bool, busy_timeout_ms: int) -> str:
+    """Set up a fresh sqlite3 connection as this module's docstring says; return the journal mode in force.
+
+    The journal mode is asked for, not assumed: SQLite keeps the old one when it cannot switch to WAL.
+    """
+    # Stop the driver from issuing BEGIN itself (it would do so late, at the first write).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        journal_mode = str(cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0]).lower()
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # safe under WAL; FULL only adds fsyncs
+    finally:
+        cursor.close()
+    return journal_mode
 
 
 def _connect(url: str, path: str) -> sqlite3.Connection:
@@ -330,8 +380,8 @@ async def _retry_while_busy(url: str, attempt: Callable[[], _T], deadline: float
             delay = min(delay * 2, LONGEST_RETRY_DELAY)
 
 
-def _deadline() -> float:
-    return asyncio.get_running_loop().time() + SQLITE_BUSY_TIMEOUT_MS / 1000
+def _deadline(busy_timeout: float) -> float:
+    return asyncio.get_running_loop().time() + busy_timeout
 
 
 def _checkpoint_wal(path: str) -> None:

@@ -2,14 +2,16 @@
 
 The approvals layer composes a use case from the fine-grained operations of a `UnitOfWork`, which all
 run in one database transaction: a state change and the job that acts on it commit together or not at
-all (the outbox, DESIGN.md "State of a task"). Each transition is one conditional statement
+all (the outbox, docs/design.md "State of a task"). Each transition is one conditional statement
 (`UPDATE … WHERE decision = 'pending' … RETURNING`), so a click, callback or job that arrives twice
 changes nothing the second time, and the caller learns that from the rows returned.
 
 Driver errors never leave the store: they become `StoreError`, with a sentence and the cause chained.
 
-The connections come from `sqlite.py` (sqlite3 on the event loop's thread: read its docstring before
-adding a statement, which must stay cheap) or `postgres.py` (psycopg, async; imported only for it).
+The reads are written once, in `reads.py`, for the Store and the UnitOfWork alike; the worker's side of
+the queue is `job_queue.py`. The connections come from `sqlite.py` (sqlite3 on the event loop's thread:
+read its docstring before adding a statement, which must stay cheap) or `postgres.py` (psycopg, async;
+imported only for it).
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import Executable, Result, bindparam, insert, select, text, update
+from sqlalchemy import Executable, Result, RowMapping, bindparam, insert, select, text, update
 
 from abiquo_workflow.domain import (
     Callback,
@@ -34,34 +36,27 @@ from abiquo_workflow.domain import (
 )
 from abiquo_workflow.exceptions import StoreError
 from abiquo_workflow.store import queue, schema
+from abiquo_workflow.store.clock import Clock, utc_now
 from abiquo_workflow.store.connection import Connection, Database, insert_on_conflict
-from abiquo_workflow.store.engine import (
-    display_url,
+from abiquo_workflow.store.errors import (
+    DEFAULT_BUSY_TIMEOUT,
     is_schema_missing,
-    parse_url,
     schema_too_new,
     schema_too_old,
     translated_errors,
 )
+from abiquo_workflow.store.job_queue import JobQueue
+from abiquo_workflow.store.reads import Reader
 from abiquo_workflow.store.records import (
-    AuditRecord,
-    JobRecord,
-    JobStatus,
     NotificationRecord,
     NotificationStatus,
     RequestRecord,
     TaskRecord,
+    from_row,
 )
 from abiquo_workflow.store.sqlite import SQLiteDatabase
-from abiquo_workflow.store.tables import audit, jobs, notifications, requests, tasks
-
-#: Returns the current time, timezone-aware. Tests pass their own to move time without sleeping.
-Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
+from abiquo_workflow.store.tables import audit, notifications, requests, tasks
+from abiquo_workflow.store.urls import display_url, parse_url
 
 # Statements on the callback's path, built once and run with parameters: building an INSERT with
 # `.values(...)` each time coerced every value and keyed the compiled-statement cache on them, which
@@ -86,107 +81,27 @@ _CONFIRMED_COLUMNS = (
 )
 
 
-class Reader:
-    """Reads over one connection: the store's reads outside a transaction, and a UnitOfWork's inside one."""
-
-    def __init__(self, conn: Connection, *, url: str, clock: Clock) -> None:
-        self._conn = conn
-        self._url = url
-        self._clock = clock
-
-    async def _execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
-        with translated_errors(self._url):
-            return await self._conn.execute(statement, parameters)
-
-    async def get_request(self, request_id: str) -> RequestRecord | None:
-        result = await self._execute(select(requests).where(requests.c.id == request_id))
-        row = result.mappings().one_or_none()
-        return None if row is None else RequestRecord.from_row(row)
-
-    async def get_task(self, task_id: str) -> TaskRecord | None:
-        found = await self.get_tasks([task_id])
-        return found[0] if found else None
-
-    async def get_tasks(self, task_ids: Iterable[str]) -> list[TaskRecord]:
-        """The known tasks among `task_ids`, in the order asked; unknown ids are left out."""
-        wanted = list(dict.fromkeys(task_ids))
-        if not wanted:
-            return []
-        result = await self._execute(select(tasks).where(tasks.c.task_id.in_(wanted)))
-        found = {row["task_id"]: TaskRecord.from_row(row) for row in result.mappings()}
-        return [found[task_id] for task_id in wanted if task_id in found]
-
-    async def tasks_of_request(self, request_id: str) -> list[TaskRecord]:
-        """A request's tasks in the order Abiquo sent them."""
-        result = await self._execute(
-            select(tasks).where(tasks.c.request_id == request_id).order_by(tasks.c.position)
-        )
-        return [TaskRecord.from_row(row) for row in result.mappings()]
-
-    async def list_tasks(
-        self,
-        *,
-        decision: DecisionState | None = None,
-        delivery: DeliveryState | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[TaskRecord]:
-        """Tasks, newest first, optionally only those in one decision and/or delivery state."""
-        query = select(tasks)
-        if decision is not None:
-            query = query.where(tasks.c.decision == decision)
-        if delivery is not None:
-            query = query.where(tasks.c.delivery == delivery)
-        query = query.order_by(tasks.c.created_at.desc(), tasks.c.request_id, tasks.c.position)
-        result = await self._execute(query.limit(limit).offset(offset))
-        return [TaskRecord.from_row(row) for row in result.mappings()]
-
-    async def get_job(self, job_id: int) -> JobRecord | None:
-        result = await self._execute(select(jobs).where(jobs.c.id == job_id))
-        row = result.mappings().one_or_none()
-        return None if row is None else JobRecord.from_row(row)
-
-    async def list_jobs(
-        self, *, status: JobStatus | None = None, limit: int = 100, offset: int = 0
-    ) -> list[JobRecord]:
-        """Jobs in the order they were enqueued, optionally only those in one status."""
-        query = select(jobs)
-        if status is not None:
-            query = query.where(jobs.c.status == status)
-        result = await self._execute(query.order_by(jobs.c.id).limit(limit).offset(offset))
-        return [JobRecord.from_row(row) for row in result.mappings()]
-
-    async def audit_log(
-        self, *, task_id: str | None = None, request_id: str | None = None
-    ) -> list[AuditRecord]:
-        """Audit lines in the order they were written, about one task and/or one request if given."""
-        query = select(audit)
-        if task_id is not None:
-            query = query.where(audit.c.task_id == task_id)
-        if request_id is not None:
-            query = query.where(audit.c.request_id == request_id)
-        result = await self._execute(query.order_by(audit.c.id))
-        return [AuditRecord.from_row(row) for row in result.mappings()]
-
-    async def notifications(self, request_id: str) -> list[NotificationRecord]:
-        """A request's notifications in the order they were added."""
-        result = await self._execute(
-            select(notifications).where(notifications.c.request_id == request_id).order_by(notifications.c.id)
-        )
-        return [NotificationRecord.from_row(row) for row in result.mappings()]
-
-
 class UnitOfWork(Reader):
     """The operations of one database transaction; obtained from `Store.transaction()`, valid inside it.
 
     Nothing is visible to others until the `async with` block ends without an exception; then all of
     it commits at once. If the block raises, everything written in it is rolled back, jobs included.
+    Its reads (`Reader`) run inside the transaction and see what it wrote so far.
     """
 
     def __init__(self, conn: Connection, *, url: str, clock: Clock) -> None:
-        super().__init__(conn, url=url, clock=clock)
+        self._conn = conn
+        self._url = url
+        self._clock = clock
         #: True once a job was enqueued or requeued: the store wakes workers after the COMMIT.
         self.enqueued = False
+
+    async def _execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
+        with translated_errors(self._url):
+            return await self._conn.execute(statement, parameters)
+
+    async def _fetch(self, query: Executable) -> Sequence[RowMapping]:
+        return (await self._execute(query)).mappings().all()
 
     async def insert_request(
         self, callback: Callback, *, body: str, content_type: str | None, source: str | None
@@ -282,25 +197,15 @@ class UnitOfWork(Reader):
         """
         if state not in (DecisionState.ACCEPTED, DecisionState.DECLINED):
             raise ValueError(f"decide() needs a decision: accepted or declined, not {state}")
-        wanted = list(dict.fromkeys(task_ids))
-        if not wanted:
-            return []
-        result = await self._execute(
-            update(tasks)
-            .where(tasks.c.task_id.in_(wanted), tasks.c.decision == DecisionState.PENDING)
-            .values(
-                decision=state,
-                decided_by=decided_by,
-                actor=actor,
-                decided_at=self._clock(),
-                reason=reason,
-                channel=channel,
-                delivery=delivery,
-            )
-            .returning(*tasks.c)
+        return await self._settle_pending(
+            task_ids,
+            decision=state,
+            decided_by=decided_by,
+            actor=actor,
+            reason=reason,
+            channel=channel,
+            delivery=delivery,
         )
-        changed = {row["task_id"]: TaskRecord.from_row(row) for row in result.mappings()}
-        return [changed[task_id] for task_id in wanted if task_id in changed]
 
     async def confirm_tasks(self, confirmed: Sequence[HeldTask]) -> list[TaskRecord]:
         """Replace what the callback said of pending tasks with Abiquo's own view of them (`confirmed`,
@@ -328,23 +233,28 @@ class UnitOfWork(Reader):
     async def reject(self, task_ids: Sequence[str], reason: str) -> list[TaskRecord]:
         """Mark pending tasks rejected (Abiquo does not hold them as described), all for one reason;
         return those this call changed. A rejected task has no delivery: nothing is sent to Abiquo."""
+        return await self._settle_pending(
+            task_ids,
+            decision=DecisionState.REJECTED,
+            decided_by=DecidedBy.VERIFICATION,
+            actor="abiquo-workflow",
+            reason=reason,
+            channel=Channel.SYSTEM,
+        )
+
+    async def _settle_pending(self, task_ids: Iterable[str], **outcome: Any) -> list[TaskRecord]:
+        """Set `outcome` (decision columns) on the tasks among `task_ids` still pending, decided now; return
+        those this call changed, in the order given. `decide` and `reject` differ only in the outcome."""
         wanted = list(dict.fromkeys(task_ids))
         if not wanted:
             return []
         result = await self._execute(
             update(tasks)
             .where(tasks.c.task_id.in_(wanted), tasks.c.decision == DecisionState.PENDING)
-            .values(
-                decision=DecisionState.REJECTED,
-                decided_by=DecidedBy.VERIFICATION,
-                actor="abiquo-workflow",
-                decided_at=self._clock(),
-                reason=reason,
-                channel=Channel.SYSTEM,
-            )
+            .values(decided_at=self._clock(), **outcome)
             .returning(*tasks.c)
         )
-        changed = {row["task_id"]: TaskRecord.from_row(row) for row in result.mappings()}
+        changed = {row["task_id"]: from_row(TaskRecord, row) for row in result.mappings()}
         return [changed[task_id] for task_id in wanted if task_id in changed]
 
     async def set_delivery(
@@ -377,7 +287,7 @@ class UnitOfWork(Reader):
             values["delivered_at"] = self._clock()
         result = await self._execute(update(tasks).where(*conditions).values(values).returning(*tasks.c))
         row = result.mappings().one_or_none()
-        return None if row is None else TaskRecord.from_row(row)
+        return None if row is None else from_row(TaskRecord, row)
 
     async def save_triage(
         self,
@@ -414,7 +324,7 @@ class UnitOfWork(Reader):
                 .values(vm_name=bindparam("vm_name")),
                 [{"named_task": task_id, "vm_name": name} for task_id, name in vm_names.items()],
             )
-        return RequestRecord.from_row(row)
+        return from_row(RequestRecord, row)
 
     async def enqueue(
         self,
@@ -543,14 +453,16 @@ class UnitOfWork(Reader):
             .returning(*notifications.c)
         )
         row = result.mappings().one_or_none()
-        return None if row is None else NotificationRecord.from_row(row)
+        return None if row is None else from_row(NotificationRecord, row)
 
 
-class Store:
+class Store(Reader):
     """The connector's state, on SQLite (one instance) or PostgreSQL (several).
 
     Open it with `await Store.open(url)` (or `async with await Store.open(url) as store:`) and close it
-    with `await store.close()`. Every method is a coroutine and returns frozen records.
+    with `await store.close()`. Every method is a coroutine and returns frozen records. The reads
+    (`Reader`) each run in a short read transaction of their own; writes go through `transaction()`;
+    workers take `queue`.
     """
 
     def __init__(self, database: Database, *, url: str, clock: Clock, wakeup: queue.Wakeup) -> None:
@@ -558,11 +470,19 @@ class Store:
         self._database = database
         self._url = url
         self._clock = clock
-        #: Set after the COMMIT of any transaction that enqueued a job (and, on PostgreSQL, on NOTIFY).
-        self.wakeup = wakeup
+        #: The workers' side of the queue; woken after the COMMIT of any transaction that enqueued a job
+        #: (and, on PostgreSQL, on NOTIFY).
+        self.queue = JobQueue(database, clock=clock, wakeup=wakeup)
 
     @classmethod
-    async def open(cls, url: str, *, migrate: bool = True, clock: Clock = utc_now) -> Store:
+    async def open(
+        cls,
+        url: str,
+        *,
+        migrate: bool = True,
+        clock: Clock = utc_now,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+    ) -> Store:
         """Connect to the database at `url` (`sqlite:///path` or `postgresql://…`).
 
         Parameters
@@ -573,6 +493,9 @@ class Store:
             migrate` once per release.
         clock:
             Where "now" comes from; tests pass a clock they can move.
+        busy_timeout:
+            SQLite only: seconds a transaction waits for another process's lock before it fails
+            (`database.busy_timeout`).
 
         On SQLite the Store belongs to the event loop (and thread) that opened it: see `sqlite.py`.
         Raises StoreError when the database is unreachable or its schema is not this version's.
@@ -580,7 +503,7 @@ class Store:
         wakeup = queue.Wakeup()
         database: Database
         if parse_url(url).drivername == "sqlite":
-            database = await SQLiteDatabase.open(url)
+            database = await SQLiteDatabase.open(url, busy_timeout=busy_timeout)
         else:
             from abiquo_workflow.store.postgres import PostgresDatabase  # psycopg: PostgreSQL only
 
@@ -621,7 +544,7 @@ class Store:
         after the COMMIT when the block enqueued a job, never before and never after a rollback.
 
         Keep the block short and free of network I/O (Abiquo, SMTP): on SQLite it holds the one write
-        lock, and this process's other writers queue behind it (giving up after `SQLITE_BUSY_TIMEOUT_MS`).
+        lock, and this process's other writers queue behind it (giving up after the busy timeout).
         For the same reason never open a second transaction inside the block (on SQLite that raises
         RuntimeError); the store's reads outside it are fine, and see the state before the block.
         """
@@ -629,12 +552,11 @@ class Store:
             work = UnitOfWork(conn, url=self._url, clock=self._clock)
             yield work
         if work.enqueued:
-            self.wakeup.set()
+            self.queue.wake()
 
-    @contextlib.asynccontextmanager
-    async def _reading(self) -> AsyncIterator[Reader]:
+    async def _fetch(self, query: Executable) -> Sequence[RowMapping]:
         async with self._database.transaction(read_only=True) as conn:
-            yield Reader(conn, url=self._url, clock=self._clock)
+            return (await conn.execute(query)).mappings().all()
 
     async def _ensure_schema(self, *, migrate: bool) -> None:
         """Check the database is at `schema.HEAD_REVISION`, migrating it first if allowed and needed.
@@ -666,106 +588,4 @@ class Store:
 
     async def ping(self) -> None:
         """Raise StoreError unless the database answers a trivial query (for readiness checks)."""
-        async with self._reading() as reader:
-            await reader._execute(text("SELECT 1"))
-
-    # --- Reads, each in its own short read transaction -------------------------------------------------
-
-    async def get_request(self, request_id: str) -> RequestRecord | None:
-        async with self._reading() as reader:
-            return await reader.get_request(request_id)
-
-    async def get_task(self, task_id: str) -> TaskRecord | None:
-        async with self._reading() as reader:
-            return await reader.get_task(task_id)
-
-    async def get_tasks(self, task_ids: Iterable[str]) -> list[TaskRecord]:
-        """The known tasks among `task_ids`, in the order asked; unknown ids are left out."""
-        async with self._reading() as reader:
-            return await reader.get_tasks(task_ids)
-
-    async def tasks_of_request(self, request_id: str) -> list[TaskRecord]:
-        """A request's tasks in the order Abiquo sent them."""
-        async with self._reading() as reader:
-            return await reader.tasks_of_request(request_id)
-
-    async def list_tasks(
-        self,
-        *,
-        decision: DecisionState | None = None,
-        delivery: DeliveryState | None = None,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[TaskRecord]:
-        """Tasks, newest first, optionally only those in one decision and/or delivery state."""
-        async with self._reading() as reader:
-            return await reader.list_tasks(decision=decision, delivery=delivery, limit=limit, offset=offset)
-
-    async def get_job(self, job_id: int) -> JobRecord | None:
-        async with self._reading() as reader:
-            return await reader.get_job(job_id)
-
-    async def list_jobs(
-        self, *, status: JobStatus | None = None, limit: int = 100, offset: int = 0
-    ) -> list[JobRecord]:
-        """Jobs in the order they were enqueued, optionally only those in one status."""
-        async with self._reading() as reader:
-            return await reader.list_jobs(status=status, limit=limit, offset=offset)
-
-    async def audit_log(
-        self, *, task_id: str | None = None, request_id: str | None = None
-    ) -> list[AuditRecord]:
-        """Audit lines in the order they were written, about one task and/or one request if given."""
-        async with self._reading() as reader:
-            return await reader.audit_log(task_id=task_id, request_id=request_id)
-
-    async def notifications(self, request_id: str) -> list[NotificationRecord]:
-        """A request's notifications in the order they were added."""
-        async with self._reading() as reader:
-            return await reader.notifications(request_id)
-
-    # --- The job queue (see queue.py for the guarantees and failure modes) -----------------------------
-
-    async def claim(
-        self, worker_id: str, *, limit: int, lease: float, kinds: Sequence[str] | None = None
-    ) -> list[JobRecord]:
-        """Claim up to `limit` due jobs for `worker_id`, oldest first, each for `lease` seconds.
-
-        Due means queued with `run_after` now or earlier, or running under a lease that ran out (its
-        worker stopped). Claimed jobs are `running`, locked by `worker_id`, with one more attempt
-        counted. No job is given to two workers. Only jobs of `kinds` are claimed, if given.
-        """
-        async with self._database.transaction(read_only=False) as conn:
-            return await queue.claim(conn, self._clock(), worker_id, limit=limit, lease=lease, kinds=kinds)
-
-    async def complete(self, job_id: int, worker_id: str) -> bool:
-        """Mark a claimed job done. False if `worker_id` no longer holds it (its lease was taken over)."""
-        async with self._database.transaction(read_only=False) as conn:
-            return await queue.complete(conn, self._clock(), job_id, worker_id)
-
-    async def retry(self, job_id: int, worker_id: str, *, error: str, run_after: datetime) -> bool:
-        """Put a claimed job back in the queue, due at `run_after`, noting `error`. False if not held.
-
-        Bury it instead when `job.exhausted` (this was its last attempt).
-        """
-        async with self._database.transaction(read_only=False) as conn:
-            return await queue.retry(conn, self._clock(), job_id, worker_id, error=error, run_after=run_after)
-
-    async def bury(self, job_id: int, worker_id: str, *, error: str) -> bool:
-        """Mark a claimed job dead (no more attempts), noting `error`. False if not held."""
-        async with self._database.transaction(read_only=False) as conn:
-            return await queue.bury(conn, self._clock(), job_id, worker_id, error=error)
-
-    async def extend_lease(self, job_id: int, worker_id: str, lease: float) -> bool:
-        """Keep a long job: its lease now ends `lease` seconds from now. False if not held any more."""
-        async with self._database.transaction(read_only=False) as conn:
-            return await queue.extend_lease(conn, self._clock(), job_id, worker_id, lease)
-
-    async def requeue(self, job_id: int) -> bool:
-        """Give a dead job a fresh set of attempts, due now. False if it is not dead."""
-        async with self.transaction() as work:
-            return await work.requeue(job_id)
-
-    async def wait_for_jobs(self, timeout: float) -> bool:  # noqa: ASYNC109 (see Wakeup.wait)
-        """Wait until a job may be due (see `wakeup`) or `timeout` seconds pass; True if woken."""
-        return await self.wakeup.wait(timeout)
+        await self._fetch(text("SELECT 1"))

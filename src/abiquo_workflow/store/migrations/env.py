@@ -17,7 +17,8 @@ def run_migrations(connection: Connection) -> None:
         target_metadata=metadata,
         render_as_batch=True,  # SQLite can alter little in place: rebuild tables instead
         compare_type=True,
-        # One transaction for the whole upgrade, SQLite included: engine.py makes its DDL transactional.
+        # One transaction for the whole upgrade, SQLite included: `sqlite.configure_sqlite` makes its DDL
+        # transactional.
         transactional_ddl=True,
     )
     with context.begin_transaction():
