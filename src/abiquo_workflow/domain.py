@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-#: The task types Abiquo's workflow feature holds (PROTOCOL.md §3.5).
+#: The task types Abiquo's workflow feature holds (docs/protocol.md §3.5).
 WORKFLOW_TASK_TYPES: tuple[str, ...] = ("DEPLOY", "UNDEPLOY", "RECONFIGURE")
 
 
@@ -31,8 +31,9 @@ class Link:
 
 
 @dataclass(frozen=True, slots=True)
-class Job:
-    """One planned step of a held task. Informational only: decisions act on whole tasks."""
+class TaskJob:
+    """One planned step of a held task (Abiquo calls it a job; the queue's jobs are `JobRecord`s).
+    Informational only: decisions act on whole tasks."""
 
     id: str
     type: str
@@ -44,7 +45,7 @@ class Job:
 class HeldTask:
     """A task Abiquo holds until someone POSTs its `continue` or `cancel` link.
 
-    Hrefs are kept exactly as received (often relative to the API root, PROTOCOL.md §3.7); the
+    Hrefs are kept exactly as received (often relative to the API root, docs/protocol.md §3.7); the
     Abiquo client resolves them against `abiquo.api_url` when it calls them.
     """
 
@@ -60,7 +61,7 @@ class HeldTask:
     self_href: str | None = None
     timestamp: int | None = None
     creation_timestamp: int | None = None
-    jobs: tuple[Job, ...] = ()
+    jobs: tuple[TaskJob, ...] = ()
     links: tuple[Link, ...] = ()
 
 
@@ -241,7 +242,7 @@ class DecisionState(enum.StrEnum):
 
 
 class DecidedBy(enum.StrEnum):
-    """Who or what made a decision (DESIGN.md, "State of a task")."""
+    """Who or what made a decision (docs/design.md, "State of a task")."""
 
     APPROVER = "approver"
     POLICY = "policy"

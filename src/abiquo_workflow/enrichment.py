@@ -55,7 +55,7 @@ async def _optional(read: Awaitable[T] | None, what: str, problems: list[str]) -
 def _requester_href(task: TaskRecord) -> str | None:
     if task.user_href:
         return task.user_href
-    # `_` stands for "any enterprise" in Abiquo's user URLs (PROTOCOL.md §7.1).
+    # `_` stands for "any enterprise" in Abiquo's user URLs (docs/protocol.md §7.1).
     return f"admin/enterprises/_/users/{task.user_id}" if task.user_id else None
 
 

@@ -37,7 +37,7 @@ _RETIRED_SALTS = ("abiquo-workflow/action-link/v1",)
 #: No link lives past the year 9999 (datetime's limit); a larger expiry is not one we wrote.
 _LATEST_EXPIRY = 253_402_300_800
 
-#: `/multiple?action=` values. DESIGN.md names the decline action `cancel` on this route, after the
+#: `/multiple?action=` values. docs/design.md names the decline action `cancel` on this route, after the
 #: task's Abiquo link; `decline` is accepted too.
 MULTIPLE_ACTIONS: dict[str, Action] = {
     "accept": Action.ACCEPT,

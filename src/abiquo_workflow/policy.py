@@ -1,6 +1,6 @@
 """Pure rules: which tasks need approval, and who approves or what happens without anyone.
 
-The rules run in this order (DESIGN.md, README "Policy"):
+The rules run in this order (docs/design.md, README "Policy"):
 
 1. A task whose type is not in `policy.task_types` is accepted at once.
 2. A requester who holds `policy.approver_role` gets `policy.when_requester_is_approver`

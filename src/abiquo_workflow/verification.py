@@ -7,8 +7,8 @@ connector acts on is therefore what Abiquo's API says, read with the connector's
    href (`…/tasks/{taskId}/action/continue` → `…/tasks/{taskId}`). The href must resolve inside the
    configured API (`abiquo.api_url`) and its path must end in `/tasks/{taskId}` for this very task id,
    so a callback cannot point one task's check at another task.
-2. `GET` it. Abiquo must answer with the same `taskId`, in a held state (`QUEUEING`, PROTOCOL.md §3.5,
-   docs/protocol.md), and with a type.
+2. `GET` it. Abiquo must answer with the same `taskId`, in a held state (`QUEUEING`, docs/protocol.md
+   §3.5), and with a type. docs/protocol.md §2.6 tells the same from Abiquo's side.
 3. Take the type, the requester (`user` link, else `userId`), the target (`target` link, else the VM the
    task href lives under) and the `continue`/`cancel` links from Abiquo's answer; where the answer has no
    such link, exactly `{the href read}/action/continue|cancel`. Nothing the callback said about the task
@@ -37,7 +37,7 @@ from abiquo_workflow.domain import AbiquoTaskState, HeldTask
 from abiquo_workflow.exceptions import AbiquoNotFound
 from abiquo_workflow.store.records import TaskRecord
 
-#: The states in which Abiquo holds a task for review (PROTOCOL.md §3.5: `QUEUEING`).
+#: The states in which Abiquo holds a task for review (docs/protocol.md §3.5: `QUEUEING`).
 HELD_STATES = frozenset({"QUEUEING"})
 #: Tasks being verified at once (the client's own bound, `abiquo.max_connections`, applies within).
 _AT_ONCE = 50

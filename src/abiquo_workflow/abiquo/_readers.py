@@ -1,4 +1,4 @@
-"""Build domain values from Abiquo representations (PROTOCOL.md §7).
+"""Build domain values from Abiquo representations (docs/protocol.md §7).
 
 Each function reads one kind of object and raises `ValueError` when a field it cannot do without is
 missing or malformed. Optional fields are read tolerantly: Abiquo versions differ (§9), and both spellings
@@ -6,6 +6,8 @@ of a disk size (`sizeInMb` on disks, `sizeInMB` on volumes) are accepted on eith
 """
 
 from __future__ import annotations
+
+from typing import TypedDict
 
 from abiquo_workflow.abiquo._representation import Representation
 from abiquo_workflow.domain import (
@@ -57,11 +59,8 @@ def user_from(rep: Representation, href: str | None = None) -> User:
 
 
 def enterprise_from(rep: Representation, href: str | None = None) -> Enterprise:
-    own_href = _own_href(rep, href)
     return Enterprise(
-        id=_id(rep, own_href, "enterprise"),
-        name=_required(rep, "name", "enterprise"),
-        href=own_href,
+        **_named(rep, href, "enterprise"),
         users_href=_href(rep.link("users")),
         pendingtasks_href=_href(rep.link("pendingtasks")),
         workflow=rep.boolean("workflow"),
@@ -70,19 +69,16 @@ def enterprise_from(rep: Representation, href: str | None = None) -> Enterprise:
 
 def vm_from(rep: Representation, href: str | None = None) -> VirtualMachine:
     """A VM without its disks and volumes, behind its `harddisks` (2.x: `disks`) and `volumes` links."""
-    own_href = _own_href(rep, href)
     enterprise, vdc, vapp = (
         rep.link("enterprise"),
         rep.link("virtualdatacenter"),
         rep.link("virtualappliance"),
     )
     return VirtualMachine(
-        id=_id(rep, own_href, "virtual machine"),
-        name=_required(rep, "name", "virtual machine"),
+        **_named(rep, href, "virtual machine"),
         cpu=rep.integer("cpu"),
         ram_mb=rep.integer("ram"),
         state=rep.text("state"),
-        href=own_href,
         enterprise_href=_href(enterprise),
         enterprise_name=_title(enterprise),
         vdc_href=_href(vdc),
@@ -113,7 +109,7 @@ def disk_from(rep: Representation) -> Disk:
 
 
 def boot_disk_from_bytes(hd_in_bytes: int) -> Disk:
-    """The 2.x primary disk, known only from the VM's `hdInBytes` (PROTOCOL.md §7.5)."""
+    """The 2.x primary disk, known only from the VM's `hdInBytes` (docs/protocol.md §7.5)."""
     return Disk(id="0", sequence=0, size_mb=hd_in_bytes // _BYTES_PER_MB)
 
 
@@ -128,12 +124,9 @@ def volume_from(rep: Representation) -> Volume:
 
 def vdc_from(rep: Representation, href: str | None = None) -> VirtualDatacenter:
     """The datacenter is the `location` link (3.x), else the `datacenter` link (2.x), named by its title."""
-    own_href = _own_href(rep, href)
     datacenter = rep.link("location") or rep.link("datacenter")
     return VirtualDatacenter(
-        id=_id(rep, own_href, "virtual datacenter"),
-        name=_required(rep, "name", "virtual datacenter"),
-        href=own_href,
+        **_named(rep, href, "virtual datacenter"),
         datacenter_href=_href(datacenter),
         datacenter_name=_title(datacenter),
     )
@@ -148,13 +141,7 @@ def datacenter_from(rep: Representation, href: str | None = None) -> Datacenter:
 
 
 def vapp_from(rep: Representation, href: str | None = None) -> VirtualAppliance:
-    own_href = _own_href(rep, href)
-    return VirtualAppliance(
-        id=_id(rep, own_href, "virtual appliance"),
-        name=_required(rep, "name", "virtual appliance"),
-        href=own_href,
-        state=rep.text("state"),
-    )
+    return VirtualAppliance(**_named(rep, href, "virtual appliance"), state=rep.text("state"))
 
 
 def task_state_from(rep: Representation, href: str | None = None) -> AbiquoTaskState:
@@ -176,6 +163,20 @@ def task_state_from(rep: Representation, href: str | None = None) -> AbiquoTaskS
 
 def role_name_from(rep: Representation) -> str:
     return _required(rep, "name", "role")
+
+
+class _Named(TypedDict):
+    """The id, name and href every named object (enterprise, VDC, vApp, VM) is read with."""
+
+    id: str
+    name: str
+    href: str | None
+
+
+def _named(rep: Representation, href: str | None, what: str) -> _Named:
+    """The object's id, name (both required) and own href, read alike for every kind (`what`)."""
+    own_href = _own_href(rep, href)
+    return _Named(id=_id(rep, own_href, what), name=_required(rep, "name", what), href=own_href)
 
 
 def _own_href(rep: Representation, fallback: str | None) -> str | None:

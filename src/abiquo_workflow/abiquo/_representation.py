@@ -1,6 +1,6 @@
 """Read an Abiquo answer, JSON (3.x and later) or XML (2.x), through one small view.
 
-Both dialects carry the same words (PROTOCOL.md §3.6): a JSON key is an XML child element, a JSON `links`
+Both dialects carry the same words (docs/protocol.md §3.6): a JSON key is an XML child element, a JSON `links`
 array is a run of `<link rel href type title/>` elements, and a JSON `collection` is the repeated children
 of an XML list root (`<usersWithRoles><userWithRole>…`). `Representation` answers the few questions the
 client asks in the same way for both, so the code that builds domain values never looks at the format.

@@ -1,13 +1,13 @@
 """The async client for the Abiquo API: enrichment reads, approvers, pending tasks, login, continue/cancel.
 
-Href resolution (PROTOCOL.md §3.7). Callback hrefs are relative to the API root and usually lack the API
+Href resolution (docs/protocol.md §3.7). Callback hrefs are relative to the API root and usually lack the API
 path (`cloud/virtualdatacenters/3/…`); everything the API returns is absolute. `AbiquoClient.resolve` keeps
 an href with a scheme as it is; otherwise it drops a leading `/` and a leading copy of the configured API
 path (`api/`), then joins the rest to `abiquo.api_url`. Because Abiquo's callback carries no credentials,
 a forged callback could name any absolute URL: the client therefore sends its credentials only to the
 origin (scheme, host, port) of `abiquo.api_url` and refuses any other with `AbiquoProtocolError`.
 
-Paging (PROTOCOL.md §8.1). Lists are read to their end. After each page the client follows its
+Paging (docs/protocol.md §8.1). Lists are read to their end. After each page the client follows its
 `rel="next"` link when it has one (users, roles, enterprises). Real Abiquo's pending-task listings link only
 `self` and `parent`, never `next`, though they page with `startwith`/`limit` and declare `totalSize`: so
 without a `next` link, while `totalSize` exceeds the members read so far, the client asks for the same URL
@@ -85,7 +85,7 @@ log = structlog.stdlib.get_logger(__name__)
 T = TypeVar("T")
 
 #: Statuses with which Abiquo refuses a continue or cancel of a task that is gone (TASK-1) or no longer
-#: held (TASK-2). The codes' HTTP statuses are inferred (PROTOCOL.md §4), hence all three.
+#: held (TASK-2). The codes' HTTP statuses are inferred (docs/protocol.md §4), hence all three.
 _REFUSED_AS_DECIDED: Final = frozenset({400, 404, 409})
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _DOT_SEGMENTS: Final = frozenset({".", "..", "%2e", "%2e%2e", ".%2e", "%2e."})
@@ -157,7 +157,7 @@ class AbiquoClient:
             self._http = None
 
     def resolve(self, href: str) -> str:
-        """The absolute URL of an href, per PROTOCOL.md §3.7 (see the module docstring)."""
+        """The absolute URL of an href, per docs/protocol.md §3.7 (see the module docstring)."""
         href = href.strip()
         if urlsplit(href).scheme:
             return href

@@ -1,7 +1,7 @@
 """Abiquo's workflow callback body (XML or JSON) turned into a `Callback` of `HeldTask` values.
 
-This is the only module that reads XML from Abiquo (DESIGN.md: "nothing else knows XML"). It follows
-PROTOCOL.md §3, §9 and §10 rule 1, and is liberal in what it accepts:
+This is the only module that reads XML from Abiquo (docs/design.md: "nothing else knows XML"). It follows
+docs/protocol.md §3, §9 and §10 rule 1, and is liberal in what it accepts:
 
 - Dialect. The Content-Type is read without its parameters (`; version=3.10`) and case-insensitively.
   Abiquo's own task media types (`application/vnd.abiquo.task[s]+xml|json`) are binding: a body that
@@ -24,7 +24,7 @@ PROTOCOL.md §3, §9 and §10 rule 1, and is liberal in what it accepts:
   strings, and anything else (or a value outside a signed 64-bit integer) counts as missing. Unknown
   elements and keys are ignored; every link with a `rel` and an `href` is kept in `HeldTask.links`, and
   the first link of each relation wins. Hrefs are kept as received, relative or absolute (the Abiquo
-  client resolves them, PROTOCOL.md §3.7). Jobs without an `id` or a `type` are skipped: jobs are
+  client resolves them, docs/protocol.md §3.7). Jobs without an `id` or a `type` are skipped: jobs are
   informational only.
 - Duplicates. When a callback repeats a `taskId`, the first task wins and the later ones are dropped.
 - Safety. The size is checked before anything is parsed (413), and the number of tasks before any task
@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import defusedxml.ElementTree as safe_xml
 from defusedxml import DefusedXmlException
 
-from abiquo_workflow.domain import Callback, HeldTask, Job, Link, PayloadFormat
+from abiquo_workflow.domain import Callback, HeldTask, Link, PayloadFormat, TaskJob
 from abiquo_workflow.exceptions import PayloadError
 
 if TYPE_CHECKING:
@@ -155,7 +155,8 @@ def parse_callback(
 
 
 def parse_task_json(obj: Mapping[str, Any], *, index: int | None = None) -> HeldTask:
-    """Read one task object, as found in a callback or in a pending-tasks listing (PROTOCOL.md §6, §11.7).
+    """Read one task object, as found in a callback or in a pending-tasks listing (docs/protocol.md §6,
+    §11.7).
 
     `obj` is the decoded JSON object of one task. `index` is its 1-based position in a collection, used
     only to name the task in an error message while its `taskId` is unknown. Raises `PayloadError`
@@ -175,7 +176,7 @@ def parse_task_xml(element: Element, *, index: int | None = None) -> HeldTask:
     """
     fields: dict[str, str | None] = {}
     links: list[Link] = []
-    jobs: tuple[Job, ...] = ()
+    jobs: tuple[TaskJob, ...] = ()
     seen_jobs = False
     for child in element:
         name = _local_name(child.tag)
@@ -302,7 +303,7 @@ def _link(attributes: Mapping[str, object]) -> Link | None:
     )
 
 
-def _job_from_xml(element: Element) -> Job | None:
+def _job_from_xml(element: Element) -> TaskJob | None:
     fields: dict[str, str | None] = {}
     for child in element:
         fields.setdefault(_local_name(child.tag), child.text)
@@ -384,7 +385,7 @@ def _links_from_json(value: object) -> tuple[Link, ...]:
     return tuple(link for link in links if link is not None)
 
 
-def _jobs_from_json(value: object) -> tuple[Job, ...]:
+def _jobs_from_json(value: object) -> tuple[TaskJob, ...]:
     # Abiquo nests jobs as {"links": [], "collection": [...]}; a bare array is accepted too.
     items = value.get("collection") if isinstance(value, Mapping) else value
     if not isinstance(items, Sequence) or isinstance(items, str):
@@ -397,7 +398,7 @@ def _jobs_from_json(value: object) -> tuple[Job, ...]:
 
 
 def _build_task(
-    fields: Mapping[str, object], links: tuple[Link, ...], jobs: tuple[Job, ...], index: int | None
+    fields: Mapping[str, object], links: tuple[Link, ...], jobs: tuple[TaskJob, ...], index: int | None
 ) -> HeldTask:
     task_id = _as_id(fields.get("taskId"))
     if task_id is None:
@@ -438,11 +439,11 @@ def _build_task(
     return task
 
 
-def _build_job(fields: Mapping[str, object]) -> Job | None:
+def _build_job(fields: Mapping[str, object]) -> TaskJob | None:
     job_id, job_type = _as_id(fields.get("id")), _as_text(fields.get("type"))
     if job_id is None or job_type is None:
         return None
-    return Job(
+    return TaskJob(
         id=job_id,
         type=job_type,
         description=_as_text(fields.get("description")),

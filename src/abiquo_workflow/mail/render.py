@@ -283,6 +283,14 @@ def _read_logo(path: Path | None) -> tuple[bytes, str] | None:
         return None
 
 
+def _email_of(user: User, role: str) -> str:
+    """Where `user` (the approver or the requester: `role`) gets their email; `ValueError` when nowhere.
+    Checked first, so that nothing is rendered for an email nobody can receive."""
+    if not user.email:
+        raise ValueError(f"{role} {user.nick!r} has no email address to send to")
+    return user.email
+
+
 def _address(name: str, email: str) -> Address:
     try:
         return Address(display_name=words.one_line(name), addr_spec=words.one_line(email))
@@ -290,36 +298,51 @@ def _address(name: str, email: str) -> Address:
         raise ValueError(f"{email!r} is not an email address we can send to ({exc})") from None
 
 
-def _assemble(
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Logo:
+    """The logo attached to an email, and the content id by which its HTML part shows it."""
+
+    data: bytes
+    subtype: str
+    cid: str
+
+
+def _logo(settings: MailSettings) -> _Logo | None:
+    """`mail.logo` ready to attach, under a fresh content id; None when there is none to use."""
+    read = _read_logo(settings.logo)
+    if read is None:
+        return None
+    return _Logo(*read, cid=make_msgid(idstring="logo", domain="abiquo-workflow").strip("<>"))
+
+
+def _cid(logo: _Logo | None) -> str | None:
+    return logo.cid if logo is not None else None
+
+
+def _message(
     settings: MailSettings,
+    template: str,
+    view: ApprovalView | OutcomeView | PingView,
     to: Address | str,
-    subject: str,
-    text: str,
-    html: str,
-    logo: tuple[bytes, str] | None,
-    logo_cid: str | None,
+    logo: _Logo | None,
 ) -> EmailMessage:
+    """One email from `template`.txt and `template`.html rendered with `view`: the text part, the HTML
+    part with its CSS inlined and the logo attached to it, and headers flattened to one line each."""
     message = EmailMessage()
-    message["Subject"] = words.one_line(subject)
+    message["Subject"] = words.one_line(view.subject)
     message["From"] = words.one_line(settings.sender)
     message["To"] = to
     message["Date"] = format_datetime(datetime.now(UTC))
     sender_domain = words.one_line(settings.sender).rpartition("@")[2].strip("<> ") or "localhost"
     message["Message-ID"] = make_msgid(domain=sender_domain)
-    message.set_content(text, charset="utf-8")
-    message.add_alternative(_INLINER.inline(html), subtype="html", charset="utf-8")
-    if logo is not None and logo_cid is not None:
+    message.set_content(_render(settings, f"{template}.txt", view), charset="utf-8")
+    html = _INLINER.inline(_render(settings, f"{template}.html", view))
+    message.add_alternative(html, subtype="html", charset="utf-8")
+    if logo is not None:
         html_part = message.get_body(preferencelist=("html",))
         assert html_part is not None  # added just above
-        html_part.add_related(logo[0], maintype="image", subtype=logo[1], cid=f"<{logo_cid}>")
+        html_part.add_related(logo.data, maintype="image", subtype=logo.subtype, cid=f"<{logo.cid}>")
     return message
-
-
-def _logo_and_cid(settings: MailSettings) -> tuple[tuple[bytes, str] | None, str | None]:
-    logo = _read_logo(settings.logo)
-    if logo is None:
-        return None, None
-    return logo, make_msgid(idstring="logo", domain="abiquo-workflow").strip("<>")
 
 
 def render_approval(request: ApprovalRequest, settings: MailSettings) -> EmailMessage:
@@ -327,35 +350,28 @@ def render_approval(request: ApprovalRequest, settings: MailSettings) -> EmailMe
 
     Raises `ValueError` when the approver has no usable email address (the policy never picks one).
     """
-    if not request.approver.email:
-        raise ValueError(f"approver {request.approver.nick!r} has no email address to send to")
-    logo, cid = _logo_and_cid(settings)
-    view = approval_view(request, settings, cid)
-    to = _address(view.approver_name, request.approver.email)
-    text, html = _render(settings, "approval.txt", view), _render(settings, "approval.html", view)
-    return _assemble(settings, to, view.subject, text, html, logo, cid)
+    email = _email_of(request.approver, "approver")
+    logo = _logo(settings)
+    view = approval_view(request, settings, _cid(logo))
+    return _message(settings, "approval", view, _address(view.approver_name, email), logo)
 
 
 def render_outcome(notice: OutcomeNotice, settings: MailSettings) -> EmailMessage:
     """The outcome email to `notice.requester`. Raises `ValueError` when they have no email address."""
-    if not notice.requester.email:
-        raise ValueError(f"requester {notice.requester.nick!r} has no email address to send to")
-    logo, cid = _logo_and_cid(settings)
-    view = outcome_view(notice, settings, cid)
-    to = _address(view.requester_name, notice.requester.email)
-    text, html = _render(settings, "outcome.txt", view), _render(settings, "outcome.html", view)
-    return _assemble(settings, to, view.subject, text, html, logo, cid)
+    email = _email_of(notice.requester, "requester")
+    logo = _logo(settings)
+    view = outcome_view(notice, settings, _cid(logo))
+    return _message(settings, "outcome", view, _address(view.requester_name, email), logo)
 
 
 def render_test(settings: MailSettings, to: str) -> EmailMessage:
     """The message `send-test-email` sends: proves the relay, the sender and the templates work."""
-    logo, cid = _logo_and_cid(settings)
+    logo = _logo(settings)
     view = PingView(
         subject="abiquo-workflow test message",
         sender=words.one_line(settings.sender),
         to=words.one_line(to),
         sent_at=words.moment_words(datetime.now(UTC)),
-        logo_cid=cid,
+        logo_cid=_cid(logo),
     )
-    text, html = _render(settings, "test.txt", view), _render(settings, "test.html", view)
-    return _assemble(settings, _address("", to), view.subject, text, html, logo, cid)
+    return _message(settings, "test", view, _address("", to), logo)

@@ -89,16 +89,15 @@ class Mailer:
                 return f"timed out after {timeout:g} s connecting to the SMTP relay at {relay}"
             case aiosmtplib.SMTPTimeoutError():
                 return f"the SMTP relay at {relay} did not answer within {timeout:g} s"
-            case aiosmtplib.SMTPAuthenticationError(code=code, message=answer):
-                user = self._settings.smtp_user
-                return f"the SMTP relay at {relay} refused the login for user {user!r}: {code} {answer}"
+            case (
+                aiosmtplib.SMTPAuthenticationError()
+                | aiosmtplib.SMTPSenderRefused()
+                | aiosmtplib.SMTPDataError()
+            ):
+                return f"the SMTP relay at {relay} refused {self._refused(exc)}: {exc.code} {exc.message}"
             case aiosmtplib.SMTPRecipientsRefused(recipients=recipients):
                 who = ", ".join(f"{r.recipient} ({r.code} {r.message})" for r in recipients)
                 return f"the SMTP relay at {relay} refused every recipient: {who}"
-            case aiosmtplib.SMTPSenderRefused(code=code, message=answer, sender=sender):
-                return f"the SMTP relay at {relay} refused the sender {sender}: {code} {answer}"
-            case aiosmtplib.SMTPDataError(code=code, message=answer):
-                return f"the SMTP relay at {relay} refused the message: {code} {answer}"
             case aiosmtplib.SMTPNotSupported(message=answer):
                 return f"the SMTP relay at {relay} lacks what mail.security or the login needs: {answer}"
             case aiosmtplib.SMTPServerDisconnected():
@@ -113,6 +112,16 @@ class Mailer:
                 return f"could not {doing} through the SMTP relay at {relay}: {answer}"
             case _:
                 return f"could not {doing} through the SMTP relay at {relay}: {exc}"
+
+    def _refused(self, exc: aiosmtplib.SMTPResponseException) -> str:
+        """What the relay refused, in `_explain`'s words: the login, the sender or the message."""
+        match exc:
+            case aiosmtplib.SMTPAuthenticationError():
+                return f"the login for user {self._settings.smtp_user!r}"
+            case aiosmtplib.SMTPSenderRefused(sender=sender):
+                return f"the sender {sender}"
+            case _:
+                return "the message"
 
 
 def _temporary(exc: BaseException) -> bool:
