@@ -4,10 +4,19 @@
 UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 
-.PHONY: setup demo test chromium lint typecheck pytest bench clean
+# Python compiles every module from source at each start when bytecode may not be written (some
+# machines set PYTHONDONTWRITEBYTECODE=1): 2-3 s of CPU per process, for each `serve` a test starts.
+# The setup compiles the dependencies once; the commands below may write the project's own.
+unexport PYTHONDONTWRITEBYTECODE
+
+# uv trusts the system's certificate store (as pip does), not only its own roots: behind a proxy that
+# intercepts TLS, whose CA the system trusts, package downloads then work too.
+export UV_NATIVE_TLS ?= true
+
+.PHONY: setup demo test test-fast chromium lint typecheck pytest bench clean
 
 setup: $(UV)
-	$(UV) sync --locked
+	$(UV) sync --locked --compile-bytecode
 
 # uv itself, installed in a private venv when the machine has none.
 .tools/bin/uv:
@@ -29,8 +38,13 @@ lint:
 typecheck:
 	$(UV) run mypy
 
+# Two test processes (pytest-xdist): most tests wait on servers, so two share the two cores well.
 pytest:
-	$(UV) run pytest $(PYTEST_ARGS)
+	$(UV) run pytest -n 2 --dist worksteal $(PYTEST_ARGS)
+
+# For the edit-test loop: no subprocesses, no PostgreSQL, no Chromium, fewer property examples.
+test-fast: setup
+	AWF_TEST_FAST=1 $(UV) run pytest -n 2 --dist worksteal -m "not slow and not postgres and not browser" $(PYTEST_ARGS)
 
 bench: setup
 	$(UV) run python bench/loop.py

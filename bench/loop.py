@@ -75,7 +75,7 @@ from abiquo_workflow.domain import Action
 from abiquo_workflow.links import LinkSigner
 from processes import BenchError, Child, Machine, Serve, WorldAddress, start_serve, start_world
 
-#: Abiquo gives up on the callback after `workflow.read.timeout`, 10 s by default (PROTOCOL.md §2.3).
+#: Abiquo gives up on the callback after `workflow.read.timeout`, 10 s by default (docs/protocol.md §2.3).
 ABIQUO_READ_TIMEOUT = 10.0
 #: jdoe's "web-01" (deploys of it ask Alice, Bob and Zoë), and "Big batch", 100 VMs of jdoe's.
 SINGLE_VM = 1

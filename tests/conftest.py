@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -17,14 +18,17 @@ import psycopg
 import pytest
 import pytest_asyncio
 import stamina
+from fastapi import FastAPI
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from abiquo_workflow.abiquo.simulator import Simulator, SimulatorServer
+from abiquo_simulator import Simulator
 from abiquo_workflow.config import Settings, build_settings
 from abiquo_workflow.mail.inbox import Inbox
+from abiquo_workflow.runtime import web_lifespan
 from abiquo_workflow.servers import BackgroundServer
-from abiquo_workflow.store import Store
+from abiquo_workflow.simulation import SimulatorServer
+from abiquo_workflow.store import Store, migrate
 from abiquo_workflow.web.app import create_app
 
 if TYPE_CHECKING:
@@ -46,13 +50,25 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture
-def smtp_inbox() -> Iterator[Inbox]:
-    """A real SMTP server (aiosmtpd) on 127.0.0.1 and a free port; read `smtp_inbox.port`,
-    `smtp_inbox.messages`, `await smtp_inbox.wait_for(n)`. `stop()`/`start()` take it down and up on the
-    same port; `refuse = True` answers 451."""
+@pytest.fixture(scope="session")
+def _session_inbox() -> Iterator[Inbox]:
     with Inbox() as inbox:
         yield inbox
+
+
+@pytest.fixture
+def smtp_inbox(_session_inbox: Inbox) -> Inbox:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 and a free port; read `smtp_inbox.port`,
+    `smtp_inbox.messages`, `await smtp_inbox.wait_for(n)`. `stop()`/`start()` take it down and up on the
+    same port; `refuse = True` answers 451. One server for the session, emptied and back up, accepting
+    everything, before each test."""
+    inbox = _session_inbox
+    if not inbox.running:
+        inbox.start()
+    inbox.refuse = False
+    inbox.reject_recipients.clear()
+    inbox.clear()
+    return inbox
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -115,23 +131,101 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         drop_database(server, url)
 
 
+@dataclass
+class Templates:
+    """Databases migrated once per session, copied for each test that wants a migrated one: a file
+    copy on SQLite, `CREATE DATABASE … TEMPLATE` on PostgreSQL (made the first time it is asked for)."""
+
+    folder: Path
+    _postgres: str | None = None
+
+    @property
+    def sqlite(self) -> Path:
+        path = self.folder / "template.db"
+        if not path.exists():
+            migrate(f"sqlite:///{path}")
+        return path
+
+    def sqlite_copy(self, path: Path) -> str:
+        shutil.copyfile(self.sqlite, path)
+        return f"sqlite:///{path}"
+
+    def postgres_copy(self, server: str) -> str:
+        if self._postgres is None:
+            name = f"awf_template_{secrets.token_hex(6)}"
+            with psycopg.connect(server, autocommit=True) as admin:
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            self._postgres = make_url(server).set(database=name).render_as_string(hide_password=False)
+            migrate(self._postgres)
+        name = f"awf_test_{secrets.token_hex(6)}"
+        template = make_url(self._postgres).database
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(template)
+                )
+            )
+        return make_url(server).set(database=name).render_as_string(hide_password=False)
+
+    def drop(self) -> None:
+        if self._postgres is not None:
+            drop_database(postgres_server_url(), self._postgres)
+
+
+@pytest.fixture(scope="session")
+def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Templates]:
+    made = Templates(tmp_path_factory.mktemp("templates"))
+    yield made
+    made.drop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def migrated_database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, templates: Templates
+) -> Iterator[str]:
+    """Like `database_url`, but already at the newest schema (copied from a migrated template)."""
+    if request.param == "sqlite":
+        yield templates.sqlite_copy(tmp_path / "abiquo-workflow.db")
+        return
+    server = postgres_server_url()
+    url = templates.postgres_copy(server)
+    try:
+        yield url
+    finally:
+        drop_database(server, url)
+
+
 @pytest_asyncio.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    """An open, migrated Store on `database_url` (so on SQLite and on PostgreSQL)."""
-    async with await Store.open(database_url) as opened:
+async def store(migrated_database_url: str) -> AsyncIterator[Store]:
+    """An open, migrated Store on each database (SQLite and PostgreSQL)."""
+    async with await Store.open(migrated_database_url) as opened:
         yield opened
 
 
 # --- abiquo: the simulator, with a fresh seeded world per test -----------------------------------------
 
 
-@pytest.fixture
-def simulator() -> Iterator[SimulatorServer]:
-    """The Abiquo simulator on 127.0.0.1 and a free port, its world freshly seeded. Read `simulator.url`
-    (control surface under /_sim, page at /), `simulator.api_url` (the API; admin / xabiquo) and
-    `simulator.simulator` (the in-process state: settings, tasks(), `await request(...)`)."""
+@pytest.fixture(scope="session")
+def _session_simulator() -> Iterator[SimulatorServer]:
     with SimulatorServer(Simulator()) as server:
         yield server
+
+
+@pytest.fixture
+def simulator(_session_simulator: SimulatorServer) -> SimulatorServer:
+    """The Abiquo simulator on 127.0.0.1 and a free port, its world freshly seeded. Read `simulator.url`
+    (control surface under /_sim, page at /), `simulator.api_url` (the API; admin / xabiquo) and
+    `simulator.simulator` (the in-process state: settings, tasks(), `await request(...)`). One server
+    for the session, reset before each test: seeded world, no tasks, calls or faults, default settings."""
+    state = _session_simulator.simulator
+    state.wait_until_quiet()  # a call an earlier test gave up on must not land in this test's log
+    state.reset()
+    state.update_settings(SIMULATOR_DEFAULTS)
+    return _session_simulator
+
+
+#: The settings a new `Simulator()` starts with.
+SIMULATOR_DEFAULTS: dict[str, object] = {"callback_url": None, "style": "json", "mode": "3.x", "latency": 0.0}
 
 
 # --- the connector itself, served for real, wired to the simulator and the inbox -------------------------
@@ -174,36 +268,51 @@ class Connector:
         """The continue/cancel calls the simulated Abiquo received, oldest first."""
         return [call.to_json() for call in self.simulator.simulator.decision_calls()]
 
+    def client(self) -> httpx2.AsyncClient:
+        """An HTTP client for this connector: `async with connector.client() as client:`."""
+        return httpx2.AsyncClient(base_url=self.url, timeout=30)
+
 
 ConnectorFactory = Callable[..., contextlib.AbstractContextManager[Connector]]
 
 
+def connector_settings(
+    *, port: int, database_url: str, simulator: SimulatorServer, inbox: Inbox, sections: Mapping[str, Any]
+) -> Settings:
+    """The connector's settings in tests: the simulator as Abiquo, the inbox as SMTP relay, fast
+    retries; `sections` merged over them."""
+    base: dict[str, Any] = {
+        "server": {"bind": f"127.0.0.1:{port}", "secret_key": TEST_SECRET_KEY},
+        "database": {"url": database_url},
+        "abiquo": {"api_url": simulator.api_url, "retries": 2, "timeout": 5},
+        "mail": {"smtp_host": "127.0.0.1", "smtp_port": inbox.port, "timeout": 2},
+        "worker": {"retry_base_delay": 0.05, "retry_max_delay": 0.3, "max_attempts": 4, "lease": 5},
+    }
+    return build_settings(_merge(base, sections), environ={})
+
+
 @pytest.fixture
 def connector_factory(
-    tmp_path: Path, simulator: SimulatorServer, smtp_inbox: Inbox
+    tmp_path: Path, simulator: SimulatorServer, smtp_inbox: Inbox, templates: Templates
 ) -> Iterator[ConnectorFactory]:
     """Start connectors: `with connector_factory(database_url=..., policy={...}) as c:`. Keyword
-    arguments other than `database_url` are settings sections merged over the test defaults (SQLite in
-    tmp_path, the simulator as Abiquo, the inbox as SMTP relay, fast retries)."""
+    arguments other than `database_url` (a migrated database: `migrated_database_url`) are settings
+    sections merged over the test defaults (SQLite in tmp_path, the simulator as Abiquo, the inbox as
+    SMTP relay, fast retries)."""
     stamina.set_testing(True, attempts=3, cap=True)  # real retries, no sleeping between them
 
     @contextlib.contextmanager
     def start(database_url: str | None = None, **sections: Mapping[str, Any]) -> Iterator[Connector]:
         port = free_port()
-        base: dict[str, Any] = {
-            "server": {"bind": f"127.0.0.1:{port}", "secret_key": TEST_SECRET_KEY},
-            "database": {"url": database_url or f"sqlite:///{tmp_path / 'connector.db'}"},
-            "abiquo": {"api_url": simulator.api_url, "retries": 2, "timeout": 5},
-            "mail": {"smtp_host": "127.0.0.1", "smtp_port": smtp_inbox.port, "timeout": 2},
-            "worker": {"retry_base_delay": 0.05, "retry_max_delay": 0.3, "max_attempts": 4, "lease": 5},
-        }
-        settings = build_settings(_merge(base, sections), environ={})
+        settings = connector_settings(
+            port=port,
+            database_url=database_url or templates.sqlite_copy(tmp_path / "connector.db"),
+            simulator=simulator,
+            inbox=smtp_inbox,
+            sections=sections,
+        )
         simulator.simulator.update_settings({"callback_url": f"http://127.0.0.1:{port}/callback"})
-        if settings.database.url.startswith("postgresql"):
-            from abiquo_workflow.store import migrate
-
-            migrate(settings.database.url)
-        with BackgroundServer(create_app(settings), port=port) as server:
+        with BackgroundServer(create_app(settings, lifespan=web_lifespan(settings)), port=port) as server:
             yield Connector(server.url, settings, simulator, smtp_inbox)
 
     yield start
@@ -214,4 +323,81 @@ def connector_factory(
 def connector(connector_factory: ConnectorFactory) -> Iterator[Connector]:
     """A connector with the test defaults (SQLite)."""
     with connector_factory() as running:
+        yield running
+
+
+# --- the connector's web app in-process: no server, no port --------------------------------------------
+
+
+@dataclass
+class App:
+    """The connector's web app and worker run in the test's own event loop, reached through httpx2's
+    ASGI transport: the same composition as `serve` (runtime.web_lifespan) on a real migrated SQLite
+    store, with the session's simulator as Abiquo and its inbox as SMTP relay, but no uvicorn and no
+    port. Its attributes match `Connector`, so a test reads the same against either."""
+
+    app: FastAPI
+    settings: Settings
+    simulator: SimulatorServer
+    inbox: Inbox
+
+    @property
+    def url(self) -> str:
+        """Where the app's links point (`server.public_url`); requests go through `client()`."""
+        return self.settings.server.base_url
+
+    def client(self) -> httpx2.AsyncClient:
+        """An HTTP client for the app: `async with app.client() as client:`."""
+        return httpx2.AsyncClient(transport=httpx2.ASGITransport(app=self.app), base_url=self.url, timeout=30)
+
+    async def request(self, action: str = "deploy", **target: Any) -> dict[str, Any]:
+        """The simulator holds tasks and POSTs its callback to this app, through the ASGI transport."""
+        result = await self.simulator.simulator.request(
+            action,
+            **target,
+            callback_url=f"{self.url}/callback",
+            transport=httpx2.ASGITransport(app=self.app),
+        )
+        assert result.callback.status == 200, result.callback
+        return result.to_json()
+
+    def decision_calls(self) -> list[dict[str, Any]]:
+        """The continue/cancel calls the simulated Abiquo received, oldest first."""
+        return [call.to_json() for call in self.simulator.simulator.decision_calls()]
+
+
+AppFactory = Callable[..., contextlib.AbstractAsyncContextManager[App]]
+#: Either way of running the connector: a test written against it runs against both.
+Running = Connector | App
+
+
+@pytest.fixture
+def app_factory(
+    tmp_path: Path, simulator: SimulatorServer, smtp_inbox: Inbox, templates: Templates
+) -> Iterator[AppFactory]:
+    """Start in-process apps: `async with app_factory(links={"one_click": True}) as app:`. Keyword
+    arguments are settings sections merged over the test defaults, as for `connector_factory`."""
+    stamina.set_testing(True, attempts=3, cap=True)
+
+    @contextlib.asynccontextmanager
+    async def start(database_url: str | None = None, **sections: Mapping[str, Any]) -> AsyncIterator[App]:
+        settings = connector_settings(
+            port=free_port(),
+            database_url=database_url or templates.sqlite_copy(tmp_path / f"app-{secrets.token_hex(3)}.db"),
+            simulator=simulator,
+            inbox=smtp_inbox,
+            sections=sections,
+        )
+        app = create_app(settings, lifespan=web_lifespan(settings))
+        async with app.router.lifespan_context(app):
+            yield App(app, settings, simulator, smtp_inbox)
+
+    yield start
+    stamina.set_testing(False)
+
+
+@pytest_asyncio.fixture
+async def app(app_factory: AppFactory) -> AsyncIterator[App]:
+    """The app with the test defaults (SQLite), its worker running."""
+    async with app_factory() as running:
         yield running

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import stamina
 
-from abiquo_workflow.abiquo.simulator import SimulatorServer
 from abiquo_workflow.mail.inbox import Inbox
+from abiquo_workflow.simulation import SimulatorServer
 from tests.cli_support import free_port, invoke, write_toml
 
 ABIQUO_PASSWORD = "xabiquo"

@@ -22,7 +22,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from abiquo_workflow.abiquo.payload import parse_callback
-from abiquo_workflow.abiquo.simulator import SimulatorServer
 from abiquo_workflow.domain import (
     Callback,
     Channel,
@@ -34,6 +33,7 @@ from abiquo_workflow.domain import (
 )
 from abiquo_workflow.mail.inbox import Inbox
 from abiquo_workflow.servers import BackgroundServer
+from abiquo_workflow.simulation import SimulatorServer
 from abiquo_workflow.store import JobStatus, Store
 from tests.cli_support import WAIT, CliProcess, free_port, invoke, wait_until_answers, write_toml
 
@@ -392,6 +392,7 @@ class CallbackReceiver:
         self.app = Starlette(routes=[Route("/callback", callback, methods=["POST"])])
 
 
+@pytest.mark.slow
 def test_simulate_posts_a_held_task_to_the_callback_url_and_stops_on_sigint(tmp_path: Path) -> None:
     receiver = CallbackReceiver()
     port = free_port()
@@ -451,6 +452,7 @@ def base_url(config: Path) -> str:
     return f"http://{bind[1]}"
 
 
+@pytest.mark.slow
 def test_serve_answers_healthz_and_stops_cleanly_on_sigterm(
     tmp_path: Path, serve_config: Callable[..., Path]
 ) -> None:
@@ -469,17 +471,12 @@ def test_serve_answers_healthz_and_stops_cleanly_on_sigterm(
     assert "Traceback" not in ended.stderr
 
 
-def test_serve_without_a_secret_key_exits_2_naming_the_key(
-    tmp_path: Path, serve_config: Callable[..., Path]
-) -> None:
+def test_serve_without_a_secret_key_exits_2_naming_the_key(serve_config: Callable[..., Path]) -> None:
     config = serve_config(secret_key=None)
-    serve = CliProcess(tmp_path / "serve", "--config", str(config), "serve")
-    try:
-        ended = serve.wait()
-    finally:
-        serve.kill()
 
-    assert ended.returncode == 2
+    ended = invoke("--config", str(config), "serve")  # it stops before serving anything
+
+    assert ended.exit_code == 2
     assert "server.secret_key: required to sign the links in approval emails" in ended.stderr
     assert "Traceback" not in ended.stderr
 
@@ -492,32 +489,26 @@ def test_serve_without_a_secret_key_exits_2_naming_the_key(
     ],
 )
 def test_serve_with_a_weak_secret_key_exits_2_saying_how_to_make_one(
-    tmp_path: Path, serve_config: Callable[..., Path], secret_key: str, says: str
+    serve_config: Callable[..., Path], secret_key: str, says: str
 ) -> None:
     config = serve_config(secret_key=secret_key)
-    serve = CliProcess(tmp_path / "serve", "--config", str(config), "serve")
-    try:
-        ended = serve.wait()
-    finally:
-        serve.kill()
 
-    assert ended.returncode == 2
+    ended = invoke("--config", str(config), "serve")  # it stops before serving anything
+
+    assert ended.exit_code == 2
     assert says in ended.stderr
     assert "secrets.token_urlsafe(32)" in ended.stderr
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_serve_on_an_unmigrated_database_exits_1_saying_to_migrate(
-    tmp_path: Path, serve_config: Callable[..., Path], database_url: str
+    serve_config: Callable[..., Path], database_url: str
 ) -> None:
     config = serve_config(database_url)
-    serve = CliProcess(tmp_path / "serve", "--config", str(config), "serve")
-    try:
-        ended = serve.wait()
-    finally:
-        serve.kill()
 
-    assert ended.returncode == 1
+    ended = invoke("--config", str(config), "serve")  # it stops before serving anything
+
+    assert ended.exit_code == 1
     assert "run `abiquo-workflow migrate`" in ended.stderr
     assert "Traceback" not in ended.stderr
 
@@ -537,6 +528,7 @@ def accept_link(text: str) -> str:
     return found[1]
 
 
+@pytest.mark.slow
 def test_a_worker_process_runs_the_jobs_a_serve_no_worker_process_queued(
     tmp_path: Path,
     serve_config: Callable[..., Path],
@@ -549,8 +541,9 @@ def test_a_worker_process_runs_the_jobs_a_serve_no_worker_process_queued(
     if database_url.startswith("postgresql"):
         assert invoke("--config", str(config), "migrate").exit_code == 0
     simulator.simulator.update_settings({"callback_url": f"{url}/callback"})
+    # Both start at once (each takes seconds to import); serve's jobs can only be run by the worker.
     serve = CliProcess(tmp_path / "serve", "--config", str(config), "serve", "--no-worker")
-    worker: CliProcess | None = None
+    worker = CliProcess(tmp_path / "worker", "--config", str(config), "worker")
     try:
         wait_until_answers(f"{url}/healthz", serve)
         held_task = httpx2.post(
@@ -559,7 +552,6 @@ def test_a_worker_process_runs_the_jobs_a_serve_no_worker_process_queued(
         assert held_task["callback"]["status"] == 200, held_task
         task_id = held_task["tasks"][0]["task_id"]
 
-        worker = CliProcess(tmp_path / "worker", "--config", str(config), "worker")
         (approval, *_) = smtp_inbox.wait_for_sync(1, timeout=WAIT)
         link = accept_link(approval.text() or "")
         assert httpx2.get(link, timeout=WAIT).status_code == 200
@@ -572,8 +564,7 @@ def test_a_worker_process_runs_the_jobs_a_serve_no_worker_process_queued(
         stopped_serve = serve.stop(signal.SIGTERM)
     finally:
         serve.kill()
-        if worker is not None:
-            worker.kill()
+        worker.kill()
 
     assert [(c.action, c.status) for c in calls] == [("continue", 204)]
     assert stopped_worker.returncode == 0, stopped_worker.stderr

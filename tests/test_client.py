@@ -18,7 +18,6 @@ from pydantic import AnyHttpUrl
 from abiquo_workflow.abiquo import _readers, _representation
 from abiquo_workflow.abiquo.client import AbiquoClient
 from abiquo_workflow.abiquo.payload import parse_callback
-from abiquo_workflow.abiquo.simulator import SimulatorServer
 from abiquo_workflow.config import AbiquoSettings
 from abiquo_workflow.domain import DeliveryResult, HeldTask, PayloadFormat
 from abiquo_workflow.exceptions import (
@@ -27,6 +26,7 @@ from abiquo_workflow.exceptions import (
     AbiquoProtocolError,
     AbiquoUnavailable,
 )
+from abiquo_workflow.simulation import SimulatorServer
 
 ACME = "admin/enterprises/2"
 VAPP_1 = "cloud/virtualdatacenters/1/virtualappliances/1"
@@ -137,7 +137,7 @@ def api_calls(simulator: SimulatorServer, path_end: str) -> list[int | None]:
     return [call.status for call in simulator.simulator.api_calls() if call.path.endswith(path_end)]
 
 
-# --- Resolving hrefs (PROTOCOL.md §3.7) -------------------------------------------------------------
+# --- Resolving hrefs (docs/protocol.md §3.7) -------------------------------------------------------------
 
 
 API = "https://abq.example/api"
@@ -462,7 +462,7 @@ async def test_pending_tasks_without_next_links_are_read_page_by_page_to_their_t
     assert not any(b'"next"' in response.content for _, response in transport.exchanges)
 
 
-# --- Pending tasks as real Abiquo lists them (PROTOCOL.md §6, §11.7) ---------------------------------
+# --- Pending tasks as real Abiquo lists them (docs/protocol.md §6, §11.7) ---------------------------------
 
 
 @dataclass
@@ -492,7 +492,7 @@ class CapturedAbiquo:
 
 
 def captured_task(n: int) -> dict[str, Any]:
-    """The n-th held task of a listing, shaped as PROTOCOL.md §11.7 shows one."""
+    """The n-th held task of a listing, shaped as docs/protocol.md §11.7 shows one."""
     task_id = f"0b6c1f2e-5d1a-4c1e-9a8e-{n:012d}"
     vm = f"https://abiquo.example.com/api/cloud/virtualdatacenters/3/virtualappliances/5/virtualmachines/{n}"
     task = f"{vm}/tasks/{task_id}"

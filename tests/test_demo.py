@@ -16,9 +16,12 @@ from urllib.parse import urljoin
 import httpx2
 import pytest
 
-from tests.cli_support import WAIT, CliProcess, Ended, wait_until_answers
+from tests.cli_support import WAIT, CliProcess, Ended, invoke, wait_until_answers
 
 HOST = "127.0.0.1"
+
+#: Every test here runs the command line in subprocesses.
+pytestmark = pytest.mark.slow
 
 
 def _free(port: int) -> bool:
@@ -167,15 +170,10 @@ def test_the_demo_refuses_busy_ports_with_exit_2(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
         busy.bind((HOST, base + 2))
         busy.listen()
-        demo = CliProcess(
-            tmp_path / "demo", "demo", "--port", str(base), "--data-dir", str(tmp_path / "data")
-        )
-        try:
-            ended = demo.wait()
-        finally:
-            demo.kill()
+        # It stops before starting anything, so the command runs in-process.
+        ended = invoke("demo", "--port", str(base), "--data-dir", str(tmp_path / "data"))
 
-    assert ended.returncode == 2
+    assert ended.exit_code == 2
     assert f"port(s) {base + 2} are in use; pass --port to use other ones" in ended.stderr
     assert "Traceback" not in ended.stderr
 

@@ -9,6 +9,7 @@ import typer.main
 
 from abiquo_workflow.cli import app
 from abiquo_workflow.config import Settings
+from abiquo_workflow.runtime import web_lifespan
 from abiquo_workflow.web.app import create_app
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
@@ -40,7 +41,10 @@ def test_every_command_is_documented(command: str) -> None:
 
 
 def _routes() -> list[str]:
-    paths = {getattr(route, "path", "") for route in create_app(Settings()).routes}
+    paths = {
+        getattr(route, "path", "")
+        for route in create_app(Settings(), lifespan=web_lifespan(Settings())).routes
+    }
     return sorted(p for p in paths if p and not p.startswith("/static"))
 
 

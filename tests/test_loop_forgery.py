@@ -62,9 +62,9 @@ def links_of(vm: int, task_id: str, *, user: str = JOHN, self_id: str | None = N
 
 
 @pytest.fixture
-def connector(connector_factory: ConnectorFactory, database_url: str) -> Iterator[Connector]:
+def connector(connector_factory: ConnectorFactory, migrated_database_url: str) -> Iterator[Connector]:
     """A connector in the default security configuration (no callback token), on each database."""
-    with connector_factory(database_url=database_url) as running:
+    with connector_factory(database_url=migrated_database_url) as running:
         yield running
 
 

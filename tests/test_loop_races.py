@@ -32,9 +32,9 @@ JOHN = "john.doe@acme.example"
 
 
 @pytest.fixture
-def connector_on(connector_factory: ConnectorFactory, database_url: str) -> Iterator[Connector]:
+def connector_on(connector_factory: ConnectorFactory, migrated_database_url: str) -> Iterator[Connector]:
     """A connector on each database: SQLite, and PostgreSQL when AWF_TEST_POSTGRES_URL is set."""
-    with connector_factory(database_url=database_url) as running:
+    with connector_factory(database_url=migrated_database_url) as running:
         yield running
 
 

@@ -19,11 +19,12 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from abiquo_workflow.abiquo.simulator import SimulatorServer
 from abiquo_workflow.config import build_settings
 from abiquo_workflow.domain import DeliveryState
 from abiquo_workflow.mail.inbox import Inbox
+from abiquo_workflow.runtime import web_lifespan
 from abiquo_workflow.servers import BackgroundServer
+from abiquo_workflow.simulation import SimulatorServer
 from abiquo_workflow.web.app import create_app
 from tests.conftest import TEST_SECRET_KEY, Connector, free_port
 from tests.loop_support import (
@@ -41,6 +42,9 @@ COMMAND = str(Path(sys.executable).with_name("abiquo-workflow"))
 ALICE = "alice.smith@acme.example"
 JOHN = "john.doe@acme.example"
 READY_TIMEOUT = 30.0
+
+#: Every test here runs the command line in subprocesses.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -118,7 +122,10 @@ async def test_a_decision_taken_just_before_a_crash_is_delivered_after_restart_o
     connector = connector_of(environment, simulator, smtp_inbox)
     log = tmp_path / "serve.log"
     # The approval emails come from the same connector served in this process (a start saved).
-    async with BackgroundServer(create_app(connector.settings), port=connector.settings.server.port):
+    async with BackgroundServer(
+        create_app(connector.settings, lifespan=web_lifespan(connector.settings)),
+        port=connector.settings.server.port,
+    ):
         held = await connector.request(action="deploy", vm=1)
         task_id = held["tasks"][0]["task_id"]
         approvals = await smtp_inbox.wait_for(3)

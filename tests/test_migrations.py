@@ -17,8 +17,13 @@ from sqlalchemy.exc import IntegrityError
 
 from abiquo_workflow.exceptions import StoreError
 from abiquo_workflow.store import Store, migrate
-from abiquo_workflow.store.engine import create_sync_engine
-from abiquo_workflow.store.schema import HEAD_REVISION, alembic_config, current_revision, head_revision
+from abiquo_workflow.store.schema import (
+    HEAD_REVISION,
+    alembic_config,
+    create_sync_engine,
+    current_revision,
+    head_revision,
+)
 from abiquo_workflow.store.tables import metadata
 
 
@@ -172,6 +177,7 @@ print(sorted(
 """
 
 
+@pytest.mark.slow
 def test_opening_a_migrated_sqlite_database_loads_no_migration_or_postgresql_code(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'abiquo-workflow.db'}"
     migrate(url)

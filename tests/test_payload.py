@@ -1,6 +1,8 @@
-"""The callback parser: Abiquo's XML and JSON task payloads → `Callback` / `HeldTask` (PROTOCOL.md §3, §11).
+"""The callback parser: Abiquo's XML and JSON task payloads → `Callback` / `HeldTask` (docs/protocol.md §3,
+§11).
 
-Sample bodies live in `tests/payloads/`: PROTOCOL.md §11.1 to 11.5 and §11.7 verbatim, and the XML sample of
+Sample bodies live in `tests/payloads/`: docs/protocol.md §11.1 to 11.5 and §11.7 verbatim, and the XML
+sample of
 the seed article (with the blog's curly quotes made straight).
 """
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +22,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from abiquo_workflow.abiquo.payload import is_task_id, parse_callback, parse_task_json, parse_task_xml
-from abiquo_workflow.domain import Callback, HeldTask, Job, Link, PayloadFormat
+from abiquo_workflow.domain import Callback, HeldTask, Link, PayloadFormat, TaskJob
 from abiquo_workflow.exceptions import PayloadError
+
+#: `make test-fast` sets AWF_TEST_FAST=1: the properties then try a tenth as many examples.
+FAST = os.environ.get("AWF_TEST_FAST") == "1"
+
+
+def examples(full: int) -> int:
+    """How many examples a property tries: `full` normally, a tenth in the fast subset."""
+    return max(full // 10, 10) if FAST else full
+
 
 PAYLOADS = Path(__file__).parent / "payloads"
 API = "https://abiquo.example.com/api/"
@@ -71,7 +83,7 @@ def refusal(body: bytes, content_type: str | None = None, **kwargs: Any) -> Payl
     return caught.value
 
 
-# --- The samples of PROTOCOL.md §11 and the seed article ------------------------------------------------
+# --- The samples of docs/protocol.md §11 and the seed article -----------------------------------------------
 
 
 def test_protocol_11_1_xml_vm_deploy_reads_every_field():
@@ -94,13 +106,13 @@ def test_protocol_11_1_xml_vm_deploy_reads_every_field():
         timestamp=1372838400,
         creation_timestamp=None,
         jobs=(
-            Job(
+            TaskJob(
                 id=f"{DEPLOY_ID}.11111111-1111-4111-8111-111111111111",
                 type="CONFIGURE",
                 description="Deploy task's configure on virtual machine with id 7",
                 state="PENDING",
             ),
-            Job(
+            TaskJob(
                 id=f"{DEPLOY_ID}.22222222-2222-4222-8222-222222222222",
                 type="POWER_ON",
                 description="Deploy task's power on on virtual machine with id 7",
@@ -444,7 +456,7 @@ def test_jobs_without_an_id_or_a_type_are_skipped():
 
     [task] = parse_callback(collection(minimal_task(jobs=jobs)), None).tasks
 
-    assert task.jobs == (Job(id="j1", type="SCHEDULE"),)
+    assert task.jobs == (TaskJob(id="j1", type="SCHEDULE"),)
 
 
 def test_numeric_user_and_owner_ids_are_kept_as_text():
@@ -871,7 +883,7 @@ class TaskSpec:
             self_href=hrefs.get("self"),
             timestamp=_timestamp(self.timestamp),
             creation_timestamp=_timestamp(self.creation_timestamp),
-            jobs=tuple(Job(i.strip(), t.strip(), _text(d), _text(s)) for i, t, d, s in self.jobs),
+            jobs=tuple(TaskJob(i.strip(), t.strip(), _text(d), _text(s)) for i, t, d, s in self.jobs),
             links=links,
         )
 
@@ -1005,7 +1017,7 @@ def as_xml(spec: TaskSpec) -> str:
     return f"<task>{links}{fields}{unknown}<jobs>{jobs}</jobs></task>"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(
     specs=task_lists,
     single=st.booleans(),
@@ -1033,7 +1045,7 @@ def test_valid_tasks_round_trip_through_json(
     )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(
     specs=task_lists,
     single=st.booleans(),
@@ -1100,11 +1112,13 @@ def parses_or_refuses(body: bytes, content_type: str | None) -> None:
         assert result.tasks
 
 
+def json_containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
+    json_containers,
     max_leaves=20,
 )
 task_shaped = st.fixed_dictionaries(
@@ -1158,19 +1172,19 @@ xml_fragments = st.sampled_from(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(body=st.binary(max_size=5000), content_type=CONTENT_TYPES)
 def test_arbitrary_bytes_parse_or_raise_payload_error(body: bytes, content_type: str | None):
     parses_or_refuses(body, content_type)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(value=json_values, content_type=CONTENT_TYPES)
 def test_arbitrary_json_values_parse_or_raise_payload_error(value: object, content_type: str | None):
     parses_or_refuses(json.dumps(value).encode(), content_type)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     tasks=st.lists(task_shaped | json_values, max_size=3),
     single=st.booleans(),
@@ -1183,7 +1197,7 @@ def test_task_shaped_json_with_arbitrary_values_parses_or_raises_payload_error(
     parses_or_refuses(json.dumps(root).encode(), content_type)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     pieces=st.lists(xml_fragments | st.text(max_size=8), max_size=25),
     content_type=CONTENT_TYPES,
@@ -1192,7 +1206,7 @@ def test_xml_like_text_parses_or_raises_payload_error(pieces: list[str], content
     parses_or_refuses("".join(pieces).encode("utf-8", "surrogatepass"), content_type)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(task_id=st.text(min_size=1, max_size=80).filter(lambda text: not is_task_id(text.strip())))
 def test_any_other_task_id_is_refused_with_a_sentence_that_can_be_sent_back(task_id: str):
     body = json.dumps({"collection": [minimal_task(task_id)]}).encode()

@@ -1,4 +1,4 @@
-"""The policy rules, in the order DESIGN.md gives them."""
+"""The policy rules, in the order docs/design.md gives them."""
 
 from __future__ import annotations
 

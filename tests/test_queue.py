@@ -14,9 +14,9 @@ import pytest
 import pytest_asyncio
 
 from abiquo_workflow.store import DEFAULT_MAX_ATTEMPTS, JobRecord, JobStatus, Store
-from abiquo_workflow.store.engine import libpq_conninfo
 from abiquo_workflow.store.postgres import LISTENER_APPLICATION_NAME, JobListener
 from abiquo_workflow.store.queue import JOBS_CHANNEL, Wakeup
+from abiquo_workflow.store.urls import libpq_conninfo
 
 
 class ManualClock:
@@ -38,9 +38,9 @@ def clock() -> ManualClock:
 
 
 @pytest_asyncio.fixture
-async def store(database_url: str, clock: ManualClock) -> AsyncIterator[Store]:
+async def store(migrated_database_url: str, clock: ManualClock) -> AsyncIterator[Store]:
     """The conftest store, but on a clock the test moves."""
-    async with await Store.open(database_url, clock=clock) as opened:
+    async with await Store.open(migrated_database_url, clock=clock) as opened:
         yield opened
 
 
@@ -71,7 +71,7 @@ async def test_a_claimed_job_is_running_for_its_worker_until_the_lease_ends(
 ) -> None:
     job_id = await enqueue(store)
 
-    [claimed] = await store.claim("worker-a", limit=10, lease=60)
+    [claimed] = await store.queue.claim("worker-a", limit=10, lease=60)
 
     assert claimed.id == job_id
     assert (claimed.kind, claimed.payload) == ("deliver", {"task_id": "t1"})
@@ -83,33 +83,33 @@ async def test_a_running_job_is_not_claimed_again_while_its_lease_lasts(
     store: Store, clock: ManualClock
 ) -> None:
     await enqueue(store)
-    await store.claim("worker-a", limit=10, lease=60)
+    await store.queue.claim("worker-a", limit=10, lease=60)
     clock.advance(59)
 
-    assert await store.claim("worker-b", limit=10, lease=60) == []
+    assert await store.queue.claim("worker-b", limit=10, lease=60) == []
 
 
 async def test_an_expired_lease_lets_another_worker_take_the_job(store: Store, clock: ManualClock) -> None:
     job_id = await enqueue(store)
-    await store.claim("worker-a", limit=10, lease=60)
+    await store.queue.claim("worker-a", limit=10, lease=60)
     clock.advance(60)
 
-    [taken_over] = await store.claim("worker-b", limit=10, lease=60)
+    [taken_over] = await store.queue.claim("worker-b", limit=10, lease=60)
 
     assert (taken_over.id, taken_over.locked_by, taken_over.attempts) == (job_id, "worker-b", 2)
-    assert await store.complete(job_id, "worker-a") is False
-    assert await store.complete(job_id, "worker-b") is True
+    assert await store.queue.complete(job_id, "worker-a") is False
+    assert await store.queue.complete(job_id, "worker-b") is True
 
 
 async def test_an_extended_lease_keeps_the_job_from_other_workers(store: Store, clock: ManualClock) -> None:
     job_id = await enqueue(store)
-    await store.claim("worker-a", limit=10, lease=60)
+    await store.queue.claim("worker-a", limit=10, lease=60)
     clock.advance(50)
 
-    assert await store.extend_lease(job_id, "worker-a", 60) is True
+    assert await store.queue.extend_lease(job_id, "worker-a", 60) is True
     clock.advance(50)
-    assert await store.claim("worker-b", limit=10, lease=60) == []
-    assert await store.extend_lease(job_id, "worker-b", 60) is False
+    assert await store.queue.claim("worker-b", limit=10, lease=60) == []
+    assert await store.queue.extend_lease(job_id, "worker-b", 60) is False
 
 
 async def test_each_job_goes_to_exactly_one_of_two_racing_workers(store: Store) -> None:
@@ -120,7 +120,7 @@ async def test_each_job_goes_to_exactly_one_of_two_racing_workers(store: Store) 
 
     async def drain(worker_id: str) -> list[int]:
         mine: list[int] = []
-        while batch := await store.claim(worker_id, limit=3, lease=60):
+        while batch := await store.queue.claim(worker_id, limit=3, lease=60):
             mine.extend(claimed.id for claimed in batch)
         return mine
 
@@ -133,7 +133,7 @@ async def test_each_job_goes_to_exactly_one_of_two_racing_workers(store: Store) 
 async def test_claim_takes_the_oldest_due_jobs_up_to_the_limit(store: Store) -> None:
     ids = [await enqueue(store) for _ in range(3)]
 
-    claimed = await store.claim("worker-a", limit=2, lease=60)
+    claimed = await store.queue.claim("worker-a", limit=2, lease=60)
 
     assert [c.id for c in claimed] == ids[:2]
 
@@ -142,16 +142,16 @@ async def test_claim_takes_only_the_kinds_asked_for(store: Store) -> None:
     await enqueue(store, "triage")
     notify_id = await enqueue(store, "notify_requester")
 
-    claimed = await store.claim("worker-a", limit=10, lease=60, kinds=["notify_requester"])
+    claimed = await store.queue.claim("worker-a", limit=10, lease=60, kinds=["notify_requester"])
 
     assert [c.id for c in claimed] == [notify_id]
 
 
 async def test_a_completed_job_is_done_and_never_claimed_again(store: Store, clock: ManualClock) -> None:
     job_id = await enqueue(store)
-    await store.claim("worker-a", limit=10, lease=60)
+    await store.queue.claim("worker-a", limit=10, lease=60)
 
-    assert await store.complete(job_id, "worker-a") is True
+    assert await store.queue.complete(job_id, "worker-a") is True
 
     done = await job(store, job_id)
     clock.advance(3600)
@@ -160,7 +160,7 @@ async def test_a_completed_job_is_done_and_never_claimed_again(store: Store, clo
         clock.now - timedelta(hours=1),
         None,
     )
-    assert await store.claim("worker-b", limit=10, lease=60) == []
+    assert await store.queue.claim("worker-b", limit=10, lease=60) == []
 
 
 # --- retries, burial, requeueing -----------------------------------------------------------------------
@@ -168,15 +168,15 @@ async def test_a_completed_job_is_done_and_never_claimed_again(store: Store, clo
 
 async def test_a_retried_job_is_not_claimed_before_its_run_after(store: Store, clock: ManualClock) -> None:
     job_id = await enqueue(store)
-    await store.claim("worker-a", limit=10, lease=60)
-    await store.retry(
+    await store.queue.claim("worker-a", limit=10, lease=60)
+    await store.queue.retry(
         job_id, "worker-a", error="Abiquo answered 503", run_after=clock.now + timedelta(seconds=30)
     )
 
     clock.advance(29)
-    assert await store.claim("worker-a", limit=10, lease=60) == []
+    assert await store.queue.claim("worker-a", limit=10, lease=60) == []
     clock.advance(1)
-    [again] = await store.claim("worker-a", limit=10, lease=60)
+    [again] = await store.queue.claim("worker-a", limit=10, lease=60)
 
     assert (again.id, again.attempts, again.last_error) == (job_id, 2, "Abiquo answered 503")
 
@@ -184,21 +184,21 @@ async def test_a_retried_job_is_not_claimed_before_its_run_after(store: Store, c
 async def test_a_job_scheduled_for_later_waits_for_its_time(store: Store, clock: ManualClock) -> None:
     await enqueue(store, run_after=clock.now + timedelta(minutes=5))
 
-    assert await store.claim("worker-a", limit=10, lease=60) == []
+    assert await store.queue.claim("worker-a", limit=10, lease=60) == []
     clock.advance(300)
-    assert len(await store.claim("worker-a", limit=10, lease=60)) == 1
+    assert len(await store.queue.claim("worker-a", limit=10, lease=60)) == 1
 
 
 async def test_a_job_buried_after_its_last_attempt_is_dead_and_listed(
     store: Store, clock: ManualClock
 ) -> None:
     job_id = await enqueue(store, max_attempts=2)
-    await store.claim("worker-a", limit=10, lease=60)
-    await store.retry(job_id, "worker-a", error="503", run_after=clock.now)
-    [last] = await store.claim("worker-a", limit=10, lease=60)
+    await store.queue.claim("worker-a", limit=10, lease=60)
+    await store.queue.retry(job_id, "worker-a", error="503", run_after=clock.now)
+    [last] = await store.queue.claim("worker-a", limit=10, lease=60)
     assert last.exhausted
 
-    assert await store.bury(job_id, "worker-a", error="Abiquo answered 503 eight times") is True
+    assert await store.queue.bury(job_id, "worker-a", error="Abiquo answered 503 eight times") is True
 
     [dead] = await store.list_jobs(status=JobStatus.DEAD)
     assert (dead.id, dead.attempts, dead.last_error) == (job_id, 2, "Abiquo answered 503 eight times")
@@ -210,10 +210,10 @@ async def test_a_last_attempt_whose_worker_stopped_is_buried_by_the_next_claim(
     store: Store, clock: ManualClock
 ) -> None:
     job_id = await enqueue(store, max_attempts=1)
-    await store.claim("worker-a", limit=10, lease=60)
+    await store.queue.claim("worker-a", limit=10, lease=60)
     clock.advance(60)
 
-    assert await store.claim("worker-b", limit=10, lease=60) == []
+    assert await store.queue.claim("worker-b", limit=10, lease=60) == []
 
     dead = await job(store, job_id)
     assert dead.status is JobStatus.DEAD
@@ -223,32 +223,32 @@ async def test_a_last_attempt_whose_worker_stopped_is_buried_by_the_next_claim(
 
 async def test_requeue_gives_a_dead_job_fresh_attempts(store: Store, clock: ManualClock) -> None:
     job_id = await enqueue(store, max_attempts=1)
-    await store.claim("worker-a", limit=10, lease=60)
-    await store.bury(job_id, "worker-a", error="Abiquo unreachable")
+    await store.queue.claim("worker-a", limit=10, lease=60)
+    await store.queue.bury(job_id, "worker-a", error="Abiquo unreachable")
     clock.advance(600)
 
-    assert await store.requeue(job_id) is True
+    assert await store.queue.requeue(job_id) is True
 
     requeued = await job(store, job_id)
     assert (requeued.status, requeued.attempts, requeued.run_after) == (JobStatus.QUEUED, 0, clock.now)
-    assert [c.id for c in await store.claim("worker-b", limit=10, lease=60)] == [job_id]
+    assert [c.id for c in await store.queue.claim("worker-b", limit=10, lease=60)] == [job_id]
 
 
 async def test_requeue_leaves_a_job_that_is_not_dead_alone(store: Store) -> None:
     job_id = await enqueue(store)
-    await store.claim("worker-a", limit=10, lease=60)
+    await store.queue.claim("worker-a", limit=10, lease=60)
 
-    assert await store.requeue(job_id) is False
+    assert await store.queue.requeue(job_id) is False
     assert (await job(store, job_id)).status is JobStatus.RUNNING
 
 
 async def test_a_worker_that_does_not_hold_a_job_cannot_finish_it(store: Store, clock: ManualClock) -> None:
     job_id = await enqueue(store)
-    await store.claim("worker-a", limit=10, lease=60)
+    await store.queue.claim("worker-a", limit=10, lease=60)
 
-    assert await store.retry(job_id, "worker-b", error="?", run_after=clock.now) is False
-    assert await store.bury(job_id, "worker-b", error="?") is False
-    assert await store.complete(job_id, "worker-b") is False
+    assert await store.queue.retry(job_id, "worker-b", error="?", run_after=clock.now) is False
+    assert await store.queue.bury(job_id, "worker-b", error="?") is False
+    assert await store.queue.complete(job_id, "worker-b") is False
     assert (await job(store, job_id)).status is JobStatus.RUNNING
 
 
@@ -281,10 +281,9 @@ async def test_jobs_without_a_dedupe_key_never_collide(store: Store) -> None:
 async def test_wakeup_fires_after_the_commit_and_not_before(store: Store) -> None:
     async with store.transaction() as work:
         await work.enqueue("deliver", {"task_id": "t1"})
-        assert not store.wakeup.is_set()
+        assert await store.queue.wait_for_jobs(timeout=0) is False
 
-    assert store.wakeup.is_set()
-    assert await store.wait_for_jobs(timeout=0) is True
+    assert await store.queue.wait_for_jobs(timeout=0) is True
 
 
 async def test_wakeup_does_not_fire_when_the_transaction_rolls_back(store: Store) -> None:
@@ -293,22 +292,31 @@ async def test_wakeup_does_not_fire_when_the_transaction_rolls_back(store: Store
             await work.enqueue("deliver", {"task_id": "t1"})
             raise RuntimeError("abandon")
 
-    assert not store.wakeup.is_set()
-    assert await store.wait_for_jobs(timeout=0) is False
+    assert await store.queue.wait_for_jobs(timeout=0) is False
 
 
 async def test_waiting_clears_the_wakeup(store: Store) -> None:
     await enqueue(store)
 
-    assert await store.wait_for_jobs(timeout=0) is True
-    assert await store.wait_for_jobs(timeout=0) is False
+    assert await store.queue.wait_for_jobs(timeout=0) is True
+    assert await store.queue.wait_for_jobs(timeout=0) is False
+
+
+async def test_requeueing_a_dead_job_wakes_the_workers(store: Store) -> None:
+    job_id = await enqueue(store, max_attempts=1)
+    await store.queue.claim("worker-a", limit=10, lease=60)
+    await store.queue.bury(job_id, "worker-a", error="Abiquo unreachable")
+    assert await store.queue.wait_for_jobs(timeout=0) is True  # the enqueue's wake-up
+
+    assert await store.queue.requeue(job_id) is True
+    assert await store.queue.wait_for_jobs(timeout=0) is True
 
 
 async def test_a_transaction_without_jobs_wakes_nobody(store: Store) -> None:
     async with store.transaction() as work:
         await work.audit("received")
 
-    assert not store.wakeup.is_set()
+    assert await store.queue.wait_for_jobs(timeout=0) is False
 
 
 async def test_an_enqueue_by_another_process_wakes_this_one_on_postgresql(database_url: str) -> None:
@@ -318,7 +326,7 @@ async def test_an_enqueue_by_another_process_wakes_this_one_on_postgresql(databa
         async with web.transaction() as work:
             await work.enqueue("deliver", {"task_id": "t1"})
 
-        assert await worker.wait_for_jobs(timeout=30) is True
+        assert await worker.queue.wait_for_jobs(timeout=30) is True
 
 
 async def test_the_listener_comes_back_after_losing_its_connection_on_postgresql(database_url: str) -> None:

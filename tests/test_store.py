@@ -5,9 +5,11 @@ Every test runs on SQLite and on PostgreSQL (the `database_url` fixture).
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import inspect
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +23,7 @@ from abiquo_workflow.domain import (
     PayloadFormat,
 )
 from abiquo_workflow.exceptions import AbiquoWorkflowError, StoreError
-from abiquo_workflow.store import NotificationStatus, Store, UnitOfWork
+from abiquo_workflow.store import JobQueue, NotificationStatus, Reader, Store, UnitOfWork
 
 VM_HREF = "cloud/virtualdatacenters/1/virtualappliances/1/virtualmachines/{}"
 
@@ -498,11 +500,29 @@ async def test_audit_lines_come_back_in_the_order_they_were_written(store: Store
 
 
 def test_the_audit_log_can_only_be_appended_to_and_read() -> None:
+    """No method changes or removes audit lines, whatever its name: the store's code builds no UPDATE or
+    DELETE on the audit table, and the only methods about the audit append (in a transaction) or read."""
+
     def audit_methods(cls: type) -> set[str]:
         return {name for name, _ in inspect.getmembers(cls, inspect.isfunction) if "audit" in name}
 
+    def changes_audit(node: ast.AST) -> bool:
+        match node:
+            case ast.Call(func=ast.Name(id="update" | "delete"), args=[ast.Name(id="audit"), *_]):
+                return True
+            case ast.Call(func=ast.Attribute(value=ast.Name(id="audit"), attr="update" | "delete")):
+                return True
+        return False
+
+    sources = {path.name: path.read_text() for path in Path(inspect.getfile(Store)).parent.glob("*.py")}
+    assert "store.py" in sources and "reads.py" in sources
+    for name, source in sources.items():
+        assert not [ast.unparse(node) for node in ast.walk(ast.parse(source)) if changes_audit(node)], name
+        assert "update audit" not in source.lower() and "delete from audit" not in source.lower(), name
+    assert audit_methods(Reader) == {"audit_log"}
     assert audit_methods(UnitOfWork) == {"audit", "audit_each", "audit_log"}
     assert audit_methods(Store) == {"audit_log"}
+    assert audit_methods(JobQueue) == set()
 
 
 # --- time ----------------------------------------------------------------------------------------------

@@ -15,10 +15,11 @@ from typing import Any
 
 import httpx2
 import pytest
+import pytest_asyncio
 from sqlalchemy.engine import make_url
 
 from abiquo_workflow.store import Store
-from tests.conftest import Connector, ConnectorFactory, drop_database
+from tests.conftest import App, AppFactory, Connector, ConnectorFactory, Running, drop_database
 
 PAYLOADS = Path(__file__).parent / "payloads"
 XML_TYPE = "application/vnd.abiquo.tasks+xml"
@@ -37,16 +38,17 @@ def sample(name: str) -> bytes:
 
 
 async def post(
-    url: str, body: bytes = b"", content_type: str | None = XML_TYPE, **kw: Any
+    target: Running, path: str, body: bytes = b"", content_type: str | None = XML_TYPE, **kw: Any
 ) -> httpx2.Response:
+    """POST `body` to `path` of the app (or a connector) as Abiquo would."""
     headers = dict(kw.pop("headers", {}))
     if content_type is not None:
         headers["content-type"] = content_type
-    async with httpx2.AsyncClient(timeout=30) as client:
-        return await client.post(url, content=body, headers=headers, **kw)
+    async with target.client() as client:
+        return await client.post(path, content=body, headers=headers, **kw)
 
 
-async def stored_tasks(connector: Connector) -> list[str]:
+async def stored_tasks(connector: Running) -> list[str]:
     """Every task id in the connector's database, newest first."""
     async with await Store.open(connector.settings.database.url, migrate=False) as store:
         return [task.task_id for task in await store.list_tasks()]
@@ -61,6 +63,13 @@ def assert_refusal(response: httpx2.Response, status: int) -> str:
     assert message[:1].isupper() and message.rstrip().endswith((".", ")")), message
     assert not any(marker in response.text for marker in TRACEBACK_MARKERS), response.text
     return message
+
+
+@pytest.fixture
+def connector(app: App) -> App:
+    """The connector's web app in-process (conftest `app`); the tests that time /healthz while the
+    server works start a real server instead (`attacked`)."""
+    return app
 
 
 # --- what a good callback gets -------------------------------------------------------------------------
@@ -78,9 +87,9 @@ SAMPLES = [
 
 @pytest.mark.parametrize(("name", "content_type", "task_ids"), SAMPLES)
 async def test_a_sample_callback_is_answered_with_its_request_and_tasks(
-    connector: Connector, name: str, content_type: str, task_ids: list[str]
+    connector: Running, name: str, content_type: str, task_ids: list[str]
 ) -> None:
-    response = await post(f"{connector.url}/callback", sample(name), content_type)
+    response = await post(connector, "/callback", sample(name), content_type)
 
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -91,27 +100,27 @@ async def test_a_sample_callback_is_answered_with_its_request_and_tasks(
 
 @pytest.mark.parametrize(("name", "content_type", "task_ids"), SAMPLES)
 async def test_a_sample_callback_is_stored_under_its_request(
-    connector: Connector, name: str, content_type: str, task_ids: list[str]
+    connector: Running, name: str, content_type: str, task_ids: list[str]
 ) -> None:
-    response = await post(f"{connector.url}/callback", sample(name), content_type)
+    response = await post(connector, "/callback", sample(name), content_type)
 
     async with await Store.open(connector.settings.database.url, migrate=False) as store:
         tasks = await store.tasks_of_request(response.json()["request_id"])
     assert [task.task_id for task in tasks] == task_ids
 
 
-async def test_the_same_callback_twice_is_answered_both_times_and_stored_once(connector: Connector) -> None:
+async def test_the_same_callback_twice_is_answered_both_times_and_stored_once(connector: Running) -> None:
     body = sample("protocol_11_4_vapp_deploy.xml")
 
-    first = await post(f"{connector.url}/callback", body)
-    second = await post(f"{connector.url}/callback", body)
+    first = await post(connector, "/callback", body)
+    second = await post(connector, "/callback", body)
 
     assert first.status_code == second.status_code == 200
     assert second.json() == {"request_id": None, "tasks": [], "already_known": VAPP_IDS}
     assert sorted(await stored_tasks(connector)) == VAPP_IDS
 
 
-async def test_a_simulated_abiquo_callback_is_stored(connector: Connector) -> None:
+async def test_a_simulated_abiquo_callback_is_stored(connector: Running) -> None:
     result = await connector.request(action="deploy", vm=1)
 
     assert await stored_tasks(connector) == [result["tasks"][0]["task_id"]]
@@ -144,51 +153,49 @@ BAD_BODIES = [
 
 @pytest.mark.parametrize(("body", "content_type"), BAD_BODIES)
 async def test_an_unreadable_body_is_refused_with_400_and_a_sentence(
-    connector: Connector, body: bytes, content_type: str | None
+    connector: Running, body: bytes, content_type: str | None
 ) -> None:
-    response = await post(f"{connector.url}/callback", body, content_type)
+    response = await post(connector, "/callback", body, content_type)
 
     assert_refusal(response, 400)
     assert await stored_tasks(connector) == []
 
 
-async def test_an_image_is_refused_with_415(connector: Connector) -> None:
-    response = await post(f"{connector.url}/callback", b"\x89PNG\r\n\x1a\n", "image/png")
+async def test_an_image_is_refused_with_415(connector: Running) -> None:
+    response = await post(connector, "/callback", b"\x89PNG\r\n\x1a\n", "image/png")
 
     assert "image/png" in assert_refusal(response, 415)
     assert await stored_tasks(connector) == []
 
 
-@pytest.fixture
-def small_body_connector(connector_factory: ConnectorFactory) -> Iterator[Connector]:
-    """A connector whose `server.max_body` is 2,000 bytes: the vApp sample (several KB) is over it."""
-    with connector_factory(server={"max_body": 2000}) as running:
+@pytest_asyncio.fixture
+async def small_body_connector(app_factory: AppFactory) -> AsyncIterator[App]:
+    """The app with a `server.max_body` of 2,000 bytes: the vApp sample (several KB) is over it."""
+    async with app_factory(server={"max_body": 2000}) as running:
         yield running
 
 
 async def test_a_body_over_max_body_with_its_length_declared_is_refused_with_413(
-    small_body_connector: Connector,
+    small_body_connector: Running,
 ) -> None:
     body = sample("protocol_11_4_vapp_deploy.xml")
     assert len(body) > 2000
 
-    response = await post(f"{small_body_connector.url}/callback", body)
+    response = await post(small_body_connector, "/callback", body)
 
     assert "2,000" in assert_refusal(response, 413)
     assert await stored_tasks(small_body_connector) == []
 
 
 async def test_a_chunked_body_over_max_body_is_refused_with_413_while_streaming(
-    small_body_connector: Connector,
+    small_body_connector: Running,
 ) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(100):
             yield b"<!-- padding padding padding padding padding padding padding padding -->\n"
 
-    async with httpx2.AsyncClient(timeout=30) as client:
-        response = await client.post(
-            f"{small_body_connector.url}/callback", content=chunks(), headers={"content-type": XML_TYPE}
-        )
+    async with small_body_connector.client() as client:
+        response = await client.post("/callback", content=chunks(), headers={"content-type": XML_TYPE})
 
     assert response.request.headers.get("transfer-encoding") == "chunked"
     assert "content-length" not in response.request.headers
@@ -196,7 +203,7 @@ async def test_a_chunked_body_over_max_body_is_refused_with_413_while_streaming(
     assert await stored_tasks(small_body_connector) == []
 
 
-async def test_a_chunked_body_under_max_body_is_stored(small_body_connector: Connector) -> None:
+async def test_a_chunked_body_under_max_body_is_stored(small_body_connector: App) -> None:
     body = sample("protocol_11_3_vm_reconfigure.json")
     assert len(body) < 2000
 
@@ -204,18 +211,16 @@ async def test_a_chunked_body_under_max_body_is_stored(small_body_connector: Con
         for start in range(0, len(body), 100):
             yield body[start : start + 100]
 
-    async with httpx2.AsyncClient(timeout=30) as client:
-        response = await client.post(
-            f"{small_body_connector.url}/callback", content=chunks(), headers={"content-type": JSON_TYPE}
-        )
+    async with small_body_connector.client() as client:
+        response = await client.post("/callback", content=chunks(), headers={"content-type": JSON_TYPE})
 
     assert response.status_code == 200, response.text
     assert response.json()["tasks"] == [RECONFIGURE_ID]
 
 
-async def test_get_on_the_callback_is_405(connector: Connector) -> None:
-    async with httpx2.AsyncClient(timeout=30) as client:
-        response = await client.get(f"{connector.url}/callback")
+async def test_get_on_the_callback_is_405(connector: Running) -> None:
+    async with connector.client() as client:
+        response = await client.get("/callback")
 
     assert "POST" in assert_refusal(response, 405)
     assert response.headers["allow"] == "POST"
@@ -226,9 +231,9 @@ async def test_get_on_the_callback_is_405(connector: Connector) -> None:
 TOKEN = "s3cret-callback-token"
 
 
-@pytest.fixture
-def token_connector(connector_factory: ConnectorFactory) -> Iterator[Connector]:
-    with connector_factory(server={"callback_token": TOKEN}) as running:
+@pytest_asyncio.fixture
+async def token_connector(app_factory: AppFactory) -> AsyncIterator[App]:
+    async with app_factory(server={"callback_token": TOKEN}) as running:
         yield running
 
 
@@ -241,9 +246,9 @@ def token_connector(connector_factory: ConnectorFactory) -> Iterator[Connector]:
     ],
 )
 async def test_the_callback_token_is_accepted_in_each_place(
-    token_connector: Connector, path: str, extra: dict[str, Any]
+    token_connector: Running, path: str, extra: dict[str, Any]
 ) -> None:
-    response = await post(f"{token_connector.url}{path}", sample("protocol_11_1_vm_deploy.xml"), **extra)
+    response = await post(token_connector, path, sample("protocol_11_1_vm_deploy.xml"), **extra)
 
     assert response.status_code == 200, response.text
     assert await stored_tasks(token_connector) == [DEPLOY_ID]
@@ -261,17 +266,17 @@ async def test_the_callback_token_is_accepted_in_each_place(
     ],
 )
 async def test_a_missing_or_wrong_callback_token_is_refused_with_403(
-    token_connector: Connector, path: str, extra: dict[str, Any]
+    token_connector: Running, path: str, extra: dict[str, Any]
 ) -> None:
-    response = await post(f"{token_connector.url}{path}", sample("protocol_11_1_vm_deploy.xml"), **extra)
+    response = await post(token_connector, path, sample("protocol_11_1_vm_deploy.xml"), **extra)
 
     message = assert_refusal(response, 403)
     assert TOKEN not in message
     assert await stored_tasks(token_connector) == []
 
 
-async def test_a_token_path_without_a_configured_token_is_404(connector: Connector) -> None:
-    response = await post(f"{connector.url}/callback/anything", sample("protocol_11_1_vm_deploy.xml"))
+async def test_a_token_path_without_a_configured_token_is_404(connector: Running) -> None:
+    response = await post(connector, "/callback/anything", sample("protocol_11_1_vm_deploy.xml"))
 
     assert "/callback" in assert_refusal(response, 404)
     assert await stored_tasks(connector) == []
@@ -280,24 +285,24 @@ async def test_a_token_path_without_a_configured_token_is_404(connector: Connect
 # --- server.callback_allow -----------------------------------------------------------------------------
 
 
-async def test_a_source_inside_callback_allow_is_accepted(connector_factory: ConnectorFactory) -> None:
-    with connector_factory(server={"callback_allow": ["127.0.0.0/8"]}) as connector:
-        response = await post(f"{connector.url}/callback", sample("protocol_11_1_vm_deploy.xml"))
+async def test_a_source_inside_callback_allow_is_accepted(app_factory: AppFactory) -> None:
+    async with app_factory(server={"callback_allow": ["127.0.0.0/8"]}) as connector:
+        response = await post(connector, "/callback", sample("protocol_11_1_vm_deploy.xml"))
 
         assert response.status_code == 200, response.text
 
 
 async def test_a_source_outside_callback_allow_is_refused_with_403(
-    connector_factory: ConnectorFactory,
+    app_factory: AppFactory,
 ) -> None:
-    with connector_factory(server={"callback_allow": ["10.0.0.0/8"]}) as connector:
-        response = await post(f"{connector.url}/callback", sample("protocol_11_1_vm_deploy.xml"))
+    async with app_factory(server={"callback_allow": ["10.0.0.0/8"]}) as connector:
+        response = await post(connector, "/callback", sample("protocol_11_1_vm_deploy.xml"))
 
         assert "127.0.0.1" in assert_refusal(response, 403)
         assert await stored_tasks(connector) == []
 
 
-async def stored_sources(connector: Connector) -> list[str | None]:
+async def stored_sources(connector: Running) -> list[str | None]:
     async with await Store.open(connector.settings.database.url, migrate=False) as store:
         tasks = await store.list_tasks()
         requests = [await store.get_request(task.request_id) for task in tasks]
@@ -308,40 +313,38 @@ SPOOFED = {"x-forwarded-for": "10.1.2.3", "x-forwarded-proto": "https"}
 
 
 @pytest.fixture
-def attacked(connector_factory: ConnectorFactory, database_url: str) -> Iterator[Connector]:
+def attacked(connector_factory: ConnectorFactory, migrated_database_url: str) -> Iterator[Connector]:
     """A connector in the default configuration on each database: every attack is tried on both."""
-    with connector_factory(database_url=database_url) as running:
+    with connector_factory(database_url=migrated_database_url) as running:
         yield running
 
 
 async def test_a_forwarded_for_header_does_not_get_a_callback_past_callback_allow(
-    connector_factory: ConnectorFactory, database_url: str
+    connector_factory: ConnectorFactory, migrated_database_url: str
 ) -> None:
     # The attack: from 127.0.0.1, claim to be forwarding for an allowed Abiquo address.
-    with connector_factory(database_url=database_url, server={"callback_allow": ["10.0.0.0/8"]}) as connector:
-        response = await post(
-            f"{connector.url}/callback", sample("protocol_11_1_vm_deploy.xml"), headers=SPOOFED
-        )
+    with connector_factory(
+        database_url=migrated_database_url, server={"callback_allow": ["10.0.0.0/8"]}
+    ) as connector:
+        response = await post(connector, "/callback", sample("protocol_11_1_vm_deploy.xml"), headers=SPOOFED)
 
         assert "127.0.0.1" in assert_refusal(response, 403)
         assert await stored_tasks(connector) == []
 
 
 async def test_a_forwarded_for_header_is_not_stored_as_the_callbacks_source(attacked: Connector) -> None:
-    response = await post(f"{attacked.url}/callback", sample("protocol_11_1_vm_deploy.xml"), headers=SPOOFED)
+    response = await post(attacked, "/callback", sample("protocol_11_1_vm_deploy.xml"), headers=SPOOFED)
 
     assert response.status_code == 200, response.text
     assert await stored_sources(attacked) == ["127.0.0.1"]
 
 
 async def test_a_trusted_proxy_is_believed_about_whom_it_forwards_for(
-    connector_factory: ConnectorFactory, database_url: str
+    connector_factory: ConnectorFactory, migrated_database_url: str
 ) -> None:
     settings = {"callback_allow": ["10.0.0.0/8"], "trusted_proxies": ["127.0.0.1/32"]}
-    with connector_factory(database_url=database_url, server=settings) as connector:
-        response = await post(
-            f"{connector.url}/callback", sample("protocol_11_1_vm_deploy.xml"), headers=SPOOFED
-        )
+    with connector_factory(database_url=migrated_database_url, server=settings) as connector:
+        response = await post(connector, "/callback", sample("protocol_11_1_vm_deploy.xml"), headers=SPOOFED)
 
         assert response.status_code == 200, response.text
         assert await stored_sources(connector) == ["10.1.2.3"]
@@ -377,7 +380,7 @@ async def test_a_lone_surrogate_as_a_task_id_is_refused_with_400_while_health_ch
 ) -> None:
     body = sample("protocol_11_2_vm_deploy.json").replace(DEPLOY_ID.encode(), b"\\ud800", 1)
 
-    response, health = await healthz_while(attacked, post(f"{attacked.url}/callback", body, JSON_TYPE))
+    response, health = await healthz_while(attacked, post(attacked, "/callback", body, JSON_TYPE))
 
     assert "unpaired surrogate" in assert_refusal(response, 400)
     assert health and set(health) == {200}
@@ -387,7 +390,7 @@ async def test_a_lone_surrogate_as_a_task_id_is_refused_with_400_while_health_ch
 async def test_a_task_id_holding_a_comma_is_refused_with_400(attacked: Connector) -> None:
     body = sample("protocol_11_2_vm_deploy.json").replace(DEPLOY_ID.encode(), b"a,b", 1)
 
-    response = await post(f"{attacked.url}/callback", body, JSON_TYPE)
+    response = await post(attacked, "/callback", body, JSON_TYPE)
 
     assert "not an Abiquo task id" in assert_refusal(response, 400)
     assert await stored_tasks(attacked) == []
@@ -412,7 +415,7 @@ async def test_a_ten_thousand_task_callback_is_refused_with_413_while_health_che
     body = many_tasks(10_000)
     assert len(body) < attacked.settings.server.max_body  # under the size limit: the count decides
 
-    response, health = await healthz_while(attacked, post(f"{attacked.url}/callback", body, JSON_TYPE))
+    response, health = await healthz_while(attacked, post(attacked, "/callback", body, JSON_TYPE))
 
     message = assert_refusal(response, 413)
     assert "10,000 tasks" in message and "server.max_tasks" in message
@@ -425,7 +428,7 @@ async def test_a_callback_at_the_task_limit_is_stored_while_health_checks_answer
 ) -> None:
     body = many_tasks(attacked.settings.server.max_tasks)
 
-    response, health = await healthz_while(attacked, post(f"{attacked.url}/callback", body, JSON_TYPE))
+    response, health = await healthz_while(attacked, post(attacked, "/callback", body, JSON_TYPE))
 
     assert response.status_code == 200, response.text
     assert len(response.json()["tasks"]) == attacked.settings.server.max_tasks
@@ -436,33 +439,34 @@ async def test_a_callback_at_the_task_limit_is_stored_while_health_checks_answer
 
 
 async def test_a_callback_is_refused_with_503_while_another_process_locks_the_sqlite_file(
-    connector: Connector,
+    app_factory: AppFactory,
 ) -> None:
-    path = make_url(connector.settings.database.url).database
-    assert path is not None
-    holder = sqlite3.connect(path, isolation_level=None)
-    try:
-        holder.execute("BEGIN EXCLUSIVE")
-        response = await post(f"{connector.url}/callback", sample("protocol_11_1_vm_deploy.xml"))
-    finally:
-        holder.close()
-
-    message = assert_refusal(response, 503)
-    assert "database is not available" in message
-    assert str(path) not in message  # where the database lives is for the log, not for callers
-    assert await stored_tasks(connector) == []
-
-
-@pytest.mark.postgres
-@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
-async def test_a_callback_is_refused_with_503_when_the_postgresql_database_is_gone(
-    connector_factory: ConnectorFactory, database_url: str, postgres_server: str
-) -> None:
-    with connector_factory(database_url=database_url) as connector:
-        await asyncio.to_thread(drop_database, postgres_server, database_url)
-
-        response = await post(f"{connector.url}/callback", sample("protocol_11_1_vm_deploy.xml"))
+    async with app_factory(database={"busy_timeout": 0.3}) as connector:  # waits that long, then 503
+        path = make_url(connector.settings.database.url).database
+        assert path is not None
+        holder = sqlite3.connect(path, isolation_level=None)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            response = await post(connector, "/callback", sample("protocol_11_1_vm_deploy.xml"))
+        finally:
+            holder.close()
 
         message = assert_refusal(response, 503)
         assert "database is not available" in message
-        assert make_url(database_url).database not in message
+        assert str(path) not in message  # where the database lives is for the log, not for callers
+        assert await stored_tasks(connector) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("migrated_database_url", ["postgres"], indirect=True)
+async def test_a_callback_is_refused_with_503_when_the_postgresql_database_is_gone(
+    connector_factory: ConnectorFactory, migrated_database_url: str, postgres_server: str
+) -> None:
+    with connector_factory(database_url=migrated_database_url) as connector:
+        await asyncio.to_thread(drop_database, postgres_server, migrated_database_url)
+
+        response = await post(connector, "/callback", sample("protocol_11_1_vm_deploy.xml"))
+
+        message = assert_refusal(response, 503)
+        assert "database is not available" in message
+        assert make_url(migrated_database_url).database not in message

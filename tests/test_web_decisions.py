@@ -1,8 +1,9 @@
 """`/accept`, `/decline` and `/multiple`: the pages behind the links in approval emails (web/decisions.py).
 
 Links are made here with a `LinkSigner` holding the test secret, exactly as the emails make them, and bound
-to Alice. Tasks are held by the simulator, which POSTs a real callback to a real connector. Nothing decides
-without a token that verifies for exactly the tasks and the action; GET and HEAD never decide.
+to Alice. Tasks are held by the simulator, which POSTs a real callback to the connector's web app; the app
+runs in-process (the `app` fixture: its real store, worker and Abiquo client, no server in front). Nothing
+decides without a token that verifies for exactly the tasks and the action; GET and HEAD never decide.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import asyncio
 import html
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx2
 import pytest
+import pytest_asyncio
 from itsdangerous import URLSafeSerializer
 from sqlalchemy.engine import make_url
 
@@ -27,14 +29,14 @@ from abiquo_workflow.links import LinkSigner
 from abiquo_workflow.mail import words
 from abiquo_workflow.store import Store
 from abiquo_workflow.store.records import JobStatus, TaskRecord
-from tests.conftest import TEST_SECRET_KEY, Connector, ConnectorFactory
+from tests.conftest import TEST_SECRET_KEY, App, AppFactory
 
 ALICE = "Alice Smith <alice.smith@acme.example>"
 BOB = "Bob Jones <bob.jones@acme.example>"
 TRACEBACK_MARKERS = ("Traceback", 'File "', "site-packages")
 
 
-def signer_for(connector: Connector) -> LinkSigner:
+def signer_for(connector: App) -> LinkSigner:
     return LinkSigner(TEST_SECRET_KEY, connector.settings.server.base_url, ttl=3600)
 
 
@@ -48,7 +50,7 @@ def params_of(url: str) -> dict[str, str]:
     return dict(parse_qsl(urlsplit(url).query))
 
 
-async def hold(connector: Connector, **request: Any) -> list[str]:
+async def hold(connector: App, **request: Any) -> list[str]:
     """Held task ids, one per VM: `await hold(connector, vm=1)`, `await hold(connector, vapp=1)`.
 
     Returns once triage has checked the tasks with Abiquo, as before any real approval email: a
@@ -64,16 +66,16 @@ async def hold(connector: Connector, **request: Any) -> list[str]:
     raise AssertionError(f"tasks {task_ids} not verified after 20 s")
 
 
-async def tasks_in_store(connector: Connector, task_ids: list[str]) -> list[TaskRecord]:
+async def tasks_in_store(connector: App, task_ids: list[str]) -> list[TaskRecord]:
     async with await Store.open(connector.settings.database.url, migrate=False) as store:
         return await store.get_tasks(task_ids)
 
 
-async def decisions(connector: Connector, task_ids: list[str]) -> list[DecisionState]:
+async def decisions(connector: App, task_ids: list[str]) -> list[DecisionState]:
     return [task.decision for task in await tasks_in_store(connector, task_ids)]
 
 
-async def settled(connector: Connector) -> None:
+async def settled(connector: App) -> None:
     """Wait until the worker has run every job it has (triage, emails, deliveries): after this, a
     decision that was made has reached the simulator, and one that was not never will."""
     async with await Store.open(connector.settings.database.url, migrate=False) as store:
@@ -87,8 +89,8 @@ async def settled(connector: Connector) -> None:
     raise AssertionError(f"jobs still waiting after 20 s: {busy}")
 
 
-async def fetch(connector: Connector, method: str, path: str, **kw: Any) -> httpx2.Response:
-    async with httpx2.AsyncClient(base_url=connector.url, timeout=30) as client:
+async def fetch(connector: App, method: str, path: str, **kw: Any) -> httpx2.Response:
+    async with connector.client() as client:
         return await client.request(method, path, **kw)
 
 
@@ -118,13 +120,17 @@ class Forms(HTMLParser):
             self.forms[-1]["hidden"][attributes["name"]] = attributes.get("value", "")
 
 
+@pytest.fixture
+def connector(app: App) -> App:
+    """The app, under the name the loop tests give a running connector."""
+    return app
+
+
 # --- GET and HEAD ask; they never decide ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("action", [Action.ACCEPT, Action.DECLINE])
-async def test_get_shows_a_confirmation_page_and_decides_nothing(
-    connector: Connector, action: Action
-) -> None:
+async def test_get_shows_a_confirmation_page_and_decides_nothing(connector: App, action: Action) -> None:
     [task] = await hold(connector, vm=1)
     url = signer_for(connector).task_url(task, action, ALICE)
 
@@ -136,7 +142,7 @@ async def test_get_shows_a_confirmation_page_and_decides_nothing(
     assert connector.decision_calls() == []
 
 
-async def test_head_decides_nothing(connector: Connector) -> None:
+async def test_head_decides_nothing(connector: App) -> None:
     [task] = await hold(connector, vm=1)
     url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
 
@@ -149,7 +155,7 @@ async def test_head_decides_nothing(connector: Connector) -> None:
     assert connector.decision_calls() == []
 
 
-async def test_get_on_multiple_decides_nothing(connector: Connector) -> None:
+async def test_get_on_multiple_decides_nothing(connector: App) -> None:
     tasks = await hold(connector, vapp=1)
     url = signer_for(connector).multiple_url(tasks, Action.ACCEPT, ALICE)
 
@@ -169,7 +175,7 @@ async def test_get_on_multiple_decides_nothing(connector: Connector) -> None:
     ],
 )
 async def test_the_confirmation_form_posts_the_links_fields_to_the_same_path(
-    connector: Connector, action: Action, make_url: str, route: str
+    connector: App, action: Action, make_url: str, route: str
 ) -> None:
     tasks = await hold(connector, vm=1)
     signer = signer_for(connector)
@@ -186,7 +192,7 @@ async def test_the_confirmation_form_posts_the_links_fields_to_the_same_path(
     assert form["hidden"] == params_of(url)
 
 
-async def test_posting_the_confirmation_form_decides(connector: Connector) -> None:
+async def test_posting_the_confirmation_form_decides(connector: App) -> None:
     [task] = await hold(connector, vm=1)
     url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
     [form] = Forms(assert_page(await fetch(connector, "GET", path_of(url)), 200)).forms
@@ -209,7 +215,7 @@ async def test_posting_the_confirmation_form_decides(connector: Connector) -> No
     ],
 )
 async def test_post_decides_and_abiquo_is_told(
-    connector: Connector, action: Action, decision: DecisionState, abiquo_action: str
+    connector: App, action: Action, decision: DecisionState, abiquo_action: str
 ) -> None:
     [task] = await hold(connector, vm=1)
     url = signer_for(connector).task_url(task, action, ALICE)
@@ -224,7 +230,7 @@ async def test_post_decides_and_abiquo_is_told(
     assert "Budget approved" in call["body"]
 
 
-async def test_a_second_post_is_410_naming_who_decided_and_when(connector: Connector) -> None:
+async def test_a_second_post_is_410_naming_who_decided_and_when(connector: App) -> None:
     [task] = await hold(connector, vm=1)
     signer = signer_for(connector)
     await fetch(connector, "POST", path_of(signer.task_url(task, Action.ACCEPT, ALICE)))
@@ -238,7 +244,7 @@ async def test_a_second_post_is_410_naming_who_decided_and_when(connector: Conne
     assert await decisions(connector, [task]) == [DecisionState.ACCEPTED]
 
 
-async def test_opening_a_link_of_a_decided_task_is_410(connector: Connector) -> None:
+async def test_opening_a_link_of_a_decided_task_is_410(connector: App) -> None:
     [task] = await hold(connector, vm=1)
     signer = signer_for(connector)
     await fetch(connector, "POST", path_of(signer.task_url(task, Action.DECLINE, ALICE)))
@@ -251,7 +257,7 @@ async def test_opening_a_link_of_a_decided_task_is_410(connector: Connector) -> 
     assert "<form" not in page
 
 
-async def test_an_unknown_task_with_a_valid_token_is_404(connector: Connector) -> None:
+async def test_an_unknown_task_with_a_valid_token_is_404(connector: App) -> None:
     url = signer_for(connector).task_url("no-such-task", Action.ACCEPT, ALICE)
 
     for method in ("GET", "POST"):
@@ -261,13 +267,13 @@ async def test_an_unknown_task_with_a_valid_token_is_404(connector: Connector) -
 # --- tokens ---------------------------------------------------------------------------------------------
 
 
-def forged(connector: Connector, task: str) -> str:
+def forged(connector: App, task: str) -> str:
     return LinkSigner("another-installation's-key", connector.settings.server.base_url, 3600).token(
         [task], Action.ACCEPT, ALICE
     )
 
 
-def altered(connector: Connector, task: str) -> str:
+def altered(connector: App, task: str) -> str:
     token = signer_for(connector).token([task], Action.ACCEPT, ALICE)
     return token[:-2] + ("AA" if not token.endswith("AA") else "BB")
 
@@ -288,7 +294,7 @@ BAD_TOKENS = {
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 @pytest.mark.parametrize("kind", list(BAD_TOKENS))
-async def test_a_bad_token_is_403_and_decides_nothing(connector: Connector, kind: str, method: str) -> None:
+async def test_a_bad_token_is_403_and_decides_nothing(connector: App, kind: str, method: str) -> None:
     [task] = await hold(connector, vm=1)
     token = BAD_TOKENS[kind](connector, task)
     params = {"task": task} if token is None else {"task": task, "token": token}
@@ -303,7 +309,7 @@ async def test_a_bad_token_is_403_and_decides_nothing(connector: Connector, kind
     assert connector.decision_calls() == []
 
 
-async def test_an_expired_link_says_when_it_expired(connector: Connector) -> None:
+async def test_an_expired_link_says_when_it_expired(connector: App) -> None:
     [task] = await hold(connector, vm=1)
     token = BAD_TOKENS["expired"](connector, task)
 
@@ -312,7 +318,7 @@ async def test_an_expired_link_says_when_it_expired(connector: Connector) -> Non
     assert "expired on" in page
 
 
-async def test_a_multiple_token_does_not_cover_more_tasks(connector: Connector) -> None:
+async def test_a_multiple_token_does_not_cover_more_tasks(connector: App) -> None:
     tasks = await hold(connector, vapp=1)
     url = signer_for(connector).multiple_url(tasks[:2], Action.ACCEPT, ALICE)
     params = {**params_of(url), "tasks": ",".join(tasks)}
@@ -322,7 +328,7 @@ async def test_a_multiple_token_does_not_cover_more_tasks(connector: Connector) 
     assert await decisions(connector, tasks) == [DecisionState.PENDING] * 3
 
 
-async def test_a_single_task_token_does_not_open_another_route(connector: Connector) -> None:
+async def test_a_single_task_token_does_not_open_another_route(connector: App) -> None:
     [task] = await hold(connector, vm=1)
     accept = params_of(signer_for(connector).task_url(task, Action.ACCEPT, ALICE))
 
@@ -348,7 +354,7 @@ ODD_EXPIRIES = [
 
 @pytest.mark.parametrize("expiry", ODD_EXPIRIES)
 async def test_a_signed_token_with_an_odd_expiry_is_403_and_decides_nothing(
-    connector: Connector, expiry: object
+    connector: App, expiry: object
 ) -> None:
     [task] = await hold(connector, vm=1)
 
@@ -363,7 +369,7 @@ async def test_a_signed_token_with_an_odd_expiry_is_403_and_decides_nothing(
 # --- /multiple ----------------------------------------------------------------------------------------
 
 
-async def test_multiple_decides_every_pending_task(connector: Connector) -> None:
+async def test_multiple_decides_every_pending_task(connector: App) -> None:
     tasks = await hold(connector, vapp=1)
     url = signer_for(connector).multiple_url(tasks, Action.ACCEPT, ALICE)
 
@@ -373,7 +379,7 @@ async def test_multiple_decides_every_pending_task(connector: Connector) -> None
     assert await decisions(connector, tasks) == [DecisionState.ACCEPTED] * 3
 
 
-async def test_multiple_decides_the_rest_and_lists_those_already_decided(connector: Connector) -> None:
+async def test_multiple_decides_the_rest_and_lists_those_already_decided(connector: App) -> None:
     tasks = await hold(connector, vapp=1)
     signer = signer_for(connector)
     await fetch(connector, "POST", path_of(signer.task_url(tasks[0], Action.DECLINE, BOB)))
@@ -391,7 +397,7 @@ async def test_multiple_decides_the_rest_and_lists_those_already_decided(connect
     ]
 
 
-async def test_multiple_with_every_task_decided_is_410(connector: Connector) -> None:
+async def test_multiple_with_every_task_decided_is_410(connector: App) -> None:
     tasks = await hold(connector, vapp=1)
     url = signer_for(connector).multiple_url(tasks, Action.ACCEPT, ALICE)
     await fetch(connector, "POST", path_of(url))
@@ -401,7 +407,7 @@ async def test_multiple_with_every_task_decided_is_410(connector: Connector) -> 
     assert "already decided" in assert_page(again, 410)
 
 
-async def test_multiple_lists_unknown_task_ids(connector: Connector) -> None:
+async def test_multiple_lists_unknown_task_ids(connector: App) -> None:
     tasks = await hold(connector, vm=1) + ["no-such-task"]
     url = signer_for(connector).multiple_url(tasks, Action.ACCEPT, ALICE)
 
@@ -412,7 +418,7 @@ async def test_multiple_lists_unknown_task_ids(connector: Connector) -> None:
 
 
 @pytest.mark.parametrize("word", ["cancel", "decline", "CANCEL"])
-async def test_multiple_cancel_and_decline_both_decline(connector: Connector, word: str) -> None:
+async def test_multiple_cancel_and_decline_both_decline(connector: App, word: str) -> None:
     tasks = await hold(connector, vapp=1)
     params = {**params_of(signer_for(connector).multiple_url(tasks, Action.DECLINE, ALICE)), "action": word}
 
@@ -424,7 +430,7 @@ async def test_multiple_cancel_and_decline_both_decline(connector: Connector, wo
 
 
 @pytest.mark.parametrize("word", ["approve", "", "continue"])
-async def test_multiple_with_an_unknown_action_is_400(connector: Connector, word: str) -> None:
+async def test_multiple_with_an_unknown_action_is_400(connector: App, word: str) -> None:
     tasks = await hold(connector, vapp=1)
     params = {**params_of(signer_for(connector).multiple_url(tasks, Action.ACCEPT, ALICE)), "action": word}
 
@@ -443,20 +449,20 @@ async def test_multiple_with_an_unknown_action_is_400(connector: Connector, word
         ),
     ],
 )
-async def test_a_link_naming_no_task_is_400(connector: Connector, route: str, params: dict[str, str]) -> None:
+async def test_a_link_naming_no_task_is_400(connector: App, route: str, params: dict[str, str]) -> None:
     assert "names no task" in assert_page(await fetch(connector, "GET", route, params=params), 400)
 
 
 # --- links.one_click -------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_click_connector(connector_factory: ConnectorFactory, database_url: str) -> Iterator[Connector]:
-    with connector_factory(database_url=database_url, links={"one_click": True}) as running:
+@pytest_asyncio.fixture
+async def one_click_connector(app_factory: AppFactory, migrated_database_url: str) -> AsyncIterator[App]:
+    async with app_factory(database_url=migrated_database_url, links={"one_click": True}) as running:
         yield running
 
 
-async def test_with_one_click_get_decides_at_once(one_click_connector: Connector) -> None:
+async def test_with_one_click_get_decides_at_once(one_click_connector: App) -> None:
     [task] = await hold(one_click_connector, vm=1)
     url = signer_for(one_click_connector).task_url(task, Action.DECLINE, ALICE)
 
@@ -465,7 +471,7 @@ async def test_with_one_click_get_decides_at_once(one_click_connector: Connector
     assert await decisions(one_click_connector, [task]) == [DecisionState.DECLINED]
 
 
-async def test_with_one_click_a_bad_token_still_decides_nothing(one_click_connector: Connector) -> None:
+async def test_with_one_click_a_bad_token_still_decides_nothing(one_click_connector: App) -> None:
     [task] = await hold(one_click_connector, vm=1)
 
     assert_page(await fetch(one_click_connector, "GET", "/accept", params={"task": task, "token": "x"}), 403)
@@ -473,7 +479,7 @@ async def test_with_one_click_a_bad_token_still_decides_nothing(one_click_connec
     assert await decisions(one_click_connector, [task]) == [DecisionState.PENDING]
 
 
-async def test_with_one_click_head_decides_nothing(one_click_connector: Connector) -> None:
+async def test_with_one_click_head_decides_nothing(one_click_connector: App) -> None:
     [task] = await hold(one_click_connector, vm=1)
     url = signer_for(one_click_connector).task_url(task, Action.ACCEPT, ALICE)
 
@@ -485,10 +491,10 @@ async def test_with_one_click_head_decides_nothing(one_click_connector: Connecto
 # --- another site cannot make an approver's browser decide ----------------------------------------------
 
 
-@pytest.fixture
-def attacked(connector_factory: ConnectorFactory, database_url: str) -> Iterator[Connector]:
-    """A connector in the default configuration on each database: every attack is tried on both."""
-    with connector_factory(database_url=database_url) as running:
+@pytest_asyncio.fixture
+async def attacked(app_factory: AppFactory, migrated_database_url: str) -> AsyncIterator[App]:
+    """The app in the default configuration on each database: every attack is tried on both."""
+    async with app_factory(database_url=migrated_database_url) as running:
         yield running
 
 
@@ -501,9 +507,7 @@ def attacked(connector_factory: ConnectorFactory, database_url: str) -> Iterator
     ],
     ids=["cross-site", "same-site", "foreign-origin"],
 )
-async def test_a_cross_site_post_is_403_and_decides_nothing(
-    attacked: Connector, headers: dict[str, str]
-) -> None:
+async def test_a_cross_site_post_is_403_and_decides_nothing(attacked: App, headers: dict[str, str]) -> None:
     [task] = await hold(attacked, vm=1)
     url = signer_for(attacked).task_url(task, Action.ACCEPT, ALICE)
 
@@ -522,7 +526,7 @@ async def test_a_cross_site_post_is_403_and_decides_nothing(
     ],
     ids=["own-form", "typed", "no-headers"],
 )
-async def test_a_post_from_our_own_page_decides(connector: Connector, headers: dict[str, str]) -> None:
+async def test_a_post_from_our_own_page_decides(connector: App, headers: dict[str, str]) -> None:
     [task] = await hold(connector, vm=1)
     url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
 
@@ -533,7 +537,7 @@ async def test_a_post_from_our_own_page_decides(connector: Connector, headers: d
 # --- an approver who no longer approves ---------------------------------------------------------------------
 
 
-async def test_an_approver_who_lost_the_role_cannot_decide_with_their_link(attacked: Connector) -> None:
+async def test_an_approver_who_lost_the_role_cannot_decide_with_their_link(attacked: App) -> None:
     [task] = await hold(attacked, vm=1)
     url = signer_for(attacked).task_url(task, Action.ACCEPT, ALICE)
     attacked.simulator.simulator.change_role(10, "USER")  # Alice, in Abiquo's Users view
@@ -546,7 +550,7 @@ async def test_an_approver_who_lost_the_role_cannot_decide_with_their_link(attac
     assert attacked.decision_calls() == []
 
 
-async def test_another_approver_still_decides_after_one_lost_the_role(connector: Connector) -> None:
+async def test_another_approver_still_decides_after_one_lost_the_role(connector: App) -> None:
     [task] = await hold(connector, vm=1)
     connector.simulator.simulator.change_role(10, "USER")
     url = signer_for(connector).task_url(task, Action.ACCEPT, BOB)
@@ -556,7 +560,7 @@ async def test_another_approver_still_decides_after_one_lost_the_role(connector:
 
 
 async def test_a_decision_while_abiquo_cannot_confirm_the_approver_is_503_and_decides_nothing(
-    connector: Connector,
+    connector: App,
 ) -> None:
     [task] = await hold(connector, vm=1)
     url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
@@ -573,7 +577,7 @@ async def test_a_decision_while_abiquo_cannot_confirm_the_approver_is_503_and_de
 # --- the reason --------------------------------------------------------------------------------------------
 
 
-async def test_a_reason_at_the_textareas_limit_is_kept_whole(connector: Connector) -> None:
+async def test_a_reason_at_the_textareas_limit_is_kept_whole(connector: App) -> None:
     [task] = await hold(connector, vm=1)
     # Browsers count a line break as one character against maxlength but send it as CRLF.
     reason = ("x" * 99 + "\r\n") * 10
@@ -586,7 +590,7 @@ async def test_a_reason_at_the_textareas_limit_is_kept_whole(connector: Connecto
 
 
 async def test_a_reason_longer_than_the_textarea_allows_is_400_and_decides_nothing(
-    connector: Connector,
+    connector: App,
 ) -> None:
     [task] = await hold(connector, vm=1)
     url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
@@ -600,7 +604,7 @@ async def test_a_reason_longer_than_the_textarea_allows_is_400_and_decides_nothi
 # --- the form body --------------------------------------------------------------------------------------
 
 
-async def test_a_form_body_over_64_kib_is_413_and_decides_nothing(connector: Connector) -> None:
+async def test_a_form_body_over_64_kib_is_413_and_decides_nothing(connector: App) -> None:
     [task] = await hold(connector, vm=1)
     url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
 
@@ -610,7 +614,7 @@ async def test_a_form_body_over_64_kib_is_413_and_decides_nothing(connector: Con
     assert await decisions(connector, [task]) == [DecisionState.PENDING]
 
 
-async def test_a_chunked_form_body_over_64_kib_is_413_and_decides_nothing(connector: Connector) -> None:
+async def test_a_chunked_form_body_over_64_kib_is_413_and_decides_nothing(connector: App) -> None:
     [task] = await hold(connector, vm=1)
     url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
 
@@ -632,7 +636,7 @@ async def test_a_chunked_form_body_over_64_kib_is_413_and_decides_nothing(connec
     assert await decisions(connector, [task]) == [DecisionState.PENDING]
 
 
-async def test_a_multipart_post_is_415_and_decides_nothing(connector: Connector) -> None:
+async def test_a_multipart_post_is_415_and_decides_nothing(connector: App) -> None:
     [task] = await hold(connector, vm=1)
     fields = params_of(signer_for(connector).task_url(task, Action.ACCEPT, ALICE))
 
@@ -642,7 +646,7 @@ async def test_a_multipart_post_is_415_and_decides_nothing(connector: Connector)
     assert await decisions(connector, [task]) == [DecisionState.PENDING]
 
 
-async def test_a_form_with_many_fields_is_400_and_decides_nothing(connector: Connector) -> None:
+async def test_a_form_with_many_fields_is_400_and_decides_nothing(connector: App) -> None:
     [task] = await hold(connector, vm=1)
     url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
 
@@ -655,7 +659,7 @@ async def test_a_form_with_many_fields_is_400_and_decides_nothing(connector: Con
 # --- escaping ------------------------------------------------------------------------------------------
 
 
-async def triaged(connector: Connector, **request: Any) -> list[str]:
+async def triaged(connector: App, **request: Any) -> list[str]:
     """Held tasks whose request triage has enriched (so pages show the VMs' names from Abiquo)."""
     tasks = await hold(connector, **request)
     await connector.inbox.wait_for(1)
@@ -670,14 +674,14 @@ def assert_name_escaped(page: str) -> None:
     assert "<primary>" not in page
 
 
-async def test_the_confirmation_page_escapes_a_vm_name(connector: Connector) -> None:
+async def test_the_confirmation_page_escapes_a_vm_name(connector: App) -> None:
     [task] = await triaged(connector, vm=2)
     url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
 
     assert_name_escaped(assert_page(await fetch(connector, "GET", path_of(url)), 200))
 
 
-async def test_the_done_and_already_decided_pages_escape_a_vm_name(connector: Connector) -> None:
+async def test_the_done_and_already_decided_pages_escape_a_vm_name(connector: App) -> None:
     [task] = await triaged(connector, vm=2)
     url = signer_for(connector).task_url(task, Action.DECLINE, ALICE)
 
@@ -685,7 +689,7 @@ async def test_the_done_and_already_decided_pages_escape_a_vm_name(connector: Co
     assert_name_escaped(assert_page(await fetch(connector, "POST", path_of(url)), 410))
 
 
-async def test_the_multiple_pages_escape_a_vm_name(connector: Connector) -> None:
+async def test_the_multiple_pages_escape_a_vm_name(connector: App) -> None:
     tasks = await triaged(connector, vapp=1)
     url = signer_for(connector).multiple_url(tasks, Action.ACCEPT, ALICE)
 
@@ -693,7 +697,7 @@ async def test_the_multiple_pages_escape_a_vm_name(connector: Connector) -> None
     assert_name_escaped(assert_page(await fetch(connector, "POST", path_of(url)), 200))
 
 
-async def test_the_approver_is_escaped_on_the_confirmation_page(connector: Connector) -> None:
+async def test_the_approver_is_escaped_on_the_confirmation_page(connector: App) -> None:
     [task] = await hold(connector, vm=1)
     url = signer_for(connector).task_url(task, Action.ACCEPT, '<img src=x onerror="alert(1)">')
 
@@ -719,7 +723,7 @@ SCRIPT = "<script>alert(1)</script>"
     ],
 )
 async def test_a_script_in_a_parameter_is_never_reflected_raw(
-    connector: Connector, route: str, params: dict[str, str], method: str
+    connector: App, route: str, params: dict[str, str], method: str
 ) -> None:
     response = await fetch(connector, method, route, params=params)
 
@@ -729,7 +733,7 @@ async def test_a_script_in_a_parameter_is_never_reflected_raw(
 
 @pytest.mark.parametrize("route", ["/accept", "/multiple"])
 async def test_a_script_in_a_validly_signed_task_id_is_never_reflected_raw(
-    connector: Connector, route: str
+    connector: App, route: str
 ) -> None:
     signer = signer_for(connector)
     [task] = await hold(connector, vm=1)
@@ -747,13 +751,13 @@ async def test_a_script_in_a_validly_signed_task_id_is_never_reflected_raw(
 # --- the store in trouble ---------------------------------------------------------------------------------
 
 
-def sqlite_path(connector: Connector) -> str:
+def sqlite_path(connector: App) -> str:
     path = make_url(connector.settings.database.url).database
     assert path is not None
     return path
 
 
-async def test_a_snapshot_the_page_cannot_read_still_lets_the_approver_decide(connector: Connector) -> None:
+async def test_a_snapshot_the_page_cannot_read_still_lets_the_approver_decide(connector: App) -> None:
     [task] = await triaged(connector, vm=1)
     await settled(connector)
     with sqlite3.connect(sqlite_path(connector)) as db:  # as an older or newer version might have left it
@@ -766,19 +770,20 @@ async def test_a_snapshot_the_page_cannot_read_still_lets_the_approver_decide(co
 
 
 async def test_a_decision_while_another_process_locks_the_database_is_503_and_decides_nothing(
-    connector: Connector,
+    app_factory: AppFactory,
 ) -> None:
-    [task] = await hold(connector, vm=1)
-    await settled(connector)
-    url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
-    holder = sqlite3.connect(sqlite_path(connector), isolation_level=None)
-    try:
-        holder.execute("BEGIN EXCLUSIVE")
-        response = await fetch(connector, "POST", path_of(url))
-    finally:
-        holder.close()
+    async with app_factory(database={"busy_timeout": 0.3}) as connector:  # waits that long, then 503
+        [task] = await hold(connector, vm=1)
+        await settled(connector)
+        url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
+        holder = sqlite3.connect(sqlite_path(connector), isolation_level=None)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")
+            response = await fetch(connector, "POST", path_of(url))
+        finally:
+            holder.close()
 
-    page = assert_page(response, 503)
-    assert "database is not available" in page
-    assert sqlite_path(connector) not in page
-    assert await decisions(connector, [task]) == [DecisionState.PENDING]
+        page = assert_page(response, 503)
+        assert "database is not available" in page
+        assert sqlite_path(connector) not in page
+        assert await decisions(connector, [task]) == [DecisionState.PENDING]

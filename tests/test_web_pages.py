@@ -23,17 +23,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from abiquo_workflow import __version__, display
-from abiquo_workflow.abiquo.simulator import SimulatorServer
 from abiquo_workflow.config import build_settings
 from abiquo_workflow.domain import Action
 from abiquo_workflow.links import LinkSigner
 from abiquo_workflow.mail.inbox import Inbox
+from abiquo_workflow.runtime import web_lifespan
 from abiquo_workflow.servers import BackgroundServer
+from abiquo_workflow.simulation import SimulatorServer
 from abiquo_workflow.web.app import create_app
 from tests.conftest import (
     TEST_SECRET_KEY,
+    App,
     Connector,
     ConnectorFactory,
+    Running,
     drop_database,
     free_port,
 )
@@ -46,7 +49,20 @@ TRACEBACK_MARKERS = ("Traceback", 'File "', "site-packages")
 DEPLOY_XML = (Path(__file__).parent / "payloads" / "protocol_11_1_vm_deploy.xml").read_bytes()
 
 
-def signer_for(connector: Connector) -> LinkSigner:
+@pytest.fixture
+def connector(app: App) -> App:
+    """The app in-process (conftest `app`); pages a browser opens are served for real (`served`)."""
+    return app
+
+
+@pytest.fixture
+def served(connector_factory: ConnectorFactory) -> Iterator[Connector]:
+    """A real connector, for the browser tests (Chromium needs a URL)."""
+    with connector_factory() as running:
+        yield running
+
+
+def signer_for(connector: Running) -> LinkSigner:
     return LinkSigner(TEST_SECRET_KEY, connector.settings.server.base_url, 3600)
 
 
@@ -56,13 +72,17 @@ def relative(url: str) -> str:
     return f"{parts.path}?{parts.query}"
 
 
-async def fetch(base_url: str, method: str, path: str, **kw: Any) -> httpx2.Response:
-    async with httpx2.AsyncClient(base_url=base_url, timeout=30) as client:
+async def fetch(target: Running | str, method: str, path: str, **kw: Any) -> httpx2.Response:
+    """A request to the app (in-process), to a connector, or to a server's URL."""
+    client = httpx2.AsyncClient(base_url=target, timeout=30) if isinstance(target, str) else target.client()
+    async with client:
         return await client.request(method, path, **kw)
 
 
-async def held_task(connector: Connector) -> str:
+async def held_task(connector: Running) -> str:
+    """A task held by the simulator and checked with it by triage (as before any real email)."""
     result = await connector.request(action="deploy", vm=1)
+    await connector.inbox.wait_for(3)  # triage verified the task and emailed Alice, Bob and Zoë
     return str(result["tasks"][0]["task_id"])
 
 
@@ -89,35 +109,35 @@ def assert_error_page(response: httpx2.Response, status: int) -> str:
 Probe = Callable[[Connector], Awaitable[httpx2.Response]]
 
 
-async def _confirmation_page(connector: Connector) -> httpx2.Response:
+async def _confirmation_page(connector: Running) -> httpx2.Response:
     url = signer_for(connector).task_url(await held_task(connector), Action.ACCEPT, ALICE)
-    return await fetch(connector.url, "GET", relative(url))
+    return await fetch(connector, "GET", relative(url))
 
 
-async def _done_page(connector: Connector) -> httpx2.Response:
+async def _done_page(connector: Running) -> httpx2.Response:
     url = signer_for(connector).task_url(await held_task(connector), Action.ACCEPT, ALICE)
-    return await fetch(connector.url, "POST", relative(url))
+    return await fetch(connector, "POST", relative(url))
 
 
 PROBES: dict[str, Probe] = {
-    "index": lambda c: fetch(c.url, "GET", "/"),
+    "index": lambda c: fetch(c, "GET", "/"),
     "confirmation-page": _confirmation_page,
     "done-page": _done_page,
-    "forbidden-page": lambda c: fetch(c.url, "GET", "/accept", params={"task": "t", "token": "x"}),
+    "forbidden-page": lambda c: fetch(c, "GET", "/accept", params={"task": "t", "token": "x"}),
     "callback-200": lambda c: fetch(
-        c.url, "POST", "/callback", content=DEPLOY_XML, headers={"content-type": "application/xml"}
+        c, "POST", "/callback", content=DEPLOY_XML, headers={"content-type": "application/xml"}
     ),
-    "callback-400": lambda c: fetch(c.url, "POST", "/callback", content=b"nonsense"),
-    "not-found": lambda c: fetch(c.url, "GET", "/no/such/page"),
-    "method-not-allowed": lambda c: fetch(c.url, "GET", "/callback"),
-    "healthz": lambda c: fetch(c.url, "GET", "/healthz"),
-    "readyz": lambda c: fetch(c.url, "GET", "/readyz"),
-    "metrics": lambda c: fetch(c.url, "GET", "/metrics"),
+    "callback-400": lambda c: fetch(c, "POST", "/callback", content=b"nonsense"),
+    "not-found": lambda c: fetch(c, "GET", "/no/such/page"),
+    "method-not-allowed": lambda c: fetch(c, "GET", "/callback"),
+    "healthz": lambda c: fetch(c, "GET", "/healthz"),
+    "readyz": lambda c: fetch(c, "GET", "/readyz"),
+    "metrics": lambda c: fetch(c, "GET", "/metrics"),
 }
 
 
 @pytest.mark.parametrize("probe", list(PROBES))
-async def test_every_answer_carries_the_security_headers(connector: Connector, probe: str) -> None:
+async def test_every_answer_carries_the_security_headers(connector: Running, probe: str) -> None:
     response = await PROBES[probe](connector)
 
     assert "default-src 'none'" in response.headers["content-security-policy"]
@@ -128,8 +148,8 @@ async def test_every_answer_carries_the_security_headers(connector: Connector, p
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
-async def test_the_stylesheet_is_served(connector: Connector) -> None:
-    response = await fetch(connector.url, "GET", "/static/style.css")
+async def test_the_stylesheet_is_served(connector: Running) -> None:
+    response = await fetch(connector, "GET", "/static/style.css")
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/css")
@@ -138,9 +158,9 @@ async def test_the_stylesheet_is_served(connector: Connector) -> None:
 
 
 async def test_pages_link_the_stylesheet_by_path_not_by_the_host_they_were_asked_as(
-    connector: Connector,
+    connector: Running,
 ) -> None:
-    response = await fetch(connector.url, "GET", "/", headers={"host": "evil.example"})
+    response = await fetch(connector, "GET", "/", headers={"host": "evil.example"})
 
     assert '<link rel="stylesheet" href="/static/style.css">' in response.text
     assert "evil.example" not in response.text
@@ -149,8 +169,8 @@ async def test_pages_link_the_stylesheet_by_path_not_by_the_host_they_were_asked
 # --- index, health, readiness, metrics ---------------------------------------------------------------------
 
 
-async def test_the_index_page_names_the_version_and_the_callback_url(connector: Connector) -> None:
-    response = await fetch(connector.url, "GET", "/")
+async def test_the_index_page_names_the_version_and_the_callback_url(connector: Running) -> None:
+    response = await fetch(connector, "GET", "/")
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
@@ -159,15 +179,15 @@ async def test_the_index_page_names_the_version_and_the_callback_url(connector: 
     assert 'href="/healthz"' in response.text and 'href="/readyz"' in response.text
 
 
-async def test_healthz_answers_ok(connector: Connector) -> None:
-    response = await fetch(connector.url, "GET", "/healthz")
+async def test_healthz_answers_ok(connector: Running) -> None:
+    response = await fetch(connector, "GET", "/healthz")
 
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
 
 
-async def test_readyz_answers_ok_while_the_database_answers(connector: Connector) -> None:
-    response = await fetch(connector.url, "GET", "/readyz")
+async def test_readyz_answers_ok_while_the_database_answers(connector: Running) -> None:
+    response = await fetch(connector, "GET", "/readyz")
 
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "database": "ok"}
@@ -175,44 +195,44 @@ async def test_readyz_answers_ok_while_the_database_answers(connector: Connector
 
 @pytest.fixture
 def orphaned_connector(
-    connector_factory: ConnectorFactory, database_url: str, postgres_server: str
+    connector_factory: ConnectorFactory, migrated_database_url: str, postgres_server: str
 ) -> Iterator[Connector]:
     """A connector on PostgreSQL whose database has been dropped under it after it started."""
-    with connector_factory(database_url=database_url) as connector:
-        drop_database(postgres_server, database_url)
+    with connector_factory(database_url=migrated_database_url) as connector:
+        drop_database(postgres_server, migrated_database_url)
         yield connector
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("migrated_database_url", ["postgres"], indirect=True)
 async def test_readyz_is_503_with_a_sentence_when_the_database_is_gone(
-    orphaned_connector: Connector, database_url: str
+    orphaned_connector: Running, migrated_database_url: str
 ) -> None:
-    response = await fetch(orphaned_connector.url, "GET", "/readyz")
+    response = await fetch(orphaned_connector, "GET", "/readyz")
 
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "unavailable"
     assert body["error"].startswith("The database is not answering")
-    assert make_url(database_url).database not in response.text
+    assert make_url(migrated_database_url).database not in response.text
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("migrated_database_url", ["postgres"], indirect=True)
 async def test_a_decision_page_is_503_with_a_sentence_when_the_database_is_gone(
-    orphaned_connector: Connector,
+    orphaned_connector: Running,
 ) -> None:
     url = signer_for(orphaned_connector).task_url("some-task", Action.ACCEPT, ALICE)
 
     for method in ("GET", "POST"):
-        page = assert_error_page(await fetch(orphaned_connector.url, method, relative(url)), 503)
+        page = assert_error_page(await fetch(orphaned_connector, method, relative(url)), 503)
         assert "database is not available" in page
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("migrated_database_url", ["postgres"], indirect=True)
 async def test_healthz_still_answers_when_the_database_is_gone(orphaned_connector: Connector) -> None:
-    response = await fetch(orphaned_connector.url, "GET", "/healthz")
+    response = await fetch(orphaned_connector, "GET", "/healthz")
 
     assert response.status_code == 200
 
@@ -222,13 +242,13 @@ def sample_value(metrics: str, name: str, labels: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-async def test_metrics_count_callbacks_and_decisions(connector: Connector) -> None:
-    before = (await fetch(connector.url, "GET", "/metrics")).text
+async def test_metrics_count_callbacks_and_decisions(connector: Running) -> None:
+    before = (await fetch(connector, "GET", "/metrics")).text
     task = await held_task(connector)
-    await fetch(connector.url, "POST", "/callback", content=b"nonsense")
-    await fetch(connector.url, "POST", relative(signer_for(connector).task_url(task, Action.ACCEPT, ALICE)))
+    await fetch(connector, "POST", "/callback", content=b"nonsense")
+    await fetch(connector, "POST", relative(signer_for(connector).task_url(task, Action.ACCEPT, ALICE)))
 
-    response = await fetch(connector.url, "GET", "/metrics")
+    response = await fetch(connector, "GET", "/metrics")
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -245,14 +265,14 @@ async def test_metrics_count_callbacks_and_decisions(connector: Connector) -> No
 
 
 @pytest.mark.parametrize("path", ["/no/such/page", "/accept/more", "/static/missing.css", "/api/v2/tasks"])
-async def test_an_unknown_route_is_a_404_sentence_in_json(connector: Connector, path: str) -> None:
-    response = await fetch(connector.url, "GET", path)
+async def test_an_unknown_route_is_a_404_sentence_in_json(connector: Running, path: str) -> None:
+    response = await fetch(connector, "GET", path)
 
     assert path in assert_sentence_json(response, 404)
 
 
-async def test_a_wrong_method_on_a_page_route_is_a_405_page_naming_the_methods(connector: Connector) -> None:
-    response = await fetch(connector.url, "DELETE", "/accept")
+async def test_a_wrong_method_on_a_page_route_is_a_405_page_naming_the_methods(connector: Running) -> None:
+    response = await fetch(connector, "DELETE", "/accept")
 
     assert "DELETE is not allowed on /accept" in assert_error_page(response, 405)
     assert set(response.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
@@ -279,7 +299,7 @@ def crashing_server(tmp_path: Path, simulator: SimulatorServer, smtp_inbox: Inbo
         },
         environ={},
     )
-    app = create_app(settings)
+    app = create_app(settings, lifespan=web_lifespan(settings))
     app.router.routes[0:0] = [Route("/multiple", _crash), Route("/crash", _crash)]
     with BackgroundServer(app, port=port) as server:
         yield server.url
@@ -322,26 +342,26 @@ def format_characters(text: str) -> list[str]:
     return [char for char in text if unicodedata.category(char) == "Cf"]
 
 
-def rename_vm(connector: Connector, vm_id: int, name: str) -> None:
+def rename_vm(connector: Running, vm_id: int, name: str) -> None:
     world = connector.simulator.simulator.world
     world.vms[vm_id] = dataclasses.replace(world.vms[vm_id], name=name)
 
 
-async def triaged_task(connector: Connector, vm_id: int = 1) -> str:
+async def triaged_task(connector: Running, vm_id: int = 1) -> str:
     """A held deploy of `vm_id`, once triage has stored what Abiquo says about it (the emails are out)."""
     result = await connector.request(action="deploy", vm=vm_id)
     await connector.inbox.wait_for(1)
     return str(result["tasks"][0]["task_id"])
 
 
-async def confirmation_page(connector: Connector, task: str) -> str:
+async def confirmation_page(connector: Running, task: str) -> str:
     url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
-    response = await fetch(connector.url, "GET", relative(url))
+    response = await fetch(connector, "GET", relative(url))
     assert response.status_code == 200, response.text
     return response.text
 
 
-async def test_a_spoofed_vm_name_is_cleaned_and_capped_on_the_confirmation_page(connector: Connector) -> None:
+async def test_a_spoofed_vm_name_is_cleaned_and_capped_on_the_confirmation_page(connector: Running) -> None:
     rename_vm(connector, 1, spoofed("web-01"))
 
     page = await confirmation_page(connector, await triaged_task(connector))
@@ -353,7 +373,7 @@ async def test_a_spoofed_vm_name_is_cleaned_and_capped_on_the_confirmation_page(
 
 
 async def test_a_spoofed_requester_and_vapp_are_cleaned_and_capped_on_the_confirmation_page(
-    connector: Connector,
+    connector: Running,
 ) -> None:
     world = connector.simulator.simulator.world
     world.users[20] = dataclasses.replace(world.users[20], name=spoofed("John"))
@@ -367,7 +387,7 @@ async def test_a_spoofed_requester_and_vapp_are_cleaned_and_capped_on_the_confir
 
 
 async def test_a_capped_name_with_a_script_is_still_escaped_on_the_confirmation_page(
-    connector: Connector,
+    connector: Running,
 ) -> None:
     rename_vm(connector, 1, spoofed("<script>alert(1)</script>"))
 
@@ -377,11 +397,11 @@ async def test_a_capped_name_with_a_script_is_still_escaped_on_the_confirmation_
     assert "<script" not in page
 
 
-async def test_a_spoofed_approver_is_cleaned_and_capped_in_the_decided_status(connector: Connector) -> None:
+async def test_a_spoofed_approver_is_cleaned_and_capped_in_the_decided_status(connector: Running) -> None:
     approver = f"{spoofed('Alice')} <alice.smith@acme.example>"
     url = signer_for(connector).task_url(await triaged_task(connector), Action.ACCEPT, approver)
 
-    response = await fetch(connector.url, "POST", relative(url))
+    response = await fetch(connector, "POST", relative(url))
 
     assert response.status_code == 200, response.text
     assert f"Accepted by {shown_as('Alice')} on " in response.text
@@ -394,8 +414,9 @@ async def test_a_spoofed_approver_is_cleaned_and_capped_in_the_decided_status(co
 @pytest.mark.browser
 @pytest.mark.asyncio(loop_scope="session")
 async def test_chromium_renders_the_confirmation_page_under_the_csp_and_its_button_decides(
-    connector: Connector, chromium_browser: Browser
+    served: Connector, chromium_browser: Browser
 ) -> None:
+    connector = served
     task = await held_task(connector)
     url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
     page = await chromium_browser.new_page()
@@ -423,9 +444,8 @@ async def test_chromium_renders_the_confirmation_page_under_the_csp_and_its_butt
 
 @pytest.mark.browser
 @pytest.mark.asyncio(loop_scope="session")
-async def test_chromium_shows_a_hostile_vm_name_as_text(
-    connector: Connector, chromium_browser: Browser
-) -> None:
+async def test_chromium_shows_a_hostile_vm_name_as_text(served: Connector, chromium_browser: Browser) -> None:
+    connector = served
     result = await connector.request(action="deploy", vm=2)
     await connector.inbox.wait_for(1)  # triage has stored the VM's name from Abiquo
     url = signer_for(connector).task_url(result["tasks"][0]["task_id"], Action.ACCEPT, ALICE)

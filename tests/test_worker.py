@@ -107,7 +107,7 @@ async def start_worker(store: Store) -> AsyncIterator[Start]:
             failed.append((job, error))
 
         worker = Worker(
-            on_store or store,
+            (on_store or store).queue,
             handlers,
             settings=settings(**worker_settings),
             on_failed=on_failed,
@@ -384,9 +384,9 @@ async def test_an_enqueue_in_this_process_wakes_a_sleeping_worker_at_once(
         await ran.wait()
 
 
-@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+@pytest.mark.parametrize("migrated_database_url", ["postgres"], indirect=True)
 async def test_an_enqueue_by_another_process_wakes_a_sleeping_worker_on_postgresql(
-    store: Store, database_url: str, start_worker: Start
+    store: Store, migrated_database_url: str, start_worker: Start
 ) -> None:
     ran = asyncio.Event()
 
@@ -395,7 +395,7 @@ async def test_an_enqueue_by_another_process_wakes_a_sleeping_worker_on_postgres
 
     await start_worker({"ping": handle}, poll_interval=30)
     await asyncio.sleep(0.3)
-    async with await Store.open(database_url, migrate=False) as other_process:
+    async with await Store.open(migrated_database_url, migrate=False) as other_process:
         await enqueue(other_process, "ping")
 
     async with asyncio.timeout(5):  # only LISTEN/NOTIFY can explain it: the next poll is ~30 s away
@@ -425,7 +425,7 @@ async def test_stop_lets_the_running_job_finish(store: Store, start_worker: Star
 
 
 async def test_a_long_job_keeps_its_lease_so_no_other_worker_takes_it_over(
-    store: Store, database_url: str, start_worker: Start
+    store: Store, migrated_database_url: str, start_worker: Start
 ) -> None:
     runs: list[str] = []
 
@@ -441,7 +441,7 @@ async def test_a_long_job_keeps_its_lease_so_no_other_worker_takes_it_over(
     # hundred milliseconds, so a shorter lease would test the machine rather than the worker.
     first = await start_worker({"long": long_job("first")}, lease=1.0)
     await until(lambda: status_is(store, job_id, JobStatus.RUNNING), "the first worker runs the job")
-    async with await Store.open(database_url, migrate=False) as other_process:
+    async with await Store.open(migrated_database_url, migrate=False) as other_process:
         second = await start_worker(
             {"long": long_job("second")}, on_store=other_process, lease=1.0, poll_interval=0.02
         )
@@ -458,7 +458,7 @@ async def test_a_job_whose_lease_nobody_renews_is_taken_over_when_it_runs_out(
 ) -> None:
     """The other side of the lease: a claim that is not renewed (its worker crashed) runs again."""
     job_id = await enqueue(store, "orphan")
-    (claimed,) = await store.claim("crashed-worker", limit=1, lease=0.2)
+    (claimed,) = await store.queue.claim("crashed-worker", limit=1, lease=0.2)
     attempts: list[int] = []
 
     async def handle(job: JobRecord) -> None:
