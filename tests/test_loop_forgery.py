@@ -143,7 +143,7 @@ async def test_a_made_up_ungated_task_with_a_real_tasks_links_continues_nothing(
 async def test_a_made_up_deploy_naming_an_approver_as_requester_is_not_accepted(connector: Connector) -> None:
     real = await hold_quietly(connector, vm=5)
     forged_id = "f0f0f0f0-0000-4000-8000-000000000002"
-    # Grace approves Globex, and a requester who approves is accepted by policy.when_requester_is_approver.
+    # Grace approves Globex; with when_requester_is_approver = "accept" her own request would go through.
     forged = task_json(forged_id, "DEPLOY", links=links_of(5, real, user=GRACE, self_id=forged_id))
 
     [task] = await triaged(connector, await post_callback(connector, forged))

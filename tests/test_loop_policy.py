@@ -32,11 +32,14 @@ async def settle(connector: Connector, task_id: str) -> tuple[dict[str, Any], Ta
     return call, task, message
 
 
-async def test_a_requester_who_is_an_approver_is_accepted_at_once(connector: Connector) -> None:
-    held = await connector.request(action="deploy", vm=5, user=100)
-    task_id = held["tasks"][0]["task_id"]
+async def test_a_requester_who_is_an_approver_is_accepted_at_once_when_so_configured(
+    connector_factory: ConnectorFactory,
+) -> None:
+    with connector_factory(policy={"when_requester_is_approver": "accept"}) as connector:
+        held = await connector.request(action="deploy", vm=5, user=100)
+        task_id = held["tasks"][0]["task_id"]
 
-    call, task, message = await settle(connector, task_id)
+        call, task, message = await settle(connector, task_id)
 
     assert (call["task_id"], call["action"], call["status"]) == (task_id, "continue", 204)
     assert task.decision is DecisionState.ACCEPTED and task.decided_by is DecidedBy.POLICY

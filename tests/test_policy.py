@@ -55,8 +55,14 @@ def test_without_approvers_accept_can_be_configured() -> None:
     assert verdict.action is Action.ACCEPT
 
 
-def test_a_requester_who_is_an_approver_is_accepted_by_default() -> None:
+def test_a_requester_who_is_an_approver_is_asked_of_the_other_approvers_by_default() -> None:
     verdict = evaluate(ALICE, [ALICE, BOB], PolicySettings())
+    assert isinstance(verdict, AskApprovers)
+    assert verdict.approvers == (BOB,)  # separation of duties: nobody approves their own request
+
+
+def test_a_requester_who_is_an_approver_can_be_accepted_at_once() -> None:
+    verdict = evaluate(ALICE, [ALICE, BOB], PolicySettings(when_requester_is_approver="accept"))
     assert isinstance(verdict, AutoDecision)
     assert (verdict.action, verdict.rule) == (Action.ACCEPT, "policy.when_requester_is_approver")
 

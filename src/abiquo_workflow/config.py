@@ -173,7 +173,7 @@ class PolicySettings(_Section):
         "cancel", description="what to do when the enterprise has no approver with an email"
     )
     when_requester_is_approver: DefaultAction | Literal["ask"] = Field(
-        "accept", description="accept, cancel, or ask the approvers anyway"
+        "ask", description="ask the other approvers (separation of duties), accept, or cancel"
     )
 
     @field_validator("task_types", mode="before")
