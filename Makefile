@@ -23,8 +23,10 @@ setup: $(UV)
 	python3 -m venv .tools
 	.tools/bin/pip install --quiet uv==$(UV_VERSION)
 
+# Options for the demo, e.g. `make demo DEMO_ARGS="--port 9000"`: the demo's own options, run through
+# whichever uv `setup` found or installed (it need not be on PATH).
 demo: setup
-	$(UV) run abiquo-workflow demo
+	$(UV) run abiquo-workflow demo $(DEMO_ARGS)
 
 test: setup chromium lint typecheck pytest
 

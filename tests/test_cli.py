@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from abiquo_workflow.abiquo.payload import parse_callback
+from abiquo_workflow.cli import parse_duration
 from abiquo_workflow.domain import (
     Callback,
     Channel,
@@ -214,22 +215,47 @@ def held(task_id: str) -> HeldTask:
     )
 
 
+def snapshot(nick: str, user_id: str, enterprise_id: str, enterprise: str) -> dict[str, Any]:
+    """A request's triage snapshot (RequestDetails as JSON) as far as the listing reads it: who asked."""
+    return {
+        "requester": {"id": user_id, "nick": nick, "name": "", "surname": "", "email": None},
+        "enterprise": {"id": enterprise_id, "name": enterprise},
+        "vdc": None,
+        "datacenter": None,
+        "vapp": None,
+        "vms": [],
+    }
+
+
+JOHN_OF_ACME = snapshot("john.doe", "20", "2", "Acme & Söhne <Ltd>")
+GRACE_OF_GLOBEX = snapshot("grace", "31", "3", "Globex")
+
+
+async def receive_one(store: Store, task_id: str, vm: str, details: dict[str, Any] | None = None) -> None:
+    """Store a callback of one task, triaged: its VM named and, when given, its requester known."""
+    async with store.transaction() as tx:
+        request_id = await tx.insert_request(
+            Callback((held(task_id),), PayloadFormat.JSON), body="{}", content_type=None, source=None
+        )
+        await tx.insert_tasks(request_id, [held(task_id)])
+        await tx.save_triage(request_id, details, [], {task_id: vm})
+        await tx.audit("received", channel=Channel.ABIQUO, request_id=request_id, task_id=task_id)
+
+
 async def build_known_tasks(url: str) -> None:
-    """Three tasks, received a minute apart: one pending, one accepted and delivered, one declined whose
-    delivery failed."""
+    """Three tasks, received a minute apart: one pending and one declined whose delivery failed, both
+    asked for by John Doe of Acme; one accepted and delivered, asked for by Grace of Globex."""
     now = [T0]
     async with await Store.open(url, clock=lambda: now[0]) as store:
-        for minute, (task_id, vm) in enumerate(
-            [("task-pending", "web-01"), ("task-delivered", "cache-03"), ("task-failed", "wiki-ß-01")]
+        for minute, (task_id, vm, details) in enumerate(
+            [
+                ("task-pending", "web-01", JOHN_OF_ACME),
+                ("task-delivered", "cache-03", GRACE_OF_GLOBEX),
+                ("task-failed", "wiki-ß-01", JOHN_OF_ACME),
+            ]
         ):
             now[0] = T0 + timedelta(minutes=minute)
-            async with store.transaction() as tx:
-                request_id = await tx.insert_request(
-                    Callback((held(task_id),), PayloadFormat.JSON), body="{}", content_type=None, source=None
-                )
-                await tx.insert_tasks(request_id, [held(task_id)])
-                await tx.save_triage(request_id, None, [], {task_id: vm})
-                await tx.audit("received", channel=Channel.ABIQUO, request_id=request_id, task_id=task_id)
+            await receive_one(store, task_id, vm, details)
         async with store.transaction() as tx:
             await tx.decide(
                 ["task-delivered"],
@@ -262,23 +288,104 @@ def tasks_env(database_url: str) -> dict[str, str]:
     return {"AWF_DATABASE__URL": database_url}
 
 
+async def build_tasks_received(url: str, ago: dict[str, timedelta]) -> None:
+    """One pending task per id, received that long before now (the wall clock: `--older-than` counts
+    back from it)."""
+    now = [datetime.now(UTC)]
+    async with await Store.open(url, clock=lambda: now[0]) as store:
+        for task_id, age in ago.items():
+            now[0] = datetime.now(UTC) - age
+            await receive_one(store, task_id, "web-01")
+
+
+@pytest.fixture
+def aged_tasks_env(database_url: str) -> dict[str, str]:
+    """Settings pointing at a database of three tasks received 3 days, 3 hours and 1 minute ago."""
+    ago = {
+        "three-days": timedelta(days=3),
+        "three-hours": timedelta(hours=3),
+        "a-minute": timedelta(minutes=1),
+    }
+    asyncio.run(build_tasks_received(database_url, ago))
+    return {"AWF_DATABASE__URL": database_url}
+
+
+@pytest.fixture
+def lookalike_env(database_url: str) -> dict[str, str]:
+    """Settings pointing at a database of three tasks whose ids share their first 6 characters."""
+
+    async def build() -> None:
+        async with await Store.open(database_url) as store:
+            for task_id in ("3f2a91", "3f2a91-aaa", "3f2a91-bbb"):
+                await receive_one(store, task_id, "web-01")
+
+    asyncio.run(build())
+    return {"AWF_DATABASE__URL": database_url}
+
+
+def table(stdout: str) -> list[list[str]]:
+    """`tasks list` rows, split into cells (columns are two or more spaces apart; a cell holds one)."""
+    return [re.split(r" {2,}", line) for line in stdout.splitlines()]
+
+
 def listed_task_ids(stdout: str) -> list[str]:
     return [line.split()[0] for line in stdout.splitlines()[1:]]
 
 
-def test_tasks_list_shows_every_task_newest_first(tasks_env: dict[str, str]) -> None:
+def test_tasks_list_shows_every_task_newest_first_with_who_asked_and_who_decided(
+    tasks_env: dict[str, str],
+) -> None:
     result = invoke("tasks", "list", env=tasks_env)
 
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[0].split() == ["TASK", "TYPE", "DECISION", "DELIVERY", "VM"]
-    assert listed_task_ids(result.stdout) == ["task-failed", "task-delivered", "task-pending"]
-    assert result.stdout.splitlines()[1].split() == [
-        "task-failed",
-        "DEPLOY",
-        "declined",
-        "failed",
-        "wiki-ß-01",
-    ]
+    header, *rows = table(result.stdout)
+    assert (
+        " | ".join(header)
+        == "TASK | TYPE | VM | REQUESTER | CREATED (UTC) | DECISION | DECIDED BY | DELIVERY"
+    )
+    assert rows == [
+        ["task-failed", "DEPLOY", "wiki-ß-01", "john.doe", "2026-03-02 09:02", "declined",
+         "bob.jones@acme.example", "failed"],
+        ["task-delivered", "DEPLOY", "cache-03", "grace", "2026-03-02 09:01", "accepted",
+         "alice.smith@acme.example", "delivered"],
+        ["task-pending", "DEPLOY", "web-01", "john.doe", "2026-03-02 09:00", "pending", "-", "-"],
+    ]  # fmt: skip
+    assert result.stderr == ""
+
+
+def test_tasks_list_says_on_stderr_how_many_more_there_are_and_how_to_see_them(
+    tasks_env: dict[str, str],
+) -> None:
+    result = invoke("tasks", "list", "--limit", "1", env=tasks_env)
+
+    assert result.exit_code == 0, result.output
+    assert listed_task_ids(result.stdout) == ["task-failed"]
+    assert result.stderr == "… 2 more; the next page: --after task-failed\n"
+
+
+def test_tasks_list_after_the_last_task_shown_lists_the_next_page(tasks_env: dict[str, str]) -> None:
+    second = invoke("tasks", "list", "--limit", "1", "--after", "task-failed", env=tasks_env)
+    third = invoke("tasks", "list", "--limit", "1", "--after", "task-delivered", env=tasks_env)
+
+    assert (second.exit_code, third.exit_code) == (0, 0), second.output + third.output
+    assert listed_task_ids(second.stdout) == ["task-delivered"]
+    assert second.stderr == "… 1 more; the next page: --after task-delivered\n"
+    assert listed_task_ids(third.stdout) == ["task-pending"]
+    assert third.stderr == ""
+
+
+def test_tasks_list_counts_only_the_matching_tasks_as_more(tasks_env: dict[str, str]) -> None:
+    result = invoke("tasks", "list", "--requester", "john.doe", "--limit", "1", env=tasks_env)
+
+    assert listed_task_ids(result.stdout) == ["task-failed"]
+    assert result.stderr == "… 1 more; the next page: --after task-failed\n"
+
+
+def test_tasks_list_after_an_unknown_task_exits_1(tasks_env: dict[str, str]) -> None:
+    result = invoke("tasks", "list", "--after", "no-such-task", env=tasks_env)
+
+    assert result.exit_code == 1
+    assert stderr_lines(result.stderr) == ["abiquo-workflow: no task no-such-task is stored here"]
 
 
 @pytest.mark.parametrize(
@@ -303,7 +410,77 @@ def test_tasks_list_filters_by_decision_and_delivery(
 
 
 @pytest.mark.parametrize(
-    "option", [["--decision", "maybe"], ["--delivery", "lost"], ["--limit", "0"]], ids=str
+    ("enterprise", "expected"),
+    [
+        ("Globex", ["task-delivered"]),
+        ("acme & söhne <ltd>", ["task-failed", "task-pending"]),
+        ("3", ["task-delivered"]),
+    ],
+    ids=["name", "name-in-other-case", "id"],
+)
+def test_tasks_list_filters_by_enterprise_name_or_id(
+    tasks_env: dict[str, str], enterprise: str, expected: list[str]
+) -> None:
+    result = invoke("tasks", "list", "--enterprise", enterprise, env=tasks_env)
+
+    assert result.exit_code == 0, result.output
+    assert listed_task_ids(result.stdout) == expected
+
+
+@pytest.mark.parametrize(
+    ("requester", "expected"),
+    [("grace", ["task-delivered"]), ("20", ["task-failed", "task-pending"])],
+    ids=["nick", "id"],
+)
+def test_tasks_list_filters_by_requester_nick_or_id(
+    tasks_env: dict[str, str], requester: str, expected: list[str]
+) -> None:
+    result = invoke("tasks", "list", "--requester", requester, env=tasks_env)
+
+    assert result.exit_code == 0, result.output
+    assert listed_task_ids(result.stdout) == expected
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (["--older-than", "2h"], ["three-hours", "three-days"]),
+        (["--newer-than", "4h"], ["a-minute", "three-hours"]),
+        (["--older-than", "30m", "--newer-than", "1d"], ["three-hours"]),
+        (["--older-than", "1d12h"], ["three-days"]),
+    ],
+    ids=["older", "newer", "between", "compound"],
+)
+def test_tasks_list_filters_by_how_long_ago_the_task_was_received(
+    aged_tasks_env: dict[str, str], option: list[str], expected: list[str]
+) -> None:
+    result = invoke("tasks", "list", *option, env=aged_tasks_env)
+
+    assert result.exit_code == 0, result.output
+    assert listed_task_ids(result.stdout) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("15m", 900), ("4h", 14_400), ("3d", 259_200), ("2w", 1_209_600), ("1d12h", 129_600)],
+)
+def test_a_duration_is_read_in_seconds_minutes_hours_days_weeks_or_a_sum_of_them(
+    text: str, seconds: int
+) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--decision", "maybe"],
+        ["--delivery", "lost"],
+        ["--limit", "0"],
+        ["--older-than", "soon"],
+        ["--newer-than", "4"],
+        ["--older-than", "999999999d"],
+    ],
+    ids=str,
 )
 def test_tasks_list_rejects_an_invalid_filter_with_exit_2(option: list[str]) -> None:
     result = invoke("tasks", "list", *option)
@@ -326,6 +503,47 @@ def test_tasks_show_prints_the_decision_the_delivery_and_the_audit_trail(tasks_e
     assert audit[0].startswith("  2026-03-02 09:02:00  received")
 
 
+def test_tasks_show_takes_a_unique_prefix_of_the_task_id(tasks_env: dict[str, str]) -> None:
+    result = invoke("tasks", "show", "task-f", env=tasks_env)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "task       task-failed (DEPLOY) on wiki-ß-01"
+
+
+def test_tasks_show_of_a_whole_id_that_also_begins_other_ids_shows_that_task(
+    lookalike_env: dict[str, str],
+) -> None:
+    result = invoke("tasks", "show", "3f2a91", env=lookalike_env)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "task       3f2a91 (DEPLOY) on web-01"
+
+
+@pytest.mark.parametrize("command", ["show", "retry"])
+def test_tasks_show_or_retry_of_an_ambiguous_prefix_exits_1_listing_the_candidates(
+    lookalike_env: dict[str, str], command: str
+) -> None:
+    result = invoke("tasks", command, "3f2a91-", env=lookalike_env)
+
+    assert result.exit_code == 1
+    assert stderr_lines(result.stderr) == [
+        "abiquo-workflow: 3f2a91- is the start of more than one task id; give more of it:",
+        "  3f2a91-aaa",
+        "  3f2a91-bbb",
+    ]
+
+
+def test_tasks_show_of_a_prefix_shorter_than_6_characters_exits_1_saying_so(
+    tasks_env: dict[str, str],
+) -> None:
+    result = invoke("tasks", "show", "task-", env=tasks_env)
+
+    assert result.exit_code == 1
+    assert stderr_lines(result.stderr) == [
+        "abiquo-workflow: no task task- is stored here (a shortened task id needs at least 6 characters)"
+    ]
+
+
 def test_tasks_retry_queues_a_failed_delivery_again(tasks_env: dict[str, str], database_url: str) -> None:
     result = invoke("tasks", "retry", "task-failed", env=tasks_env)
 
@@ -344,6 +562,13 @@ def test_tasks_retry_queues_a_failed_delivery_again(tasks_env: dict[str, str], d
     assert kinds == ["deliver"]
     shown = invoke("tasks", "show", "task-failed", env=tasks_env)
     assert "retried" in shown.stdout.split("audit", 1)[1]
+
+
+def test_tasks_retry_takes_a_unique_prefix_and_names_the_whole_id(tasks_env: dict[str, str]) -> None:
+    result = invoke("tasks", "retry", "task-fa", env=tasks_env)
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "task task-failed is queued for delivery again\n"
 
 
 @pytest.mark.parametrize("task_id", ["task-pending", "task-delivered"])

@@ -16,7 +16,7 @@ from urllib.parse import urljoin
 import httpx2
 import pytest
 
-from tests.cli_support import WAIT, CliProcess, Ended, invoke, wait_until_answers
+from tests.cli_support import EXECUTABLE, WAIT, CliProcess, Ended, invoke, wait_until_answers
 
 HOST = "127.0.0.1"
 
@@ -146,7 +146,11 @@ def accept(link: str) -> httpx2.Response:
 def test_the_demo_runs_the_whole_loop_over_http_and_stops_on_ctrl_c(
     tmp_path: Path, start_demo: StartDemo
 ) -> None:
-    demo = start_demo(tmp_path / "data")
+    """Also, while the demo serves, the command line it prints works on it (run in-process here, to
+    start no further subprocess): `check` reaches the demo's database, simulator and inbox through the
+    config the demo wrote, and `tasks list` reads the demo's database."""
+    data_dir = tmp_path / "data"
+    demo = start_demo(data_dir)
 
     request_vapp_deploy(demo)
     link = first_accept_link(demo)
@@ -156,6 +160,9 @@ def test_the_demo_runs_the_whole_loop_over_http_and_stops_on_ctrl_c(
     while not (calls := httpx2.get(f"{demo.simulator}/_sim/calls", timeout=WAIT).json()):
         assert time.monotonic() < deadline, "the simulator got no continue call"
         time.sleep(0.1)
+    config = (data_dir / "abiquo-workflow.toml").resolve()
+    checked = invoke("--config", str(config), "check")
+    listed = invoke("--config", str(config), "tasks", "list", "--decision", "accepted")
     ended = demo.stop()
 
     assert decided.status_code == 200, decided.text
@@ -163,6 +170,18 @@ def test_the_demo_runs_the_whole_loop_over_http_and_stops_on_ctrl_c(
     assert ended.returncode == 0, ended.stderr
     assert ended.stdout.rstrip().endswith("demo stopped")
     assert "Traceback" not in ended.stderr
+    assert f"{EXECUTABLE} --config {config} tasks list" in ended.stdout
+    assert config.stat().st_mode & 0o777 == 0o600
+    assert checked.exit_code == 0, checked.output
+    assert [line.split()[:2] for line in checked.stdout.splitlines()] == [
+        ["config", "OK"],
+        ["database", "OK"],
+        ["abiquo", "OK"],
+        ["smtp", "OK"],
+    ]
+    assert listed.exit_code == 0, listed.output
+    assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == [task_id]
+    assert "jdoe" in listed.stdout.splitlines()[1].split()
 
 
 def test_the_demo_refuses_busy_ports_with_exit_2(tmp_path: Path) -> None:

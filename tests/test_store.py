@@ -8,10 +8,14 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from abiquo_workflow.domain import (
     Callback,
@@ -24,6 +28,7 @@ from abiquo_workflow.domain import (
 )
 from abiquo_workflow.exceptions import AbiquoWorkflowError, StoreError
 from abiquo_workflow.store import JobQueue, NotificationStatus, Reader, Store, UnitOfWork
+from abiquo_workflow.store.reads import ListedTask, TaskFilter
 
 VM_HREF = "cloud/virtualdatacenters/1/virtualappliances/1/virtualmachines/{}"
 
@@ -128,6 +133,198 @@ async def test_list_tasks_filters_by_decision_and_delivery(store: Store) -> None
 
     assert [task.task_id for task in pending] == ["t3"]
     assert sorted(task.task_id for task in queued) == ["t1", "t2"]
+
+
+# --- the operator's listing: filters, keyset pages, counts, id prefixes -----------------------------------
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+@dataclass
+class SetClock:
+    """A clock the test sets: what the store stamps on the rows it writes."""
+
+    now: datetime = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class ClockedStore:
+    store: Store
+    clock: SetClock
+
+
+@pytest_asyncio.fixture
+async def clocked(migrated_database_url: str) -> AsyncIterator[ClockedStore]:
+    """An open, migrated Store on each database whose clock the test sets."""
+    clock = SetClock()
+    async with await Store.open(migrated_database_url, clock=clock) as opened:
+        yield ClockedStore(opened, clock)
+
+
+def snapshot(nick: str, user_id: str, enterprise_id: str, enterprise: str) -> dict[str, Any]:
+    """A triage snapshot as approvals.py saves it (RequestDetails as JSON), reduced to who asked."""
+    requester = {"id": user_id, "nick": nick, "name": nick.title(), "surname": "", "email": None}
+    return {
+        "requester": {**requester, "enterprise_id": enterprise_id, "enterprise_name": enterprise},
+        "enterprise": {"id": enterprise_id, "name": enterprise},
+        "vdc": None,
+        "datacenter": None,
+        "vapp": None,
+        "vms": [],
+    }
+
+
+async def receive_at(
+    clocked: ClockedStore, at: datetime, *tasks: HeldTask, details: dict[str, Any] | None = None
+) -> str:
+    """Store one callback received at `at`, triaged with `details` when given; return its request id."""
+    clocked.clock.now = at
+    request_id, _ = await receive(clocked.store, *tasks)
+    if details is not None:
+        async with clocked.store.transaction() as work:
+            await work.save_triage(request_id, details, [], {})
+    return request_id
+
+
+ACME = snapshot("john.doe", "20", "2", "Acme & Söhne <Ltd>")
+GLOBEX = snapshot("grace", "31", "3", "Globex")
+
+
+async def three_requests(clocked: ClockedStore) -> None:
+    """a1, a2 (John Doe of Acme, a vApp) at T0; b1 (Grace of Globex) an hour later; c1 (user 20, not
+    triaged yet) two hours later."""
+    await receive_at(clocked, T0, held("a1", vm=1), held("a2", vm=2), details=ACME)
+    await receive_at(clocked, T0 + timedelta(hours=1), held("b1", user_id="31"), details=GLOBEX)
+    await receive_at(clocked, T0 + timedelta(hours=2), held("c1", user_id="20"))
+
+
+def ids(listed: list[ListedTask]) -> list[str]:
+    return [entry.task.task_id for entry in listed]
+
+
+async def test_find_tasks_lists_newest_first_and_a_requests_tasks_in_abiquos_order(
+    clocked: ClockedStore,
+) -> None:
+    await three_requests(clocked)
+    await receive_at(clocked, T0 - timedelta(hours=1), held("z2"), held("z1"))
+
+    assert ids(await clocked.store.find_tasks()) == ["c1", "b1", "a1", "a2", "z2", "z1"]
+
+
+async def test_find_tasks_shows_the_requester_and_enterprise_from_the_triage_snapshot(
+    clocked: ClockedStore,
+) -> None:
+    await three_requests(clocked)
+
+    listed = await clocked.store.find_tasks()
+
+    who = [(e.requester_nick, e.requester_id, e.enterprise_id, e.enterprise_name) for e in listed]
+    assert who == [
+        (None, "20", None, None),  # not triaged: only the task's user id is known
+        ("grace", "31", "3", "Globex"),
+        ("john.doe", "20", "2", "Acme & Söhne <Ltd>"),
+        ("john.doe", "20", "2", "Acme & Söhne <Ltd>"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("2", ["a1", "a2"]), ("Globex", ["b1"]), ("ACME & Söhne <LTD>", ["a1", "a2"]), ("Acme", [])],
+    ids=["id", "name", "name-in-other-case", "part-of-a-name"],
+)
+async def test_find_tasks_filters_by_enterprise_id_or_whole_name_ignoring_ascii_case(
+    clocked: ClockedStore, given: str, expected: list[str]
+) -> None:
+    await three_requests(clocked)
+
+    listed = await clocked.store.find_tasks(TaskFilter(enterprise=given))
+
+    assert ids(listed) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [("31", ["b1"]), ("grace", ["b1"]), ("John.Doe", ["a1", "a2"]), ("20", ["c1", "a1", "a2"]), ("gr", [])],
+    ids=["id", "nick", "nick-in-other-case", "id-before-triage-too", "part-of-a-nick"],
+)
+async def test_find_tasks_filters_by_requester_id_or_nick(
+    clocked: ClockedStore, given: str, expected: list[str]
+) -> None:
+    await three_requests(clocked)
+
+    listed = await clocked.store.find_tasks(TaskFilter(requester=given))
+
+    assert ids(listed) == expected
+
+
+async def test_find_tasks_filters_by_when_the_task_was_received(clocked: ClockedStore) -> None:
+    await three_requests(clocked)
+    one_hour_in = T0 + timedelta(hours=1)
+
+    before = await clocked.store.find_tasks(TaskFilter(created_before=one_hour_in))
+    since = await clocked.store.find_tasks(TaskFilter(created_since=one_hour_in))
+
+    assert (ids(before), ids(since)) == (["a1", "a2"], ["c1", "b1"])
+
+
+async def test_find_tasks_combines_the_snapshot_filters_with_the_state_filters(clocked: ClockedStore) -> None:
+    await three_requests(clocked)
+    await decide(clocked.store, ["a2"], DecisionState.DECLINED)
+
+    listed = await clocked.store.find_tasks(TaskFilter(enterprise="2", decision=DecisionState.PENDING))
+
+    assert ids(listed) == ["a1"]
+
+
+async def test_find_tasks_after_a_task_continues_the_listing_with_no_task_twice(
+    clocked: ClockedStore,
+) -> None:
+    await three_requests(clocked)
+    await receive_at(clocked, T0, held("a3", vm=3), held("a4", vm=4))  # same time as a1, a2
+
+    pages: list[list[str]] = []
+    last = None
+    while page := await clocked.store.find_tasks(limit=2, after=last):
+        pages.append(ids(page))
+        last = page[-1].task
+
+    assert [task for page in pages for task in page] == ids(await clocked.store.find_tasks())
+    assert [len(page) for page in pages] == [2, 2, 2]
+
+
+async def test_find_tasks_after_a_task_the_filters_leave_out_still_starts_after_it(
+    clocked: ClockedStore,
+) -> None:
+    await three_requests(clocked)
+    b1 = await clocked.store.get_task("b1")
+
+    listed = await clocked.store.find_tasks(TaskFilter(requester="20"), after=b1)
+
+    assert ids(listed) == ["a1", "a2"]
+
+
+async def test_count_tasks_counts_the_matching_tasks_after_a_page(clocked: ClockedStore) -> None:
+    await three_requests(clocked)
+    (first,) = await clocked.store.find_tasks(TaskFilter(requester="20"), limit=1)
+
+    total = await clocked.store.count_tasks(TaskFilter(requester="20"))
+    left = await clocked.store.count_tasks(TaskFilter(requester="20"), after=first.task)
+
+    assert (total, left) == (3, 2)
+
+
+async def test_task_ids_starting_with_a_prefix_are_matched_literally_and_case_sensitively(
+    store: Store,
+) -> None:
+    await receive(store, held("3f2a91_x"), held("3f2a91-y"), held("3f2a91zz"), held("3F2A91_W"))
+
+    assert await store.task_ids_starting_with("3f2a91") == ["3f2a91-y", "3f2a91_x", "3f2a91zz"]
+    assert await store.task_ids_starting_with("3f2a91_") == ["3f2a91_x"]
+    assert await store.task_ids_starting_with("3f2a91", limit=2) == ["3f2a91-y", "3f2a91_x"]
+    assert await store.task_ids_starting_with("nothing") == []
 
 
 # --- decisions -----------------------------------------------------------------------------------------

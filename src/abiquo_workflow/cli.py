@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -221,9 +223,9 @@ def simulate(
 
 @app.command()
 def demo(
-    data_dir: Annotated[Path, typer.Option(help="where the demo keeps its SQLite database")] = Path(
-        "demo-data"
-    ),
+    data_dir: Annotated[
+        Path, typer.Option(help="where the demo keeps its SQLite database, signing key and settings file")
+    ] = Path("demo-data"),
     port: Annotated[
         int, typer.Option(min=1, max=65532, help="the connector's port; the next three follow it")
     ] = 8080,
@@ -235,7 +237,25 @@ def demo(
 
 
 #: The argument of `tasks show` and `tasks retry`.
-TaskIdArgument = Annotated[str, typer.Argument(help="Abiquo task id")]
+TaskIdArgument = Annotated[str, typer.Argument(help="Abiquo task id, or its first 6 or more characters")]
+
+#: A duration's units, in seconds.
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(?:\d+[smhdw])+")
+#: The longest duration taken: further back than any stored task, and far from datetime's limits.
+_LONGEST = timedelta(days=36_525)
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `15m`, `4h`, `3d`, `2w` or a sum of them (`1d12h`): how far back `--older-than` and
+    `--newer-than` reach. Raises BadParameter: a usage error, exit 2."""
+    given = text.strip().lower()
+    if not _DURATION.fullmatch(given):
+        raise typer.BadParameter(f"{text!r} is not a duration such as 90s, 15m, 4h, 3d or 1d12h")
+    seconds = sum(int(n) * _DURATION_UNITS[unit] for n, unit in re.findall(r"(\d+)([smhdw])", given))
+    if seconds > _LONGEST.total_seconds():
+        raise typer.BadParameter(f"{text!r} is longer than 100 years")
+    return timedelta(seconds=seconds)
 
 
 def _answer(
@@ -253,14 +273,51 @@ def tasks_list(
     typer_ctx: typer.Context,
     decision: Annotated[DecisionState | None, typer.Option(help="only tasks with this decision")] = None,
     delivery: Annotated[DeliveryState | None, typer.Option(help="only tasks in this delivery state")] = None,
+    enterprise: Annotated[
+        str | None, typer.Option(metavar="NAME|ID", help="only tasks of this enterprise (name or id)")
+    ] = None,
+    requester: Annotated[
+        str | None, typer.Option(metavar="NICK|ID", help="only tasks this user asked for (nick or id)")
+    ] = None,
+    older_than: Annotated[
+        timedelta | None,
+        typer.Option(
+            parser=parse_duration, metavar="DURATION", help="only tasks received longer ago (90s, 4h, 3d)"
+        ),
+    ] = None,
+    newer_than: Annotated[
+        timedelta | None,
+        typer.Option(parser=parse_duration, metavar="DURATION", help="only tasks received within this"),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="at most this many, newest first")] = 50,
+    after: Annotated[
+        str | None,
+        typer.Option(metavar="TASK", help="the next page: the tasks after this one (the last one shown)"),
+    ] = None,
 ) -> None:
-    """List tasks, newest first."""
+    """List tasks, newest first; says on stderr how many more match and how to see them."""
     from abiquo_workflow.task_commands import list_tasks
 
-    _answer(
-        typer_ctx, lambda settings: list_tasks(settings, decision=decision, delivery=delivery, limit=limit)
+    ctx = _context(typer_ctx)
+    settings = ctx.settings()
+    listing = run(
+        ctx,
+        list_tasks(
+            settings,
+            decision=decision,
+            delivery=delivery,
+            enterprise=enterprise,
+            requester=requester,
+            older_than=older_than,
+            newer_than=newer_than,
+            limit=limit,
+            after=after,
+        ),
     )
+    for line in listing.lines:
+        typer.echo(line)
+    if listing.more:
+        typer.echo(listing.more, err=True)
 
 
 @tasks_app.command("show")

@@ -4,15 +4,24 @@
 Store each query is a short read transaction of its own (on SQLite, on the reader connection, which
 never waits for writers); in a UnitOfWork it runs inside that transaction and sees its writes so far.
 Code that only reads can take a `Reader` and be handed either.
+
+The operator's listing (`find_tasks`, `count_tasks`) filters on who asked, which only the request's
+triage snapshot knows (`requests.details`, JSON). It reads the snapshot with SQLAlchemy's JSON path
+expressions, which compile to `JSON_EXTRACT` on SQLite and `#>>` on PostgreSQL, rather than adding
+columns: the filter, the count and the paging then all run in SQL, and need no migration. Those
+queries scan the tasks (joined to their requests) without an index on what they filter; that is a
+command an operator runs now and then, not the callback's path.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Executable, RowMapping, Select, select
+from sqlalchemy import ColumnElement, Executable, RowMapping, Select, and_, func, or_, select
 
 from abiquo_workflow.domain import DecisionState, DeliveryState
 from abiquo_workflow.store.records import (
@@ -25,6 +34,56 @@ from abiquo_workflow.store.records import (
     from_row,
 )
 from abiquo_workflow.store.tables import audit, jobs, notifications, requests, tasks
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """Which tasks an operator's listing shows. A field left at None does not narrow.
+
+    `enterprise` and `requester` are matched against the request's triage snapshot, so a task whose
+    request has not been triaged yet matches them only by the requester's id (the task's user id).
+    """
+
+    decision: DecisionState | None = None
+    delivery: DeliveryState | None = None
+    #: The enterprise's id, or its name (ignoring case: ASCII letters on SQLite, all on PostgreSQL).
+    enterprise: str | None = None
+    #: The requester's id, or nick (ignoring case, as for `enterprise`).
+    requester: str | None = None
+    #: Only tasks received before this time.
+    created_before: datetime | None = None
+    #: Only tasks received at or after this time.
+    created_since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListedTask:
+    """A task as the operator's listing shows it, with who asked for it (from the triage snapshot)."""
+
+    task: TaskRecord
+    #: None until triage has read the requester from Abiquo.
+    requester_nick: str | None
+    #: The snapshot's requester id, else the task's user id.
+    requester_id: str | None
+    enterprise_id: str | None
+    enterprise_name: str | None
+
+
+def _snapshot(*path: str) -> ColumnElement[str]:
+    """The text at `path` inside the request's triage snapshot (NULL where any step is missing)."""
+    text: ColumnElement[str] = requests.c.details[path].as_string()  # SQLAlchemy types it Any
+    return text
+
+
+# The VM's enterprise as triage read it; the requester's own enterprise when the VM's was not read.
+_ENTERPRISE_ID = func.coalesce(_snapshot("enterprise", "id"), _snapshot("requester", "enterprise_id"))
+_ENTERPRISE_NAME = func.coalesce(_snapshot("enterprise", "name"), _snapshot("requester", "enterprise_name"))
+_REQUESTER_NICK = _snapshot("requester", "nick")
+_REQUESTER_ID = func.coalesce(_snapshot("requester", "id"), tasks.c.user_id)
+
+#: The operator's listing order, newest first; a vApp's tasks (received together) in Abiquo's order.
+#: The last two columns make it a total order, which keyset paging needs.
+_LISTING_ORDER = (tasks.c.created_at.desc(), tasks.c.request_id, tasks.c.position, tasks.c.task_id)
 
 
 class Reader(abc.ABC):
@@ -72,6 +131,58 @@ class Reader(abc.ABC):
         rows = await self._fetch(query.limit(limit).offset(offset))
         return [from_row(TaskRecord, row) for row in rows]
 
+    async def find_tasks(
+        self, filters: TaskFilter | None = None, *, limit: int = 50, after: TaskRecord | None = None
+    ) -> list[ListedTask]:
+        """At most `limit` tasks matching `filters`, newest first, each with its requester.
+
+        `after` is the last task of the previous page (keyset paging): the page starts right after it
+        in the listing's order, whether or not it matches `filters`, so tasks received meanwhile never
+        shift a page as an offset would.
+        """
+        query = select(
+            tasks,
+            _REQUESTER_NICK.label("listed_requester_nick"),
+            _REQUESTER_ID.label("listed_requester_id"),
+            _ENTERPRISE_ID.label("listed_enterprise_id"),
+            _ENTERPRISE_NAME.label("listed_enterprise_name"),
+        ).join_from(tasks, requests)
+        query = _listing_where(query, filters or TaskFilter(), after)
+        rows = await self._fetch(query.order_by(*_LISTING_ORDER).limit(limit))
+        return [
+            ListedTask(
+                task=from_row(TaskRecord, row),
+                requester_nick=row["listed_requester_nick"],
+                requester_id=row["listed_requester_id"],
+                enterprise_id=row["listed_enterprise_id"],
+                enterprise_name=row["listed_enterprise_name"],
+            )
+            for row in rows
+        ]
+
+    async def count_tasks(self, filters: TaskFilter | None = None, *, after: TaskRecord | None = None) -> int:
+        """How many tasks match `filters` (only those after `after` in the listing's order, if given):
+        what a page of `find_tasks` leaves out, so the listing can say how many more there are."""
+        query = select(func.count().label("matching")).select_from(tasks.join(requests))
+        rows = await self._fetch(_listing_where(query, filters or TaskFilter(), after))
+        return int(rows[0]["matching"])
+
+    async def task_ids_starting_with(self, prefix: str, *, limit: int = 10) -> list[str]:
+        """Ids of stored tasks that begin with `prefix` (case matters), in order, at most `limit`.
+
+        Compared with `substr`, not LIKE: task ids may hold `_`, a LIKE wildcard, and SQLite's LIKE
+        ignores case where PostgreSQL's does not.
+        """
+        if not prefix:
+            return []
+        query = (
+            select(tasks.c.task_id)
+            .where(func.substr(tasks.c.task_id, 1, len(prefix)) == prefix)
+            .order_by(tasks.c.task_id)
+            .limit(limit)
+        )
+        return [row["task_id"] for row in await self._fetch(query)]
+
     async def get_job(self, job_id: int) -> JobRecord | None:
         rows = await self._fetch(select(jobs).where(jobs.c.id == job_id))
         return from_row(JobRecord, rows[0]) if rows else None
@@ -107,3 +218,46 @@ def _where_given(query: Select[Any], *filters: tuple[ColumnElement[Any], object]
         if value is not None:
             query = query.where(column == value)
     return query
+
+
+def _listing_where(query: Select[Any], filters: TaskFilter, after: TaskRecord | None) -> Select[Any]:
+    """`query` (over tasks joined to their requests) narrowed to `filters`, and to the tasks after
+    `after` in `_LISTING_ORDER`."""
+    query = _where_given(query, (tasks.c.decision, filters.decision), (tasks.c.delivery, filters.delivery))
+    if filters.enterprise is not None:
+        query = query.where(_id_or_name(_ENTERPRISE_ID, _ENTERPRISE_NAME, filters.enterprise))
+    if filters.requester is not None:
+        query = query.where(_id_or_name(_REQUESTER_ID, _REQUESTER_NICK, filters.requester))
+    if filters.created_before is not None:
+        query = query.where(tasks.c.created_at < filters.created_before)
+    if filters.created_since is not None:
+        query = query.where(tasks.c.created_at >= filters.created_since)
+    if after is not None:
+        query = query.where(_after(after))
+    return query
+
+
+def _id_or_name(
+    id_column: ColumnElement[str], name_column: ColumnElement[str], given: str
+) -> ColumnElement[bool]:
+    """Rows whose id is `given` exactly, or whose name is `given` ignoring case.
+
+    Both sides are lower-cased by the database, so the name and the given value are folded alike
+    (SQLite folds only ASCII letters; PostgreSQL all of them).
+    """
+    return or_(id_column == given, func.lower(name_column) == func.lower(given))
+
+
+def _after(cursor: TaskRecord) -> ColumnElement[bool]:
+    """Rows after `cursor` in `_LISTING_ORDER` (created_at descending, the rest ascending).
+
+    Spelled out column by column: a row-value comparison `(a, b) > (x, y)` cannot mix directions.
+    """
+    created, request, position = tasks.c.created_at, tasks.c.request_id, tasks.c.position
+    same_request = and_(created == cursor.created_at, request == cursor.request_id)
+    return or_(
+        created < cursor.created_at,
+        and_(created == cursor.created_at, request > cursor.request_id),
+        and_(same_request, position > cursor.position),
+        and_(same_request, position == cursor.position, tasks.c.task_id > cursor.task_id),
+    )
