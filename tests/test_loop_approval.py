@@ -107,7 +107,7 @@ async def test_vm_deploy_is_approved_by_email_and_continued_once(
 
         done = await submit(browser, link.url, form, reason="Capacity checked — go ahead")
         assert done.status_code == 200
-        assert "Accepted 1 task(s)" in page_text(done.text)
+        assert "Accepted 1 task." in page_text(done.text)
 
         [call] = await wait_for_calls(connector, 1)
         outcome = (await connector.inbox.wait_for(4))[3]
@@ -165,7 +165,7 @@ async def test_accept_all_continues_every_vm_of_a_vapp_once(
         assert "Accept the deploy of 3 virtual machines?" in page_text(page.text)
         done = await submit(browser, accept_all.url, form, reason="all three")
         assert done.status_code == 200
-        assert "Accepted 3 task(s)" in page_text(done.text)
+        assert "Accepted 3 tasks." in page_text(done.text)
 
         calls = await wait_for_calls(connector, 3)
         messages = await connector.inbox.wait_for(4)
@@ -200,7 +200,7 @@ async def test_per_vm_decisions_reach_abiquo_and_the_requester_hears_once_all_ar
         assert (await confirm(browser, task_link(alice, "/accept", first))).status_code == 200
         declined = await confirm(browser, task_link(zoe, "/decline", second), reason="no DB this quarter")
         assert declined.status_code == 200
-        assert "Declined 1 task(s)" in page_text(declined.text)
+        assert "Declined 1 task." in page_text(declined.text)
         await wait_for_calls(connector, 2)
         await wait_until_idle(store)
         # Two of three decided and delivered: the requester is not told anything yet.
@@ -279,11 +279,11 @@ async def test_accept_all_after_one_vm_was_declined_accepts_only_the_rest(connec
         ).status_code == 200
         page, form = await open_confirmation(browser, all_link(alice, "accept"))
         assert "Accept the deploy of 2 virtual machines?" in page_text(page.text)
-        assert "1 of these task(s) were already decided" in page_text(page.text)
+        assert "1 of these tasks was already decided" in page_text(page.text)
         done = await submit(browser, all_link(alice, "accept").url, form)
         assert done.status_code == 200
-        assert "Accepted 2 task(s)" in page_text(done.text)
-        assert "1 other task(s) had already been decided" in page_text(done.text)
+        assert "Accepted 2 tasks." in page_text(done.text)
+        assert "1 other task had already been decided" in page_text(done.text)
 
         calls = await wait_for_calls(connector, 3)
         messages = await connector.inbox.wait_for(4)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import unicodedata
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -17,6 +19,7 @@ import pytest
 from abiquo_workflow import display
 from abiquo_workflow.config import MailSettings
 from abiquo_workflow.domain import (
+    Action,
     Datacenter,
     DecidedBy,
     DecisionState,
@@ -32,6 +35,7 @@ from abiquo_workflow.domain import (
     Volume,
 )
 from abiquo_workflow.exceptions import ConfigError
+from abiquo_workflow.links import LinkSigner
 from abiquo_workflow.mail import words
 from abiquo_workflow.mail.model import ActionLinks, ApprovalRequest, OutcomeNotice, TaskResult
 from abiquo_workflow.mail.render import render_approval, render_outcome
@@ -174,11 +178,14 @@ def test_approval_goes_from_the_sender_to_the_approver() -> None:
     assert message["Message-ID"].endswith("@acme.example>")
 
 
-def test_approval_css_is_inlined_into_style_attributes() -> None:
+def test_approval_css_is_inlined_and_only_the_small_screen_rules_stay_in_a_style_block() -> None:
     html = html_of(render_approval(approval(task(WEB)), SETTINGS))
 
-    assert "<style" not in html
-    assert 'style="' in html
+    [kept] = re.findall(r"<style>(.*?)</style>", html, re.DOTALL)
+    assert kept.strip().startswith("@media screen and (max-width: 480px)")
+    assert kept.count("{") == kept.count("}") and kept.strip().endswith("}")
+    assert ".button {" not in kept.split("@media", 1)[0]  # everything outside @media was inlined
+    assert 'class="button accept"' in html and "padding: 12px 20px" in html
 
 
 @pytest.mark.parametrize("part", [text_of, html_of], ids=["text", "html"])
@@ -194,16 +201,41 @@ def test_approval_names_requester_task_type_and_place(part: object) -> None:
     assert "Web tier & cache" in unescaped
 
 
-def test_approval_subject_defaults_to_task_type_and_requester() -> None:
+def test_approval_subject_defaults_to_action_vapp_count_and_requester() -> None:
     message = render_approval(approval(task(WEB), task(DB)), MailSettings())
 
-    assert message["Subject"] == "Approval needed: Deploy requested by John Doe (jdoe)"
+    assert message["Subject"] == 'Approve deploy of "Web tier & cache" (2 VMs) for John Doe'
+
+
+def test_approval_subject_of_one_vm_names_the_vm() -> None:
+    message = render_approval(approval(task(WEB, "UNDEPLOY")), MailSettings())
+
+    assert message["Subject"] == 'Approve undeploy of "web-01" for John Doe'
+
+
+def test_approval_subject_without_a_vapp_counts_the_vms() -> None:
+    bare = dataclasses.replace(details(task(WEB), task(DB)), vapp=None)
+    message = render_approval(approval(task(WEB), task(DB), request_details=bare), MailSettings())
+
+    assert message["Subject"] == "Approve deploy of 2 VMs for John Doe"
+
+
+def test_approval_subjects_of_two_requests_differ() -> None:
+    web = render_approval(approval(task(WEB)), MailSettings())
+    vapp = render_approval(approval(task(WEB), task(DB), task(CACHE)), MailSettings())
+    other = dataclasses.replace(JDOE, name="Zoë", surname="Zimmermann")
+    zoe = render_approval(
+        approval(task(WEB), request_details=dataclasses.replace(details(task(WEB)), requester=other)),
+        MailSettings(),
+    )
+
+    assert len({web["Subject"], vapp["Subject"], zoe["Subject"]}) == 3
 
 
 def test_mixed_task_types_are_named_together() -> None:
     message = render_approval(approval(task(WEB), task(DB, "UNDEPLOY")), MailSettings())
 
-    assert message["Subject"] == "Approval needed: Deploy and Undeploy requested by John Doe (jdoe)"
+    assert message["Subject"] == 'Approve deploy and undeploy of "Web tier & cache" (2 VMs) for John Doe'
 
 
 def test_each_vm_has_its_own_accept_and_decline_buttons() -> None:
@@ -285,9 +317,7 @@ def test_line_breaks_in_names_cannot_inject_headers() -> None:
     assert message["Bcc"] is None
     assert "\n" not in message["Subject"] and "\r" not in message["Subject"]
     assert b"\r\nBcc:" not in message.as_bytes()
-    assert (
-        message["Subject"] == "Approval needed: Deploy requested by John Bcc: victim@evil.example Doe (jdoe)"
-    )
+    assert message["Subject"] == 'Approve deploy of "web-01" for John Bcc: victim@evil.example Doe'
 
 
 def test_line_breaks_in_names_cannot_forge_lines_in_the_text_part() -> None:
@@ -303,6 +333,17 @@ def test_custom_subject_fills_every_field() -> None:
     message = render_approval(approval(task(WEB), task(DB)), settings)
 
     assert message["Subject"] == "[2] Deploy of Web tier & cache for John Doe (jdoe)"
+
+
+def test_custom_subject_fills_the_newer_fields() -> None:
+    template = "{action} | {target} | {what} | {vms} | {vm} | {requester_name}"
+    two = render_approval(approval(task(WEB), task(DB)), MailSettings(approver_subject=template))
+    one = render_approval(approval(task(WEB)), MailSettings(approver_subject=template))
+
+    assert two["Subject"] == (
+        'deploy | "Web tier & cache" (2 VMs) | "Web tier & cache" | 2 VMs | Web tier & cache | John Doe'
+    )
+    assert one["Subject"] == 'deploy | "web-01" | "web-01" | 1 VM | web-01 | John Doe'
 
 
 @pytest.mark.parametrize(
@@ -337,7 +378,7 @@ def test_request_without_place_or_requester_shows_unknown() -> None:
     message = render_approval(approval(task(WEB), request_details=bare), MailSettings())
     text = text_of(message)
 
-    assert message["Subject"] == "Approval needed: Deploy requested by unknown"
+    assert message["Subject"] == 'Approve deploy of "web-01" for unknown'
     assert "Virtual datacenter:  unknown (unknown)" in text
     assert "Virtual appliance:   unknown" in text
 
@@ -427,6 +468,140 @@ def test_sizes_are_humanised(megabytes: int | None, words_: str) -> None:
     assert words.size_words(megabytes) == words_
 
 
+# --- Large requests: a summary first, one line per VM past COMPACT_AFTER --------------------------------
+
+
+def batch(count: int) -> tuple[VmDetails, ...]:
+    """`count` VMs of one size under real task ids, as the simulator's "Big batch" vApp holds them."""
+    return tuple(
+        VmDetails(
+            str(uuid.UUID(int=n)),
+            "DEPLOY",
+            VirtualMachine(
+                str(100 + n), f"batch-{n:03d}", cpu=1, ram_mb=1024, disks=(Disk(str(n), 0, 20480),)
+            ),
+        )
+        for n in range(1, count + 1)
+    )
+
+
+def signed_approval(vms: tuple[VmDetails, ...]) -> ApprovalRequest:
+    """An approval of `vms` with links signed as the connector signs them (their real length)."""
+    signer = LinkSigner("k" * 43, "https://workflow.example.com", 3 * 86400)
+    email = "Alice Smith <alice.smith@acme.example>"
+    ids = [vm.task_id for vm in vms]
+    return ApprovalRequest(
+        details=dataclasses.replace(details(*vms), vapp=VirtualAppliance("2", "Big batch")),
+        approver=ASMITH,
+        task_links={
+            t: ActionLinks(
+                signer.task_url(t, Action.ACCEPT, email), signer.task_url(t, Action.DECLINE, email)
+            )
+            for t in ids
+        },
+        all_links=ActionLinks(
+            signer.multiple_url(ids, Action.ACCEPT, email), signer.multiple_url(ids, Action.DECLINE, email)
+        ),
+        expires_at=EXPIRES,
+        request_id=str(uuid.UUID(int=0)),
+    )
+
+
+def test_the_100_vm_approval_email_stays_under_100_kb() -> None:
+    message = render_approval(signed_approval(batch(100)), SETTINGS)
+
+    # Gmail cuts a message at about 102 KB of HTML; the whole message, both parts, stays below 100 KB.
+    assert len(message.as_bytes()) < 100_000, len(message.as_bytes())
+    assert len(html_of(message).encode()) < 100_000
+
+
+def test_a_large_request_leads_with_its_totals_and_the_buttons_that_decide_all() -> None:
+    message = render_approval(signed_approval(batch(100)), SETTINGS)
+    html, text = html_of(message), text_of(message)
+
+    assert message["Subject"] == 'Approve deploy of "Big batch" (100 VMs) for John Doe'
+    assert "In total: 100 VMs · 100 CPUs · 100 GB RAM · 2 TB disk" in text
+    assert "  100 \u00d7 1 CPU · 1 GB RAM · 20 GB disk" in text
+    assert (
+        "100\u00a0VMs</strong> · 100\u00a0CPUs · 100\u00a0GB\u00a0RAM · 2\u00a0TB\u00a0disk"
+        in html.replace("&nbsp;", "\u00a0")
+    )
+    # The buttons come before the first VM, in the HTML and in the text.
+    assert [label for _, label in links_of(message)] == ["Accept all", "Decline all"]
+    assert html.index("Accept all") < html.index("batch-001")
+    assert text.index("Accept all 100:") < text.index("batch-001")
+
+
+def test_past_twenty_vms_each_is_one_line_without_its_own_buttons() -> None:
+    message = render_approval(signed_approval(batch(21)), SETTINGS)
+    text = text_of(message)
+
+    assert "/accept?task=" not in text and "/decline?task=" not in text
+    assert "* batch-021 · 1 CPU · 1 GB RAM · 20 GB disk" in text
+    assert "decide them one by one in Abiquo's Workflow tasks tab" in " ".join(text.split())
+    assert "Either link opens a page that lists all 21 VMs" in text
+
+
+def test_twenty_vms_still_have_a_pair_of_buttons_each() -> None:
+    message = render_approval(signed_approval(batch(20)), SETTINGS)
+
+    labels = [label for _, label in links_of(message)]
+    assert labels.count("Accept") == labels.count("Decline") == 20
+    assert labels[:2] == ["Accept all", "Decline all"]
+
+
+def test_the_summary_names_repeated_sizes_and_counts_the_rest() -> None:
+    vms = (*batch(3), task(WEB), task(DB))
+    text = text_of(render_approval(approval(*vms), SETTINGS))
+
+    assert "In total: 5 VMs · 9 CPUs · 15 GB RAM · 150 GB disk · 100 GB in volumes" in text
+    assert "  3 \u00d7 1 CPU · 1 GB RAM · 20 GB disk" in text
+    assert "  2 VMs of other sizes" in text
+
+
+def test_a_summary_of_sizes_that_do_not_repeat_lists_no_groups() -> None:
+    text = text_of(render_approval(approval(task(WEB), task(DB), task(CACHE)), SETTINGS))
+
+    assert "In total: 3 VMs · 7 CPUs · 13.5 GB RAM · 110 GB disk · 100 GB in volumes" in text
+    assert " \u00d7 " not in text
+
+
+def test_a_summary_says_which_vms_it_could_not_count() -> None:
+    unread = VmDetails("task-9", "DEPLOY", vm=None, error="Abiquo answered 404")
+    text = text_of(render_approval(approval(unread, task(WEB)), SETTINGS))
+
+    assert "In total: 2 VMs · 2 CPUs · 4 GB RAM · 20 GB disk" in text
+    assert "1 VM not counted: its details could not be read from Abiquo" in text
+
+
+def test_a_single_vm_gets_no_summary() -> None:
+    text = text_of(render_approval(approval(task(WEB)), SETTINGS))
+
+    assert "In total" not in text
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("20 GB", "20\u00a0GB"),
+        ("4 GB RAM · 20 GB disk", "4\u00a0GB\u00a0RAM · 20\u00a0GB\u00a0disk"),
+        ("1 CPU · 3 VMs · 2 tasks", "1\u00a0CPU · 3\u00a0VMs · 2\u00a0tasks"),
+        ("web 01 GB", "web 01\u00a0GB"),  # a number and a unit, whatever came before
+        ("db-data (100 GB)", "db-data (100\u00a0GB)"),
+        ("Big batch", "Big batch"),
+    ],
+)
+def test_numbers_keep_their_units_on_the_same_line(text: str, kept: str) -> None:
+    assert words.keep_units(text) == kept
+
+
+@pytest.mark.parametrize(
+    ("count", "said"), [(0, "0 tasks"), (1, "1 task"), (3, "3 tasks"), (1024, "1,024 tasks")]
+)
+def test_counts_agree_with_their_nouns(count: int, said: str) -> None:
+    assert words.counted(count, "task") == said
+
+
 # --- Names from Abiquo, cleaned and capped (display.py) ---------------------------------------------
 
 
@@ -455,7 +630,7 @@ def test_a_spoofed_requester_name_is_cleaned_and_capped_in_the_subject() -> None
     request_details = dataclasses.replace(details(task(WEB)), requester=requester)
     message = render_approval(approval(task(WEB), request_details=request_details), MailSettings())
 
-    assert message["Subject"] == f"Approval needed: Deploy requested by {shown_as('John')}"
+    assert message["Subject"] == f'Approve deploy of "web-01" for {shown_as("John")}'
 
 
 def test_a_spoofed_vapp_name_is_cleaned_and_capped_in_a_custom_subject() -> None:
@@ -634,9 +809,9 @@ def test_outcome_notes_a_decision_that_could_not_be_delivered() -> None:
 @pytest.mark.parametrize(
     ("decisions", "subject"),
     [
-        ((ACCEPTED, ACCEPTED), "Your Deploy request was accepted"),
-        ((DECLINED, DECLINED), "Your Deploy request was declined"),
-        ((ACCEPTED, DECLINED), "Your Deploy request was partly accepted"),
+        ((ACCEPTED, ACCEPTED), 'Deploy of "Web tier & cache" accepted (2 of 2)'),
+        ((DECLINED, DECLINED), 'Deploy of "Web tier & cache" declined (0 of 2)'),
+        ((ACCEPTED, DECLINED), 'Deploy of "Web tier & cache" partly accepted (1 of 2)'),
     ],
 )
 def test_outcome_subject_sums_up_the_decisions(decisions: tuple[DecisionState, ...], subject: str) -> None:
@@ -645,6 +820,69 @@ def test_outcome_subject_sums_up_the_decisions(decisions: tuple[DecisionState, .
     ]
 
     assert outcome(*results)["Subject"] == subject
+
+
+def test_outcome_subject_of_one_vm_names_it() -> None:
+    notice = OutcomeNotice(details(task(WEB)), JDOE, [result(WEB, DECLINED, DecidedBy.APPROVER)], "req-42")
+
+    assert render_outcome(notice, MailSettings())["Subject"] == 'Deploy of "web-01" declined (0 of 1)'
+
+
+@pytest.mark.parametrize(
+    ("decisions", "sentence"),
+    [
+        ((ACCEPTED,), "Your request was accepted."),
+        ((DECLINED,), "Your request was declined."),
+        ((ACCEPTED, ACCEPTED, ACCEPTED), "3 of 3 tasks of your request were accepted."),
+        ((ACCEPTED, DECLINED, DECLINED), "1 of 3 tasks of your request was accepted."),
+        ((DECLINED, DECLINED), "None of the 2 tasks of your request were accepted."),
+    ],
+)
+def test_outcome_sentence_agrees_with_its_numbers(
+    decisions: tuple[DecisionState, ...], sentence: str
+) -> None:
+    vms = (WEB, DB, CACHE)[: len(decisions)]
+    message = outcome(
+        *(result(vm, d, DecidedBy.APPROVER, actor="Alice") for vm, d in zip(vms, decisions, strict=True))
+    )
+
+    assert sentence in text_of(message)
+    assert sentence in html_of(message).replace("&nbsp;", " ").replace("\u00a0", " ")
+    assert "task(s)" not in text_of(message)
+
+
+@pytest.mark.parametrize(
+    ("decisions", "band"),
+    [
+        ((ACCEPTED, ACCEPTED), "band-accepted"),
+        ((DECLINED, DECLINED), "band-declined"),
+        ((ACCEPTED, DECLINED), "band-partly"),
+    ],
+)
+def test_outcome_email_is_coloured_by_how_the_request_ended(
+    decisions: tuple[DecisionState, ...], band: str
+) -> None:
+    results = [
+        result(vm, d, DecidedBy.APPROVER, actor="Alice") for vm, d in zip((WEB, DB), decisions, strict=True)
+    ]
+
+    assert f'class="sheet {band}"' in html_of(outcome(*results))
+
+
+def test_a_large_outcome_says_a_shared_verdict_and_reason_once() -> None:
+    vms = batch(30)
+    results = [
+        TaskResult(
+            vm.task_id, vm.vm.name if vm.vm else None, "DEPLOY", ACCEPTED, DecidedBy.APPROVER, "Bob", "fine"
+        )
+        for vm in vms
+    ]
+    message = render_outcome(OutcomeNotice(details(*vms), JDOE, results, "req-42"), MailSettings())
+    text = text_of(message)
+
+    assert text.count("Reason: fine") == 1 and text.count("Accepted by Bob") == 1
+    assert "All: Accepted by Bob" in text and "* batch-030\n" in text
+    assert html_of(message).count("Reason: fine") == 1
 
 
 def test_outcome_goes_to_the_requester_with_a_custom_subject() -> None:

@@ -375,7 +375,7 @@ async def test_multiple_decides_every_pending_task(connector: App) -> None:
 
     page = assert_page(await fetch(connector, "POST", path_of(url)), 200)
 
-    assert "Accepted 3 task(s)" in page
+    assert "Accepted 3 tasks." in page
     assert await decisions(connector, tasks) == [DecisionState.ACCEPTED] * 3
 
 
@@ -387,8 +387,8 @@ async def test_multiple_decides_the_rest_and_lists_those_already_decided(connect
     response = await fetch(connector, "POST", path_of(signer.multiple_url(tasks, Action.ACCEPT, ALICE)))
 
     page = html.unescape(assert_page(response, 200))
-    assert "Accepted 2 task(s)" in page
-    assert "1 other task(s) had already been decided" in page
+    assert "Accepted 2 tasks." in page
+    assert "1 other task had already been decided" in page
     assert f"Declined by {BOB}" in page
     assert await decisions(connector, tasks) == [
         DecisionState.DECLINED,
@@ -413,7 +413,7 @@ async def test_multiple_lists_unknown_task_ids(connector: App) -> None:
 
     page = assert_page(await fetch(connector, "POST", path_of(url)), 200)
 
-    assert "Unknown task id(s), ignored: no-such-task" in page
+    assert "Unknown task id, ignored: no-such-task" in page
     assert await decisions(connector, tasks[:1]) == [DecisionState.ACCEPTED]
 
 
@@ -422,7 +422,7 @@ async def test_multiple_cancel_and_decline_both_decline(connector: App, word: st
     tasks = await hold(connector, vapp=1)
     params = {**params_of(signer_for(connector).multiple_url(tasks, Action.DECLINE, ALICE)), "action": word}
 
-    assert "Declined 3 task(s)" in assert_page(
+    assert "Declined 3 tasks." in assert_page(
         await fetch(connector, "POST", "/multiple", params=params), 200
     )
 

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from playwright.async_api import Browser
 
 ALICE = "Alice Smith <alice.smith@acme.example>"
+BOB = "Bob Jones <bob.jones@acme.example>"
 TRACEBACK_MARKERS = ("Traceback", 'File "', "site-packages")
 DEPLOY_XML = (Path(__file__).parent / "payloads" / "protocol_11_1_vm_deploy.xml").read_bytes()
 
@@ -366,7 +367,7 @@ async def test_a_spoofed_vm_name_is_cleaned_and_capped_on_the_confirmation_page(
 
     page = await confirmation_page(connector, await triaged_task(connector))
 
-    assert f"<td>{shown_as('web-01')}</td>" in page
+    assert f'<td class="name" data-label="Virtual machine">{shown_as("web-01")}</td>' in page
     assert f"Accept the deploy of {shown_as('web-01')}?" in page
     assert "x" * display.NAME_LIMIT not in page
     assert format_characters(page) == []
@@ -393,7 +394,7 @@ async def test_a_capped_name_with_a_script_is_still_escaped_on_the_confirmation_
 
     page = await confirmation_page(connector, await triaged_task(connector))
 
-    assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;xxx" in page
+    assert '<td class="name" data-label="Virtual machine">&lt;script&gt;alert(1)&lt;/script&gt;xxx' in page
     assert "<script" not in page
 
 
@@ -406,6 +407,101 @@ async def test_a_spoofed_approver_is_cleaned_and_capped_in_the_decided_status(co
     assert response.status_code == 200, response.text
     assert f"Accepted by {shown_as('Alice')} on " in response.text
     assert format_characters(response.text) == []
+
+
+# --- what the decision pages say: counts, accepted or declined, the reason, what to do next ----------------
+
+
+async def held_vapp(connector: Running) -> list[str]:
+    """vApp 1's three tasks, held and triaged (the approval emails are out)."""
+    result = await connector.request(action="deploy", vapp=1)
+    await connector.inbox.wait_for(3)
+    return [str(task["task_id"]) for task in result["tasks"]]
+
+
+async def decide(connector: Running, url: str, reason: str | None = None) -> httpx2.Response:
+    """POST a link as its confirmation page's form does, with a reason when given."""
+    return await fetch(connector, "POST", relative(url), data={"reason": reason} if reason else None)
+
+
+async def test_accepted_and_declined_pages_look_and_read_differently(connector: Running) -> None:
+    first, second, _ = await held_vapp(connector)
+    signer = signer_for(connector)
+
+    accepted = await decide(connector, signer.task_url(first, Action.ACCEPT, ALICE), "Fine by me")
+    declined = await decide(connector, signer.task_url(second, Action.DECLINE, ALICE), "Too big <really>")
+
+    assert accepted.status_code == declined.status_code == 200
+    assert '<main class="tone-accepted">' in accepted.text and "<h1>Accepted</h1>" in accepted.text
+    assert '<main class="tone-declined">' in declined.text and "<h1>Declined</h1>" in declined.text
+    assert '<div class="notice accepted">' in accepted.text
+    assert '<div class="notice declined">' in declined.text
+    assert "Accepted 1 task. " in accepted.text and "Declined 1 task. " in declined.text
+    assert "“Fine by me”" in accepted.text and "“Too big &lt;really&gt;”" in declined.text
+    assert "(s)" not in accepted.text + declined.text
+
+
+async def test_deciding_the_rest_counts_in_words_and_shows_every_reason(connector: Running) -> None:
+    tasks = await held_vapp(connector)
+    signer = signer_for(connector)
+    await decide(connector, signer.task_url(tasks[0], Action.DECLINE, BOB), "Not this quarter")
+    url = signer.multiple_url(tasks, Action.ACCEPT, ALICE)
+
+    confirmation = await fetch(connector, "GET", relative(url))
+    done = await decide(connector, url, "Checked")
+
+    assert "1 of these tasks was already decided and is left as it is." in confirmation.text
+    assert "Accept all 2 tasks" in confirmation.text
+    assert "Accepted 2 tasks. " in done.text
+    assert "1 other task had already been decided and was left as it was." in done.text
+    # The reason just given is said once, above the table; the earlier decision's reason on its row.
+    assert done.text.count("Checked") == 1
+    assert "Reason: “Not this quarter”" in done.text
+    assert "(s)" not in confirmation.text + done.text
+
+
+async def test_the_410_page_says_who_decided_why_and_that_nothing_is_left_to_do(connector: Running) -> None:
+    task = await held_task(connector)
+    url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
+    await decide(connector, url, "Capacity checked")
+
+    again = await fetch(connector, "GET", relative(url))
+
+    assert again.status_code == 410
+    assert '<main class="tone-gone">' in again.text
+    assert "This task was already decided: Accepted by Alice Smith" in again.text
+    assert "Reason: “Capacity checked”" in again.text
+    assert '<p class="next">Nothing is left for you to decide here.' in again.text
+
+
+async def test_every_refusal_page_says_what_to_do_next(connector: Running) -> None:
+    task = await held_task(connector)
+    signer = signer_for(connector)
+    decided = signer.task_url(task, Action.ACCEPT, ALICE)
+    await decide(connector, decided)
+    asked = {
+        400: ("GET", "/accept"),
+        403: ("GET", f"/accept?task={task}&token=forged"),
+        404: ("GET", relative(signer.task_url("no-such-task", Action.ACCEPT, ALICE))),
+        410: ("POST", relative(decided)),
+    }
+
+    for status, (method, path) in asked.items():
+        response = await fetch(connector, method, path)
+        assert response.status_code == status, response.text
+        [next_step] = re.findall(r'<p class="next">(.*?)</p>', response.text, re.DOTALL)
+        assert len(next_step) > 40, (status, next_step)
+
+
+async def test_a_refusal_that_already_says_what_to_do_adds_nothing(connector: Running) -> None:
+    task = await held_task(connector)
+    expired = signer_for(connector).token([task], Action.ACCEPT, ALICE, now=0)
+
+    response = await fetch(connector, "GET", "/accept", params={"task": task, "token": expired})
+
+    assert response.status_code == 403
+    assert "Ask for the request to be sent again, or decide in Abiquo." in response.text
+    assert '<p class="next">' not in response.text
 
 
 # --- in a real browser ----------------------------------------------------------------------------------

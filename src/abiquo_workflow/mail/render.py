@@ -6,6 +6,12 @@ plain view values (`ApprovalView`, `OutcomeView` below), every user-supplied str
 `display` (on one line, without format characters such as a right-to-left override, capped with "…"),
 so a site's own templates get the same safe text; the HTML templates autoescape, so a VM called `<b>`
 shows as text. Subjects are built from the cleaned values, and every header is flattened again.
+
+The HTML is laid out for mail clients: tables, one column, styles inlined into `style=""` attributes
+(css-inline), and only the small-screen `@media` rules left in a `<style>` block (`keep_at_rules`), which
+the clients that honour them (Apple Mail, Gmail's apps, Outlook on phones) apply and the others ignore.
+A request of more than `COMPACT_AFTER` VMs is listed one line per VM, under a summary and the buttons
+that decide them all, so that a 100-VM email stays far below the ~100 KB at which Gmail cuts a message.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ import dataclasses
 import functools
 import logging
 import mimetypes
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -37,7 +44,15 @@ log = logging.getLogger(__name__)
 _PACKAGE_TEMPLATES = Path(__file__).parent / "templates"
 # Remote stylesheets are never fetched: rendering must not depend on the network.
 _TRAIL_SEPARATOR = " \u203a "
-_INLINER = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=False)
+# Rules inside @media cannot be inlined; `keep_at_rules` leaves them, alone, in a <style> block.
+_INLINER = css_inline.CSSInliner(keep_style_tags=False, keep_at_rules=True, load_remote_stylesheets=False)
+
+#: A request of more VMs than this is listed one line per VM, without buttons of its own per VM.
+COMPACT_AFTER = 20
+#: At most this many VMs are listed in an email; the page behind "Accept all" lists every one.
+LIST_LIMIT = 200
+#: At most this many repeated sizes are named in the summary.
+GROUP_LIMIT = 5
 
 
 # --- What templates see ---------------------------------------------------------------------------
@@ -71,6 +86,37 @@ class VmRow:
     volumes: tuple[str, ...]
     error: str | None
     links: ActionLinks | None
+    #: Its size on one line, volumes included: "2 CPUs · 4 GB RAM · 20 GB disk".
+    spec: str = words.UNKNOWN
+    #: Its size without volumes, which VMs of one template share; None when its details are unknown.
+    size: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SizeGroup:
+    """VMs of one size, when several share it: "100 x 1 CPU · 1 GB RAM · 20 GB disk" (a multiplication
+    sign for the x)."""
+
+    count: int
+    size: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Summary:
+    """What a request of several VMs asks for in total, each part in words."""
+
+    vms: str
+    cpu: str
+    ram: str
+    disk: str
+    #: Volumes in total, or None when no VM has one.
+    volumes: str | None
+    #: VMs whose details could not be read, and are therefore not counted in the totals.
+    unknown: int
+    #: Sizes shared by several VMs, most common first (at most `GROUP_LIMIT`); empty when none repeats.
+    groups: tuple[SizeGroup, ...]
+    #: VMs not in one of `groups` (when there are groups).
+    others: int
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -87,6 +133,20 @@ class ApprovalView:
     expires_at: str | None
     request_id: str
     logo_cid: str | None
+    #: The email's title: "Deploy of “Web tier & cache”", "Deploy of “web-01”".
+    heading: str = ""
+    #: "3 virtual machines", "1 virtual machine".
+    count_words: str = ""
+    #: Totals and repeated sizes; None for a single VM.
+    summary: Summary | None = None
+    #: More than `COMPACT_AFTER` VMs: listed one line each, decided all at once.
+    compact: bool = False
+    #: How many of `vms` the email lists (all of them unless there are more than `LIST_LIMIT`).
+    list_limit: int = LIST_LIMIT
+    #: VMs beyond `list_limit`, not listed.
+    unlisted: int = 0
+    #: True when the tasks are not all of one type (each VM then says its own).
+    mixed_types: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,6 +172,17 @@ class OutcomeView:
     accepted_count: int
     request_id: str
     logo_cid: str | None
+    #: "Deploy of “Web tier & cache”", as in the approval email.
+    heading: str = ""
+    #: "3 of 3 tasks of your request were accepted.", "Your request was declined."
+    sentence: str = ""
+    declined_count: int = 0
+    #: More than `COMPACT_AFTER` results: one line each.
+    compact: bool = False
+    #: The verdict and reason every result shares, said once above a compact list; else None.
+    shared: OutcomeRow | None = None
+    list_limit: int = LIST_LIMIT
+    unlisted: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -147,6 +218,11 @@ def _first_name_basis(user: User) -> str:
     return display.name(f"{user.name} {user.surname}") or words.or_unknown(user.nick)
 
 
+def _requester_name(user: User | None) -> str:
+    """The requester as a subject names them: "John Doe", or the nick when the name is empty."""
+    return _first_name_basis(user) if user is not None else words.UNKNOWN
+
+
 def _vm_row(vm_details: VmDetails, links: ActionLinks | None) -> VmRow:
     vm = vm_details.vm
     task_type = words.task_word(vm_details.task_type)
@@ -154,7 +230,16 @@ def _vm_row(vm_details: VmDetails, links: ActionLinks | None) -> VmRow:
         error = display.reason(vm_details.error) or "the details could not be read from Abiquo"
         unknown = words.UNKNOWN
         return VmRow(
-            vm_details.task_id, unknown, task_type, unknown, unknown, (unknown,), (unknown,), error, links
+            vm_details.task_id,
+            unknown,
+            task_type,
+            unknown,
+            unknown,
+            (unknown,),
+            (unknown,),
+            error,
+            links,
+            spec="size unknown",
         )
     return VmRow(
         task_id=vm_details.task_id,
@@ -166,11 +251,71 @@ def _vm_row(vm_details: VmDetails, links: ActionLinks | None) -> VmRow:
         volumes=words.volume_words(vm),
         error=None,
         links=links,
+        spec=words.spec_words(vm),
+        size=words.spec_words(vm, volumes=False),
     )
 
 
 def _vapp_name(details: RequestDetails) -> str:
     return words.or_unknown(details.vapp.name if details.vapp else None)
+
+
+def _named(names: Sequence[str], details: RequestDetails) -> str | None:
+    """What a request is about, by name: its one VM, else its vApp; None when neither is known."""
+    if len(names) == 1 and names[0] != words.UNKNOWN:
+        return names[0]
+    vapp = _vapp_name(details)
+    return vapp if vapp != words.UNKNOWN else None
+
+
+def _heading(task_types: str, names: Sequence[str], details: RequestDetails) -> str:
+    """ "Deploy of “Web tier & cache”", "Undeploy of “web-01”", or "Deploy of 3 VMs"."""
+    named = _named(names, details)
+    return f"{task_types} of " + (f"\u201c{named}\u201d" if named else words.counted(len(names), "VM"))
+
+
+def _subject_fields(
+    task_types: str, names: Sequence[str], details: RequestDetails, **more: object
+) -> dict[str, object]:
+    """The `{fields}` a configured subject may use (README, `mail.approver_subject`)."""
+    count = len(names)
+    named = _named(names, details)
+    what = f'"{named}"' if named else words.counted(count, "VM")
+    several = count > 1 and named is not None
+    return {
+        "task_type": task_types,
+        "action": task_types.lower(),
+        "requester": _person(details.requester),
+        "requester_name": _requester_name(details.requester),
+        "vapp": _vapp_name(details),
+        "vm": names[0] if count == 1 else _vapp_name(details),
+        "count": count,
+        "vms": words.counted(count, "VM"),
+        "what": what,
+        "target": f"{what} ({words.counted(count, 'VM')})" if several else what,
+        **more,
+    }
+
+
+def _summary(vms: Sequence[VmDetails], rows: Sequence[VmRow]) -> Summary:
+    known = [vm.vm for vm in vms if vm.vm is not None]
+    cpu = sum(vm.cpu or 0 for vm in known)
+    ram = sum(vm.ram_mb or 0 for vm in known)
+    disk = sum(sum(words.disk_sizes(vm)) for vm in known)
+    volumes = sum(volume.size_mb for vm in known for volume in vm.volumes)
+    sizes = Counter(row.size for row in rows if row.size is not None)
+    repeated = [(size, count) for size, count in sizes.most_common() if count > 1][:GROUP_LIMIT]
+    groups = tuple(SizeGroup(count, size) for size, count in repeated)
+    return Summary(
+        vms=words.counted(len(rows), "VM"),
+        cpu=words.cpu_words(cpu),
+        ram=words.size_words(ram),
+        disk=words.size_words(disk),
+        volumes=words.size_words(volumes) if any(vm.volumes for vm in known) else None,
+        unknown=len(rows) - len(known),
+        groups=groups,
+        others=len(known) - sum(group.count for group in groups) if groups else 0,
+    )
 
 
 def approval_view(
@@ -180,16 +325,13 @@ def approval_view(
     details = request.details
     vms = tuple(_vm_row(vm, request.task_links.get(vm.task_id)) for vm in details.vms)
     task_types = words.task_words(vm.task_type for vm in details.vms)
-    requester = _person(details.requester)
-    subject = words.format_subject(
-        settings.approver_subject,
-        {"task_type": task_types, "requester": requester, "vapp": _vapp_name(details), "count": len(vms)},
-    )
+    names = [vm.name for vm in vms]
+    subject = words.format_subject(settings.approver_subject, _subject_fields(task_types, names, details))
     approver = request.approver
     return ApprovalView(
         subject=words.one_line(subject),
         approver_name=_first_name_basis(approver),
-        requester_name=requester,
+        requester_name=_person(details.requester),
         requester_email=display.address(details.requester.email if details.requester else None) or None,
         task_types=task_types,
         place=_place(details),
@@ -198,6 +340,12 @@ def approval_view(
         expires_at=words.moment_words(request.expires_at) if request.expires_at else None,
         request_id=words.one_line(request.request_id),
         logo_cid=logo_cid,
+        heading=_heading(task_types, names, details),
+        count_words=words.counted(len(vms), "virtual machine"),
+        summary=_summary(details.vms, vms) if len(vms) > 1 else None,
+        compact=len(vms) > COMPACT_AFTER,
+        unlisted=max(0, len(vms) - LIST_LIMIT),
+        mixed_types=len({vm.task_type for vm in vms}) > 1,
     )
 
 
@@ -223,10 +371,15 @@ def outcome_view(notice: OutcomeNotice, settings: MailSettings, logo_cid: str | 
     results = tuple(_outcome_row(result, names) for result in notice.results)
     task_types = words.task_words(result.task_type for result in notice.results)
     outcome = words.overall_outcome(notice.results)
-    subject = words.format_subject(
-        settings.requester_subject,
-        {"task_type": task_types, "outcome": outcome, "vapp": _vapp_name(details), "count": len(results)},
+    accepted = sum(1 for r in notice.results if r.decision is DecisionState.ACCEPTED)
+    declined = sum(1 for r in notice.results if r.decision is DecisionState.DECLINED)
+    shown_names = [row.name for row in results]
+    fields = _subject_fields(
+        task_types, shown_names, details, outcome=outcome, accepted=accepted, declined=declined
     )
+    subject = words.format_subject(settings.requester_subject, fields)
+    compact = len(results) > COMPACT_AFTER
+    verdicts = {(row.accepted, row.verdict, row.reason, row.note) for row in results}
     return OutcomeView(
         subject=words.one_line(subject),
         requester_name=_first_name_basis(notice.requester),
@@ -234,9 +387,15 @@ def outcome_view(notice: OutcomeNotice, settings: MailSettings, logo_cid: str | 
         outcome=outcome,
         place=_place(details),
         results=results,
-        accepted_count=sum(1 for r in notice.results if r.decision is DecisionState.ACCEPTED),
+        accepted_count=accepted,
         request_id=words.one_line(notice.request_id),
         logo_cid=logo_cid,
+        heading=_heading(task_types, shown_names, details),
+        sentence=words.outcome_sentence(accepted, declined, len(results)),
+        declined_count=declined,
+        compact=compact,
+        shared=results[0] if compact and len(verdicts) == 1 else None,
+        unlisted=max(0, len(results) - LIST_LIMIT),
     )
 
 
@@ -250,13 +409,17 @@ def _environment(overrides: Path | None) -> jinja2.Environment:
         if not overrides.is_dir():
             log.warning("mail.templates %s is not a folder; using the built-in templates", overrides)
         loaders.insert(0, jinja2.FileSystemLoader(overrides))
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),
         autoescape=jinja2.select_autoescape(["html"], default_for_string=False, default=False),
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    # `{{ vm.spec | units }}`: "20 GB" kept on one line in HTML (the text part keeps plain spaces).
+    environment.filters["units"] = words.keep_units
+    environment.filters["counted"] = words.counted
+    return environment
 
 
 def _render(settings: MailSettings, name: str, view: ApprovalView | OutcomeView | PingView) -> str:

@@ -17,6 +17,8 @@ from abiquo_workflow.domain import DecidedBy, DecisionState, DeliveryState, Virt
 from abiquo_workflow.mail.model import TaskResult
 
 UNKNOWN = "unknown"
+#: Joins a number to its unit in HTML ("20 GB" never splits over two lines); plain text keeps a space.
+NO_BREAK_SPACE = "\u00a0"
 
 _TASK_WORDS = {"DEPLOY": "Deploy", "UNDEPLOY": "Undeploy", "RECONFIGURE": "Reconfigure"}
 
@@ -24,6 +26,11 @@ _TASK_WORDS = {"DEPLOY": "Deploy", "UNDEPLOY": "Undeploy", "RECONFIGURE": "Recon
 # ("gpj.exe" shown as "exe.jpg"); they have no business in a VM or user name.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _SPACES = re.compile(r"\s+")
+#: The space between a number and the unit or noun counted after it ("20 GB", "3 VMs", "1 CPU"), and
+#: between a size and what it measures ("4 GB RAM", "20 GB disk").
+_NUMBER_AND_UNIT = re.compile(
+    r"(?<=\d) (?=(?:[KMGTP]B|CPUs?|VMs?|tasks?)\b)|(?<=\d [KMGTP]B) (?=(?:RAM|disk)\b)"
+)
 
 
 def one_line(text: str | None) -> str:
@@ -57,12 +64,52 @@ def size_words(megabytes: int | float | None) -> str:
     return f"{megabytes:g} MB"
 
 
+def disk_sizes(vm: VirtualMachine) -> tuple[int, ...]:
+    """A VM's disk sizes in MB by sequence; on Abiquo 2.x only the primary disk, from `hdInBytes`."""
+    sizes = tuple(disk.size_mb for disk in sorted(vm.disks, key=lambda disk: disk.sequence))
+    if not sizes and vm.hd_in_bytes is not None:
+        sizes = (vm.hd_in_bytes // (1024 * 1024),)
+    return sizes
+
+
 def disk_words(vm: VirtualMachine) -> tuple[str, ...]:
     """A VM's disks by sequence, in words ("20 GB"); on Abiquo 2.x only the primary disk, from `hdInBytes`."""
-    sizes = [disk.size_mb for disk in sorted(vm.disks, key=lambda disk: disk.sequence)]
-    if not sizes and vm.hd_in_bytes is not None:
-        sizes = [vm.hd_in_bytes // (1024 * 1024)]
-    return tuple(size_words(size) for size in sizes)
+    return tuple(size_words(size) for size in disk_sizes(vm))
+
+
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """`count` and the noun it counts, agreeing: "1 task", "3 tasks", "0 VMs", "1,024 CPUs"."""
+    noun = singular if count == 1 else (plural or singular + "s")
+    return f"{count:,} {noun}"
+
+
+def cpu_words(cpu: int | None) -> str:
+    """2 → "2 CPUs", 1 → "1 CPU", None → "unknown CPUs"."""
+    return counted(cpu, "CPU") if cpu is not None else f"{UNKNOWN} CPUs"
+
+
+def spec_words(vm: VirtualMachine, *, volumes: bool = True) -> str:
+    """A VM's size on one line: "2 CPUs · 4 GB RAM · 20 GB disk", then its volumes when it has any
+    ("… · disks 20 GB + 50 GB · volume db-data (100 GB)"). Without `volumes`, the size alone, which is
+    what VMs made from the same template share."""
+    disks = disk_words(vm)
+    if not disks:
+        disk = "no disk"
+    elif len(disks) == 1:
+        disk = f"{disks[0]} disk"
+    else:
+        disk = "disks " + " + ".join(disks)
+    parts = [cpu_words(vm.cpu), f"{size_words(vm.ram_mb)} RAM", disk]
+    shown_volumes = volume_words(vm) if volumes else ()
+    if shown_volumes:
+        parts.append(("volume " if len(shown_volumes) == 1 else "volumes ") + ", ".join(shown_volumes))
+    return " · ".join(parts)
+
+
+def keep_units(text: object) -> str:
+    """`text` with a no-break space between each number and its unit ("20\u00a0GB", "4\u00a0GB\u00a0RAM"),
+    for HTML, where a narrow column would otherwise end one line with "20" and start the next with "GB"."""
+    return _NUMBER_AND_UNIT.sub(NO_BREAK_SPACE, str(text))
 
 
 def volume_words(vm: VirtualMachine) -> tuple[str, ...]:
@@ -107,6 +154,27 @@ def overall_outcome(results: Sequence[TaskResult]) -> str:
     if accepted:
         return "partly accepted"
     return "declined" if declined else "pending"
+
+
+def outcome_sentence(accepted: int, declined: int, total: int) -> str:
+    """How a request ended, in one sentence that agrees with its numbers.
+
+    "3 of 3 tasks of your request were accepted.", "1 of 3 tasks of your request was accepted.",
+    "None of the 2 tasks of your request were accepted.", and for a single task "Your request was
+    accepted." (never "0 of 1 task … were accepted").
+    """
+    pending = total - accepted - declined
+    if total == 1:
+        if accepted:
+            return "Your request was accepted."
+        return "Your request was declined." if declined else "Your request is still waiting for a decision."
+    if accepted == 0 and pending == 0:
+        return f"None of the {counted(total, 'task')} of your request were accepted."
+    verb = "was" if accepted == 1 else "were"
+    sentence = f"{accepted:,} of {counted(total, 'task')} of your request {verb} accepted"
+    if pending:
+        sentence += f"; {counted(pending, 'task')} still {'waits' if pending == 1 else 'wait'} for a decision"
+    return sentence + "."
 
 
 def _automatic(accepted: bool, because: str) -> str:

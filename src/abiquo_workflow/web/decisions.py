@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import structlog
@@ -35,8 +36,8 @@ from abiquo_workflow.mail import words
 from abiquo_workflow.store.records import TaskRecord
 from abiquo_workflow.web.bodies import BodyTooLarge, read_limited
 from abiquo_workflow.web.state import Services, services
-from abiquo_workflow.web.templating import error_page, page
-from abiquo_workflow.web.views import TaskRow, request_context, status_words
+from abiquo_workflow.web.templating import page
+from abiquo_workflow.web.views import TaskRow, request_context, shared_reason, status_words
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -62,9 +63,30 @@ class Asked:
     params: Mapping[str, str]
 
 
+#: What a refusal page tells the approver to do next, when its message does not already say.
+_NEXT_STEPS = {
+    400: "Open the link again from the email, exactly as it is there: if your mail program split it over "
+    "two lines, copy the whole address into the browser. If it still fails, decide in Abiquo's Workflow "
+    "tasks tab.",
+    403: "Open the link again from the newest email about this request. If it still cannot be used, decide "
+    "in Abiquo's Workflow tasks tab, or ask your administrator to send the request again.",
+    404: "Look for the task in Abiquo's Workflow tasks tab: if Abiquo still holds it, decide it there, or "
+    "ask your administrator.",
+}
+#: What the 410 page ("already decided") tells the approver to do next.
+_NEXT_WHEN_GONE = (
+    "Nothing is left for you to decide here. If the decision looks wrong, talk to whoever made it; the "
+    "requester can ask again in Abiquo."
+)
+
+
 class BadLink(Exception):
-    def __init__(self, status: int, title: str, message: str) -> None:
+    """A refusal: its status, the page's title, what went wrong, and (`next`) what the reader can do."""
+
+    def __init__(self, status: int, title: str, message: str, next_step: str | None = "") -> None:
         self.status, self.title, self.message = status, title, message
+        #: "" picks the status's usual next step (`_NEXT_STEPS`); None says nothing more.
+        self.next_step = _NEXT_STEPS.get(status) if next_step == "" else next_step
 
 
 async def _parameters(request: Request) -> dict[str, str]:
@@ -89,6 +111,7 @@ async def _form_fields(request: Request) -> dict[str, str]:
             "Too much data",
             f"This form sent more than {FORM_LIMIT // 1024} KiB; the confirmation page never does. "
             "Open the link in the email again.",
+            None,
         ) from None
     if not body.strip():
         return {}
@@ -99,6 +122,7 @@ async def _form_fields(request: Request) -> dict[str, str]:
             "Not the confirmation form",
             "This address only takes the confirmation page's form (application/x-www-form-urlencoded). "
             "Open the link in the email again.",
+            None,
         )
     try:
         fields = parse_qsl(
@@ -142,7 +166,10 @@ def _grant(service: Services, asked: Asked) -> Grant:
     try:
         return service.signer.verify(asked.token, asked.task_ids, asked.action)
     except TokenError as exc:
-        raise BadLink(403, "This link cannot be used", str(exc)) from None
+        message = str(exc)
+        # Some of links.py's sentences already say what to do (an expired link: ask again).
+        says_what_to_do = "Abiquo" in message or "Open the link" in message
+        raise BadLink(403, "This link cannot be used", message, None if says_what_to_do else "") from None
 
 
 async def _details(service: Services, tasks: list[TaskRecord]) -> RequestDetails | None:
@@ -168,7 +195,27 @@ def _what(pending: list[TaskRecord], rows: list[TaskRow]) -> str:
 def _already_message(tasks: list[TaskRecord]) -> str:
     if len(tasks) == 1:
         return f"This task was already decided: {status_words(tasks[0])}."
-    return "Every task of this link was already decided; nothing was changed."
+    return f"All {len(tasks):,} tasks of this link were already decided; nothing was changed."
+
+
+def _gone(context: dict[str, Any], tasks: list[TaskRecord]) -> dict[str, Any]:
+    """The 410 page's words: what was decided, by whom, why, and that nothing is left to do."""
+    context.update(
+        title="Already decided",
+        message=_already_message(tasks),
+        tone="gone",
+        next_step=_NEXT_WHEN_GONE,
+        shared_reason=shared_reason(context["rows"]),
+    )
+    context.setdefault("unknown", [])
+    return context
+
+
+def _left_alone(count: int) -> str:
+    """ "1 of these tasks was already decided and is left as it is." (and the plural)."""
+    if count == 1:
+        return "1 of these tasks was already decided and is left as it is."
+    return f"{count:,} of these tasks were already decided and are left as they are."
 
 
 async def _show(request: Request, asked: Asked) -> Response:
@@ -181,16 +228,17 @@ async def _show(request: Request, asked: Asked) -> Response:
     context = request_context(tasks, details)
     pending = [t for t in tasks if t.decision is DecisionState.PENDING]
     if not pending:
-        context.update(title="Already decided", message=_already_message(tasks), tone="", unknown=[])
-        return page(request, "decided.html", context, status=410)
+        return page(request, "decided.html", _gone(context, tasks), status=410)
     verb, css = _VERBS[asked.action]
+    already = [t for t in tasks if t.decision is not DecisionState.PENDING]
     context.update(
         verb=verb,
         css=css,
         what=_what(pending, context["rows"]),
         operation=words.task_words(t.task_type for t in pending).lower(),
-        count_words=("all " + str(len(pending))) if len(pending) > 1 else "",
-        already=[t for t in tasks if t.decision is not DecisionState.PENDING],
+        count_words=("all " + words.counted(len(pending), "task")) if len(pending) > 1 else "",
+        already=already,
+        already_words=_left_alone(len(already)) if already else "",
         hidden=asked.params,
         form_action=request.url.path,
         approver=display.name(grant.approver),
@@ -206,13 +254,14 @@ async def _check_approver(service: Services, asked: Asked, grant: Grant) -> None
         await service.approvals.check_approver(asked.task_ids, grant.approver)
     except NotAnApprover as exc:
         log.warning("decision.not_an_approver", approver=grant.approver, tasks=len(asked.task_ids))
-        raise BadLink(403, "You can no longer decide this", str(exc)) from None
+        raise BadLink(403, "You can no longer decide this", str(exc), None) from None
     except AbiquoError:
         raise BadLink(
             503,
             "Try again in a few minutes",
             "Abiquo cannot be reached right now to confirm that you still approve this request's "
             "enterprise, so nothing was decided. Open the link again in a few minutes.",
+            None,
         ) from None
 
 
@@ -231,6 +280,7 @@ def _checked_reason(reason: str | None) -> str | None:
             "Reason too long",
             f"The reason is {len(reason):,} characters long; the limit is {REASON_LIMIT:,} characters. "
             "Nothing was decided: go back, shorten it, and send it again.",
+            None,
         )
     return reason
 
@@ -250,17 +300,26 @@ async def _decide(request: Request, asked: Asked, reason: str | None) -> Respons
     context = request_context(shown, details)
     context["unknown"] = list(result.unknown)
     if not result.decided:
-        context.update(title="Already decided", message=_already_message(list(result.already)), tone="")
-        return page(request, "decided.html", context, status=410)
+        return page(request, "decided.html", _gone(context, list(result.already)), status=410)
     done = "Accepted" if asked.action is Action.ACCEPT else "Declined"
     message = (
-        f"{done} {len(result.decided)} task(s). Abiquo is being told now, and the requester will be emailed."
+        f"{done} {words.counted(len(result.decided), 'task')}. Abiquo is being told now, and the requester "
+        "will be emailed."
     )
-    if result.already:
+    if others := len(result.already):
         message += (
-            f" {len(result.already)} other task(s) had already been decided and were left as they were."
+            " 1 other task had already been decided and was left as it was."
+            if others == 1
+            else f" {others:,} other tasks had already been decided and were left as they were."
         )
-    context.update(title=done, message=message, tone="ok")
+    context.update(
+        title=done,
+        message=message,
+        tone="accepted" if asked.action is Action.ACCEPT else "declined",
+        given_reason=display.reason(reason) or None,
+        shared_reason=display.reason(reason) or None,
+        next_step="Nothing else is needed from you: you can close this page.",
+    )
     return page(request, "decided.html", context)
 
 
@@ -290,6 +349,7 @@ def _check_same_origin(request: Request, public_url: str) -> None:
             "Not sent from this site",
             "This decision was sent from another web site, so nothing was decided. "
             "Open the link in the email and press the button on its page.",
+            None,
         )
 
 
@@ -305,7 +365,8 @@ async def _handle(request: Request, asked_from: Callable[[Mapping[str, str]], As
             return await _decide(request, asked, None)
         return await _show(request, asked)
     except BadLink as bad:
-        return error_page(request, bad.status, bad.title, bad.message)
+        context = {"title": bad.title, "message": bad.message, "next_step": bad.next_step}
+        return page(request, "error.html", context, status=bad.status)
 
 
 @router.api_route("/accept", methods=["GET", "HEAD", "POST"], response_class=HTMLResponse)

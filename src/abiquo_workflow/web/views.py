@@ -2,7 +2,8 @@
 
 Templates escape everything; this module only chooses words, reusing the emails' wording, so every name
 and the approver shown in a status comes out cleaned by `display` as in the emails (format characters
-removed, length capped with "…"), while the stored snapshot stays as Abiquo sent it.
+removed, length capped with "…"), while the stored snapshot stays as Abiquo sent it. Sizes carry a
+no-break space between number and unit ("20 GB" never splits over two lines on a phone).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from abiquo_workflow import display
 from abiquo_workflow.domain import DecisionState, RequestDetails, VirtualMachine
 from abiquo_workflow.mail import words
 from abiquo_workflow.store.records import TaskRecord
@@ -26,10 +28,12 @@ class TaskRow:
     storage: str
     decision: str
     status: str
+    #: The reason given with the decision, cleaned; None while pending or when none was given.
+    reason: str | None = None
 
 
 def _storage(vm: VirtualMachine) -> str:
-    return ", ".join(words.disk_words(vm) + words.volume_words(vm)) or words.UNKNOWN
+    return words.keep_units(", ".join(words.disk_words(vm) + words.volume_words(vm)) or words.UNKNOWN)
 
 
 def status_words(task: TaskRecord) -> str:
@@ -54,13 +58,25 @@ def task_rows(tasks: Sequence[TaskRecord], details: RequestDetails | None) -> li
                 name=words.or_unknown(vm.name if vm else task.vm_name),
                 operation=words.task_word(task.task_type),
                 cpu=str(vm.cpu) if vm and vm.cpu is not None else words.UNKNOWN,
-                ram=words.size_words(vm.ram_mb) if vm else words.UNKNOWN,
+                ram=words.keep_units(words.size_words(vm.ram_mb)) if vm else words.UNKNOWN,
                 storage=_storage(vm) if vm else words.UNKNOWN,
                 decision=task.decision.value,
                 status=status_words(task),
+                reason=None
+                if task.decision is DecisionState.PENDING
+                else display.reason(task.reason) or None,
             )
         )
     return rows
+
+
+def shared_reason(rows: Sequence[TaskRow]) -> str | None:
+    """The reason every decided row gives, when there are several and they all give the same one: the
+    page says it once above the table instead of on every row."""
+    reasons = {row.reason for row in rows if row.decision != DecisionState.PENDING.value}
+    if len(rows) > 1 and len(reasons) == 1:
+        return next(iter(reasons))
+    return None
 
 
 def request_context(tasks: Sequence[TaskRecord], details: RequestDetails | None) -> dict[str, Any]:
