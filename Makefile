@@ -11,9 +11,9 @@ unexport PYTHONDONTWRITEBYTECODE
 
 # uv trusts the system's certificate store (as pip does), not only its own roots: behind a proxy that
 # intercepts TLS, whose CA the system trusts, package downloads then work too.
-export UV_NATIVE_TLS ?= true
+export UV_SYSTEM_CERTS ?= true
 
-.PHONY: setup demo test test-fast chromium lint typecheck pytest bench clean
+.PHONY: setup demo test test-fast test-tools lint typecheck pytest bench clean
 
 setup: $(UV)
 	$(UV) sync --locked --compile-bytecode
@@ -28,10 +28,11 @@ setup: $(UV)
 demo: setup
 	$(UV) run abiquo-workflow demo $(DEMO_ARGS)
 
-test: setup chromium lint typecheck pytest
+test: setup test-tools lint typecheck pytest
 
-chromium:
-	@command -v chromium >/dev/null 2>&1 || scripts/install-chromium
+# Chromium, nginx and wrk from Debian, when missing.
+test-tools:
+	@scripts/install-test-tools
 
 lint:
 	$(UV) run ruff check src tests bench
@@ -49,7 +50,7 @@ test-fast: setup
 	AWF_TEST_FAST=1 $(UV) run pytest -n 2 --dist worksteal -m "not slow and not postgres and not browser" $(PYTEST_ARGS)
 
 bench: setup
-	$(UV) run python bench/loop.py
+	$(UV) run python bench/loop.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-data
