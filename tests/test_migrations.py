@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -16,6 +18,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from abiquo_workflow.exceptions import StoreError
+from abiquo_workflow.jobs import Deliver, NotifyRequester, SendApproval, Triage, enqueue, from_record
 from abiquo_workflow.store import Store, migrate
 from abiquo_workflow.store.schema import (
     HEAD_REVISION,
@@ -123,6 +126,86 @@ def test_upgrading_from_0001_keeps_the_tasks_and_allows_the_rejected_decision(da
         engine.dispose()
 
     assert [tuple(row) for row in rows] == [("t-new", "rejected"), ("t-old", "pending")]
+
+
+#: The jobs table as 0.2 knows it, to write jobs the way 0.2 queues them.
+JOBS_0002 = sa.table(
+    "jobs",
+    *(sa.column(name) for name in ("kind", "status", "attempts", "max_attempts", "dedupe_key")),
+    sa.column("payload", sa.JSON()),
+    *(sa.column(name, sa.DateTime(timezone=True)) for name in ("run_after", "created_at", "updated_at")),
+)
+
+#: A requester email as 0.2 queues it: the outcome it reports only in its dedupe key.
+NOTIFY_0_2 = ("notify_requester", {"request_id": "r1", "notification_id": 7}, "outcome:r1:0123456789abcdef")
+
+
+def queue_as_0_2(url: str, jobs: list[tuple[str, dict[str, Any], str | None]], due: datetime) -> None:
+    engine = create_sync_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.insert(JOBS_0002),
+                [
+                    {
+                        "kind": kind,
+                        "payload": payload,
+                        "status": "queued",
+                        "attempts": 0,
+                        "max_attempts": 3,
+                        "dedupe_key": key,
+                        "run_after": due,
+                        "created_at": due,
+                        "updated_at": due,
+                    }
+                    for kind, payload, key in jobs
+                ],
+            )
+    finally:
+        engine.dispose()
+
+
+async def test_upgrading_from_0002_ranks_the_stored_jobs_by_their_kind_and_due_time(
+    database_url: str,
+) -> None:
+    with alembic_config(database_url) as config:
+        command.upgrade(config, "0002")
+    approval = {
+        "request_id": "r1",
+        "notification_id": 6,
+        "approver": {"id": "1", "nick": "zoe"},
+        "task_ids": [],
+    }
+    queue_as_0_2(
+        database_url,
+        [
+            NOTIFY_0_2,
+            ("triage", {"request_id": "r2"}, "triage:r2"),
+            ("send_approval", approval, "approval:r1:"),
+            ("deliver", {"task_id": "t1"}, None),
+        ],
+        due=datetime.now(UTC) - timedelta(seconds=45),  # ranked -45, -15, +15, +45 s from now
+    )
+    migrate(database_url)
+
+    async with await Store.open(database_url, migrate=False) as store:
+        async with store.transaction() as tx:
+            await enqueue(tx, Deliver("t-new"), max_attempts=3)  # ranked now
+        claimed = [from_record(job) for job in await store.queue.claim("worker-a", limit=10, lease=60)]
+
+    assert [type(job) for job in claimed] == [Deliver, SendApproval, Deliver, Triage, NotifyRequester]
+    assert claimed[2] == Deliver("t-new")
+
+
+async def test_a_job_a_0_2_process_queues_after_the_upgrade_is_stored_claimed_and_read(
+    migrated_database_url: str,
+) -> None:
+    queue_as_0_2(migrated_database_url, [NOTIFY_0_2], due=datetime.now(UTC))
+
+    async with await Store.open(migrated_database_url, migrate=False) as store:
+        [claimed] = await store.queue.claim("worker-a", limit=10, lease=60)
+
+    assert from_record(claimed) == NotifyRequester("r1", 7, "0123456789abcdef")
 
 
 def test_a_database_migrated_by_a_newer_version_is_refused(database_url: str) -> None:

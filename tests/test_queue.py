@@ -1,4 +1,5 @@
-"""The job queue: claims, leases, retries, burial, requeueing, dedupe keys and wake-ups.
+"""The job queue: claims, leases, claim order (priorities and ageing), retries, burial, requeueing,
+dedupe keys and wake-ups.
 
 Every test runs on SQLite and on PostgreSQL. Time is a clock the test moves, never a sleep.
 """
@@ -12,10 +13,12 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 import pytest_asyncio
+from sqlalchemy import text
 
 from abiquo_workflow.store import DEFAULT_MAX_ATTEMPTS, JobRecord, JobStatus, Store
 from abiquo_workflow.store.postgres import LISTENER_APPLICATION_NAME, JobListener
-from abiquo_workflow.store.queue import JOBS_CHANNEL, Wakeup
+from abiquo_workflow.store.queue import AGEING_STEP, JOBS_CHANNEL, Wakeup, queued_due
+from abiquo_workflow.store.schema import create_sync_engine
 from abiquo_workflow.store.urls import libpq_conninfo
 
 
@@ -50,9 +53,12 @@ async def enqueue(
     *,
     run_after: datetime | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    priority: int = 0,
 ) -> int:
     async with store.transaction() as work:
-        job_id = await work.enqueue(kind, {"task_id": "t1"}, run_after=run_after, max_attempts=max_attempts)
+        job_id = await work.enqueue(
+            kind, {"task_id": "t1"}, run_after=run_after, max_attempts=max_attempts, priority=priority
+        )
     assert job_id is not None
     return job_id
 
@@ -161,6 +167,111 @@ async def test_a_completed_job_is_done_and_never_claimed_again(store: Store, clo
         None,
     )
     assert await store.queue.claim("worker-b", limit=10, lease=60) == []
+
+
+# --- claim order: priorities and ageing -------------------------------------------------------------
+
+
+async def test_of_jobs_due_together_the_lowest_priority_is_claimed_first(store: Store) -> None:
+    ids = {priority: await enqueue(store, priority=priority) for priority in (3, 1, 2, 0)}
+
+    claimed = await store.queue.claim("worker-a", limit=10, lease=60)
+
+    assert [c.id for c in claimed] == [ids[0], ids[1], ids[2], ids[3]]
+
+
+async def test_a_low_priority_job_that_has_waited_past_the_ageing_limit_goes_before_a_new_urgent_one(
+    store: Store, clock: ManualClock
+) -> None:
+    old = await enqueue(store, "notify_requester", priority=3)
+    clock.advance(3 * AGEING_STEP + 1)
+    await enqueue(store, "deliver", priority=0)
+
+    [claimed] = await store.queue.claim("worker-a", limit=1, lease=60)
+
+    assert claimed.id == old
+
+
+async def test_a_low_priority_job_within_the_ageing_limit_waits_behind_a_new_urgent_one(
+    store: Store, clock: ManualClock
+) -> None:
+    await enqueue(store, "notify_requester", priority=3)
+    clock.advance(3 * AGEING_STEP - 1)
+    urgent = await enqueue(store, "deliver", priority=0)
+
+    [claimed] = await store.queue.claim("worker-a", limit=1, lease=60)
+
+    assert claimed.id == urgent
+
+
+async def test_a_retried_job_takes_its_place_from_its_new_due_time(store: Store, clock: ManualClock) -> None:
+    retried = await enqueue(store)
+    await store.queue.claim("worker-a", limit=10, lease=60)
+    await store.queue.retry(retried, "worker-a", error="503", run_after=clock.now + timedelta(seconds=10))
+    newer = await enqueue(store)
+    clock.advance(10)
+
+    claimed = await store.queue.claim("worker-a", limit=10, lease=60)
+
+    assert [c.id for c in claimed] == [newer, retried]
+
+
+async def test_a_requeued_job_takes_its_place_from_the_time_it_was_requeued(
+    store: Store, clock: ManualClock
+) -> None:
+    requeued = await enqueue(store, max_attempts=1)
+    await store.queue.claim("worker-a", limit=10, lease=60)
+    await store.queue.bury(requeued, "worker-a", error="Abiquo unreachable")
+    clock.advance(300)
+    waiting = await enqueue(store)
+    clock.advance(300)
+    await store.queue.requeue(requeued)
+
+    claimed = await store.queue.claim("worker-b", limit=10, lease=60)
+
+    assert [c.id for c in claimed] == [waiting, requeued]
+
+
+async def test_a_job_whose_worker_stopped_is_taken_up_in_claim_order_with_the_queued_ones(
+    store: Store, clock: ManualClock
+) -> None:
+    orphan = await enqueue(store, "notify_requester", priority=3)
+    await store.queue.claim("crashed-worker", limit=10, lease=60)
+    clock.advance(60)
+    urgent = await enqueue(store, "deliver", priority=0)
+
+    claimed = await store.queue.claim("worker-b", limit=10, lease=60)
+
+    assert [(c.id, c.attempts) for c in claimed] == [(urgent, 1), (orphan, 2)]
+
+
+async def test_a_negative_priority_is_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="priority must be 0"):
+        await enqueue(store, priority=-1)
+
+
+async def test_the_claim_walks_its_index_in_order_without_sorting(
+    store: Store, clock: ManualClock, migrated_database_url: str
+) -> None:
+    for priority in range(4):
+        await enqueue(store, priority=priority)
+    engine = create_sync_engine(migrated_database_url)
+    try:
+        with engine.begin() as connection:
+            query = queued_due(of_kinds=True).params(now=clock.now, kinds=["deliver", "triage"], limit=10)
+            sql = str(query.compile(connection, compile_kwargs={"literal_binds": True}))
+            if engine.dialect.name == "postgresql":
+                # Four rows: let the planner see what it would do with thousands.
+                connection.execute(text("SET LOCAL enable_seqscan = off"))
+                connection.execute(text("SET LOCAL enable_sort = off"))
+                plan = " ".join(row[0] for row in connection.execute(text(f"EXPLAIN {sql}")))
+            else:
+                plan = " ".join(row[-1] for row in connection.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
+    finally:
+        engine.dispose()
+
+    assert "ix_jobs_status_claim_rank_id" in plan
+    assert "Sort" not in plan and "TEMP B-TREE" not in plan
 
 
 # --- retries, burial, requeueing -----------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The job runner on its own: handlers written here, a real store on SQLite and PostgreSQL.
 
-These say how the worker runs, retries, buries, bounds and wakes; what the jobs of the approval loop do
-is tested with the loop."""
+These say how the worker runs, retries, buries, bounds (pools of slots, and the total) and wakes; what the
+jobs of the approval loop do is tested with the loop."""
 
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ from abiquo_workflow.exceptions import (
     TokenError,
     is_temporary,
 )
+from abiquo_workflow.jobs import MalformedJob
 from abiquo_workflow.store import JobRecord, JobStatus, Store
-from abiquo_workflow.worker import Handler, Worker, retry_delay
+from abiquo_workflow.worker import Handler, Pool, Worker, retry_delay
 
 WAIT = 15.0
 
@@ -90,13 +91,14 @@ async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
 
 @pytest.fixture
 async def start_worker(store: Store) -> AsyncIterator[Start]:
-    """Start workers in the background: `running = await start_worker(handlers, poll_interval=…,
+    """Start workers in the background: `running = await start_worker(handlers, pools=…, poll_interval=…,
     on_store=…, **worker_settings)`. Any still running are stopped at the end of the test."""
     started: list[Running] = []
 
     async def start(
         handlers: Mapping[str, Handler],
         *,
+        pools: tuple[Pool, ...] | None = None,
         on_store: Store | None = None,
         poll_interval: float = 0.05,
         **worker_settings: Any,
@@ -110,6 +112,7 @@ async def start_worker(store: Store) -> AsyncIterator[Start]:
             (on_store or store).queue,
             handlers,
             settings=settings(**worker_settings),
+            pools=pools,
             on_failed=on_failed,
             poll_interval=poll_interval,
         )
@@ -190,18 +193,21 @@ async def test_a_job_failing_every_time_is_buried_after_max_attempts_and_reporte
     assert (await job(store, job_id)).last_error == "still broken after 3"
 
 
-async def test_a_job_of_an_unknown_kind_is_buried_at_once(store: Store, start_worker: Start) -> None:
-    job_id = await enqueue(store, "mystery", max_attempts=5)
-    running = await start_worker({})
-    await until(lambda: status_is(store, job_id, JobStatus.DEAD), "the job is dead")
+async def test_a_job_of_a_kind_the_worker_does_not_run_is_left_queued_for_a_worker_that_does(
+    store: Store, start_worker: Start
+) -> None:
+    async def handle(job: JobRecord) -> None:
+        pass
+
+    mystery = await enqueue(store, "mystery", max_attempts=5)
+    ping = await enqueue(store, "ping")
+    running = await start_worker({"ping": handle})
+    await until(lambda: status_is(store, ping, JobStatus.DONE), "the job it runs is done")
     await running.stop()
 
-    dead = await job(store, job_id)
-    assert dead.attempts == 1
-    assert dead.last_error == "no handler for jobs of kind 'mystery'"
-    assert [(j.id, error) for j, error in running.failed] == [
-        (job_id, "no handler for jobs of kind 'mystery'")
-    ]
+    left = await job(store, mystery)
+    assert (left.status, left.attempts, left.locked_by) == (JobStatus.QUEUED, 0, None)
+    assert running.failed == []
 
 
 async def test_a_retry_runs_when_due_not_at_the_next_poll(store: Store, start_worker: Start) -> None:
@@ -334,6 +340,7 @@ def _validation_error() -> ValidationError:
         (ValueError("invalid literal for int()"), False),  # a stored field we cannot read
         (_validation_error(), False),  # a stored record pydantic cannot read
         (RuntimeError("request R has not been triaged"), False),  # a bug or a broken invariant
+        (MalformedJob("job 5 (deliver) holds a payload this version cannot read"), False),  # stays so
     ],
     ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else None,
 )
@@ -366,6 +373,149 @@ async def test_concurrency_bounds_how_many_jobs_run_at_once(store: Store, start_
 
 async def all_done(store: Store, count: int) -> bool:
     return len(await store.list_jobs(status=JobStatus.DONE)) == count
+
+
+@dataclass
+class InFlight:
+    """Handlers that hold their jobs until released, counting how many of each kind run at once."""
+
+    #: The kind of each job, in the order they started.
+    started: list[str] = field(default_factory=list)
+    now: dict[str, int] = field(default_factory=dict)
+    most: dict[str, int] = field(default_factory=dict)
+    most_in_all: int = 0
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def handler(self, hold: float | None = None) -> Handler:
+        """Holds each job until `release` is set, or for `hold` seconds."""
+
+        async def handle(job: JobRecord) -> None:
+            self.started.append(job.kind)
+            self.now[job.kind] = self.now.get(job.kind, 0) + 1
+            self.most[job.kind] = max(self.most.get(job.kind, 0), self.now[job.kind])
+            self.most_in_all = max(self.most_in_all, sum(self.now.values()))
+            if hold is None:
+                await self.release.wait()
+            else:
+                await asyncio.sleep(hold)
+            self.now[job.kind] -= 1
+
+        return handle
+
+
+@pytest.fixture
+async def in_flight(start_worker: Start) -> AsyncIterator[InFlight]:
+    """Handlers that count jobs in flight, released at the end of the test: before the workers stop,
+    which wait for their running jobs (this fixture depends on `start_worker`, so it ends first)."""
+    jobs = InFlight()
+    yield jobs
+    jobs.release.set()
+
+
+async def running_jobs(store: Store, worker_id: str) -> list[JobRecord]:
+    return [j for j in await store.list_jobs(status=JobStatus.RUNNING) if j.locked_by == worker_id]
+
+
+async def has_running(store: Store, worker_id: str, count: int) -> bool:
+    return len(await running_jobs(store, worker_id)) == count
+
+
+async def test_a_worker_claims_no_more_jobs_of_a_pool_than_it_has_free_slots_for(
+    store: Store, migrated_database_url: str, start_worker: Start, in_flight: InFlight
+) -> None:
+    for _ in range(5):
+        await enqueue(store, "deliver")
+    first = await start_worker({"deliver": in_flight.handler()}, pools=(Pool("abiquo", ("deliver",), 2),))
+    await until(lambda: has_running(store, first.worker.worker_id, 2), "the first worker runs two jobs")
+    await asyncio.sleep(0.3)  # several polls: it claims no more while its two slots are taken
+    held_by_first = len(await running_jobs(store, first.worker.worker_id))
+    async with await Store.open(migrated_database_url, migrate=False) as other_process:
+        second = await start_worker(
+            {"deliver": in_flight.handler()}, pools=(Pool("abiquo", ("deliver",), 5),), on_store=other_process
+        )
+        await until(lambda: has_running(store, second.worker.worker_id, 3), "another worker takes the rest")
+        in_flight.release.set()
+        await second.stop()
+
+    assert held_by_first == 2
+
+
+async def test_each_pool_runs_at_most_its_slots_at_once_and_the_pools_side_by_side(
+    store: Store, start_worker: Start, in_flight: InFlight
+) -> None:
+    for kind in ("triage", "send_approval") * 6:
+        await enqueue(store, kind)
+    pools = (Pool("abiquo", ("triage",), 3), Pool("smtp", ("send_approval",), 2))
+    handlers = {"triage": in_flight.handler(hold=0.1), "send_approval": in_flight.handler(hold=0.1)}
+    running = await start_worker(handlers, pools=pools, concurrency=10)
+    await until(lambda: all_done(store, 12), "every job is done")
+    await running.stop()
+
+    assert in_flight.most == {"triage": 3, "send_approval": 2}
+    assert in_flight.most_in_all == 5
+
+
+async def test_concurrency_bounds_the_jobs_in_flight_of_every_pool_together(
+    store: Store, start_worker: Start, in_flight: InFlight
+) -> None:
+    for kind in ("triage", "send_approval") * 6:
+        await enqueue(store, kind)
+    pools = (Pool("abiquo", ("triage",), 3), Pool("smtp", ("send_approval",), 3))
+    handlers = {"triage": in_flight.handler(hold=0.1), "send_approval": in_flight.handler(hold=0.1)}
+    running = await start_worker(handlers, pools=pools, concurrency=4)
+    await until(lambda: all_done(store, 12), "every job is done")
+    await running.stop()
+
+    assert in_flight.most_in_all == 4
+
+
+async def test_when_concurrency_is_the_tighter_bound_the_pools_take_turns_at_its_slots(
+    store: Store, start_worker: Start, in_flight: InFlight
+) -> None:
+    for kind in ("triage",) * 6 + ("send_approval",) * 6:
+        await enqueue(store, kind)
+    pools = (Pool("abiquo", ("triage",), 2), Pool("smtp", ("send_approval",), 2))
+    handlers = {"triage": in_flight.handler(hold=0.05), "send_approval": in_flight.handler(hold=0.05)}
+    running = await start_worker(handlers, pools=pools, concurrency=2)
+    await until(lambda: all_done(store, 12), "every job is done")
+    await running.stop()
+
+    # Either pool alone could take both slots for as long as it has jobs: the emails did not wait for
+    # every triage to start.
+    last_triage = max(i for i, kind in enumerate(in_flight.started) if kind == "triage")
+    assert in_flight.started.index("send_approval") < last_triage
+
+
+async def test_a_slot_freed_by_one_job_is_filled_at_once_while_the_others_still_run(
+    store: Store, start_worker: Start, in_flight: InFlight
+) -> None:
+    await enqueue(store, "slow")
+    await enqueue(store, "quick")
+    third = await enqueue(store, "quick")
+    # Nothing else wakes a worker that polls every 30 s: only the first quick job ending, while the slow
+    # one still runs, can start the third job within the wait below.
+    await start_worker(
+        {"slow": in_flight.handler(), "quick": in_flight.handler(hold=0.1)},
+        pools=(Pool("abiquo", ("quick", "slow"), 2),),
+        poll_interval=30,
+    )
+
+    await until(lambda: status_is(store, third, JobStatus.DONE), "the third job is done")
+
+    assert in_flight.now["slow"] == 1
+
+
+def test_a_worker_refuses_pools_that_do_not_hold_exactly_the_kinds_it_runs(store: Store) -> None:
+    async def handle(job: JobRecord) -> None:
+        pass
+
+    with pytest.raises(ValueError, match="every job kind the worker runs must be in exactly one pool"):
+        Worker(
+            store.queue,
+            {"deliver": handle, "triage": handle},
+            settings=settings(),
+            pools=(Pool("abiquo", ("deliver",), 2),),
+        )
 
 
 async def test_an_enqueue_in_this_process_wakes_a_sleeping_worker_at_once(

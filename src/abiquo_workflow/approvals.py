@@ -7,6 +7,7 @@
     deliver   job: POST continue|cancel to Abiquo → delivered | superseded; retried until it gets through
     notify    job: once every task of a request has settled, one email to the requester
 
+The jobs are the typed values of jobs.py, queued with `jobs.enqueue` and read back by `jobs.runner`.
 Each state change is written in the same transaction as the job that acts on it (the outbox), so a
 crash at any point loses nothing: the job is still queued, or its lease runs out and another run takes
 it up. (The requester's email is queued just after a delivery commits, by the same job, so that
@@ -46,6 +47,17 @@ from abiquo_workflow.domain import (
 )
 from abiquo_workflow.enrichment import enrich
 from abiquo_workflow.exceptions import AbiquoError, MailError, NotAnApprover
+from abiquo_workflow.jobs import (
+    Deliver,
+    Job,
+    MalformedJob,
+    NotifyRequester,
+    SendApproval,
+    Triage,
+    enqueue,
+    from_record,
+    runner,
+)
 from abiquo_workflow.links import LinkSigner
 from abiquo_workflow.mail.model import ActionLinks, ApprovalRequest, OutcomeNotice, TaskResult
 from abiquo_workflow.mail.render import render_approval, render_outcome
@@ -58,13 +70,11 @@ from abiquo_workflow.verification import verify
 
 log = structlog.stdlib.get_logger(__name__)
 
-TRIAGE = "triage"
-SEND_APPROVAL = "send_approval"
-DELIVER = "deliver"
-NOTIFY_REQUESTER = "notify_requester"
+#: The kinds `tasks retry` names when it says what it queued again (task_commands.py).
+SEND_APPROVAL = SendApproval.kind
+NOTIFY_REQUESTER = NotifyRequester.kind
 
 _details_json = TypeAdapter(RequestDetails)
-_user_json = TypeAdapter(User)
 
 #: Task states that show Abiquo went ahead with a task (after a continue), and that it dropped it.
 _CONTINUED_STATES = frozenset({"PENDING", "STARTED", "FINISHED_SUCCESSFULLY", "FINISHED_UNSUCCESSFULLY"})
@@ -166,13 +176,16 @@ class Approvals:
         self.directory = directory
 
     def job_handlers(self) -> Mapping[str, Callable[[JobRecord], Awaitable[None]]]:
-        """What the worker runs for each kind of job."""
+        """What the worker runs for each kind of job: the record read into its job, then its use case."""
         return {
-            TRIAGE: self.triage,
-            SEND_APPROVAL: self.send_approval,
-            DELIVER: self.deliver,
-            NOTIFY_REQUESTER: self.notify_requester,
+            Triage.kind: runner(Triage, self.triage),
+            SendApproval.kind: runner(SendApproval, self.send_approval),
+            Deliver.kind: runner(Deliver, self.deliver),
+            NotifyRequester.kind: runner(NotifyRequester, self.notify_requester),
         }
+
+    async def _enqueue(self, tx: UnitOfWork, job: Job) -> int | None:
+        return await enqueue(tx, job, max_attempts=self.settings.worker.max_attempts)
 
     # --- receive -----------------------------------------------------------------------------------
 
@@ -195,12 +208,7 @@ class Approvals:
                 inserted = await tx.insert_tasks(request_id, callback.tasks)
                 if not inserted:
                     raise _NothingNew
-                await tx.enqueue(
-                    TRIAGE,
-                    {"request_id": request_id},
-                    dedupe_key=f"triage:{request_id}",
-                    max_attempts=self.settings.worker.max_attempts,
-                )
+                await self._enqueue(tx, Triage(request_id))
                 await tx.audit(
                     "received",
                     channel=Channel.ABIQUO,
@@ -219,9 +227,9 @@ class Approvals:
 
     # --- triage ------------------------------------------------------------------------------------
 
-    async def triage(self, job: JobRecord) -> None:
+    async def triage(self, job: Triage) -> None:
         """Enrich a request through Abiquo, then decide automatically or ask the approvers by email."""
-        request_id = str(job.payload["request_id"])
+        request_id = job.request_id
         request = await self.store.get_request(request_id)
         if request is None or request.triaged_at is not None:
             return  # triaged by an earlier run of this job, cut off before it was marked done
@@ -316,29 +324,16 @@ class Approvals:
     async def _queue_approval_email(
         self, tx: UnitOfWork, request_id: str, approver: User, task_ids: Sequence[str]
     ) -> None:
-        email = approver.email or ""
         notification = await tx.add_notification(
-            request_id, kind="approval", recipient=email, task_ids=task_ids
+            request_id, kind="approval", recipient=approver.email or "", task_ids=task_ids
         )
-        await tx.enqueue(
-            SEND_APPROVAL,
-            {
-                "request_id": request_id,
-                "notification_id": notification,
-                "approver": _user_json.dump_python(approver, mode="json"),
-                "task_ids": list(task_ids),
-            },
-            dedupe_key=f"approval:{request_id}:{email.lower()}",
-            max_attempts=self.settings.worker.max_attempts,
-        )
+        await self._enqueue(tx, SendApproval(request_id, notification, approver, tuple(task_ids)))
 
     # --- approval emails ---------------------------------------------------------------------------
 
-    async def send_approval(self, job: JobRecord) -> None:
+    async def send_approval(self, job: SendApproval) -> None:
         """Write and send one approver's email, with signed links per task and for all of them."""
-        request_id = str(job.payload["request_id"])
-        approver = _user_json.validate_python(job.payload["approver"])
-        task_ids = [str(t) for t in job.payload["task_ids"]]
+        request_id, approver, task_ids = job.request_id, job.approver, job.task_ids
         request = await self.store.get_request(request_id)
         details = details_from_json(request.details if request else None)
         if details is None or approver.email is None:
@@ -364,12 +359,13 @@ class Approvals:
             ApprovalRequest(shown, approver, links, all_links, self.signer.expires_at(), request_id),
             self.settings.mail,
         )
-        await self._send(job, message, request_id=request_id, recipient=approver.email, kind="approval")
+        await self._send(
+            job.notification_id, message, request_id=request_id, recipient=approver.email, kind="approval"
+        )
 
     async def _send(
-        self, job: JobRecord, message: Any, *, request_id: str, recipient: str, kind: str
+        self, notification_id: int, message: Any, *, request_id: str, recipient: str, kind: str
     ) -> None:
-        notification_id = int(job.payload["notification_id"])
         try:
             await self.mailer.send(message)
         except MailError as exc:
@@ -467,9 +463,7 @@ class Approvals:
     async def _queue_deliveries(self, tx: UnitOfWork, decided: Sequence[TaskRecord]) -> None:
         for task in decided:
             metrics.DECISIONS.labels(task.decision.value, str(task.channel)).inc()
-            await tx.enqueue(
-                DELIVER, {"task_id": task.task_id}, max_attempts=self.settings.worker.max_attempts
-            )
+            await self._enqueue(tx, Deliver(task.task_id))
             await tx.audit(
                 "decided",
                 actor=task.actor,
@@ -481,14 +475,14 @@ class Approvals:
 
     # --- deliver -----------------------------------------------------------------------------------
 
-    async def deliver(self, job: JobRecord) -> None:
+    async def deliver(self, job: Deliver) -> None:
         """POST the task's continue or cancel link; record what Abiquo said. Raises to be retried.
 
         Then, in a transaction of its own, queue the requester's email if this settled the request's
         last task. A run cut off between the two (a crash) is repeated: the task is already settled,
         so only the second step runs again.
         """
-        task = await self.store.get_task(str(job.payload["task_id"]))
+        task = await self.store.get_task(job.task_id)
         if task is None:
             return
         if task.delivery is DeliveryState.QUEUED:
@@ -551,12 +545,7 @@ class Approvals:
                     if email
                     else None
                 )
-                queued = await tx.enqueue(
-                    NOTIFY_REQUESTER,
-                    {"request_id": request_id, "notification_id": notification},
-                    dedupe_key=_outcome_key(request_id, tasks),
-                    max_attempts=self.settings.worker.max_attempts,
-                )
+                queued = await self._enqueue(tx, NotifyRequester(request_id, notification, _outcome(tasks)))
                 if queued is None:
                     raise _AlreadyQueued
                 if notification is None:
@@ -571,12 +560,17 @@ class Approvals:
 
     # --- the requester's email ---------------------------------------------------------------------
 
-    async def notify_requester(self, job: JobRecord) -> None:
+    async def notify_requester(self, job: NotifyRequester) -> None:
         """Tell the requester how each task of the request ended."""
-        request_id = str(job.payload["request_id"])
+        request_id = job.request_id
         request = await self.store.get_request(request_id)
         details = details_from_json(request.details if request else None)
-        if details is None or details.requester is None or not details.requester.email:
+        if (
+            job.notification_id is None
+            or details is None
+            or details.requester is None
+            or not details.requester.email
+        ):
             return
         tasks = _acted_on(await self.store.tasks_of_request(request_id))
         results = [
@@ -597,50 +591,67 @@ class Approvals:
             OutcomeNotice(details, details.requester, results, request_id), self.settings.mail
         )
         await self._send(
-            job, message, request_id=request_id, recipient=details.requester.email, kind="outcome"
+            job.notification_id,
+            message,
+            request_id=request_id,
+            recipient=details.requester.email,
+            kind="outcome",
         )
 
     # --- when a job runs out of attempts -----------------------------------------------------------
 
-    async def job_failed(self, job: JobRecord, error: str) -> None:
-        """Make a job's final failure visible where people look: the task, the email, the request."""
-        metrics.JOBS_DEAD.labels(job.kind).inc()
+    async def job_failed(self, record: JobRecord, error: str) -> None:
+        """Make a job's final failure visible where people look: the task, the email, the request.
+
+        A job this version cannot read (`MalformedJob`) names nothing to mark: its own `last_error`
+        and the worker's log say what is wrong with it.
+        """
+        metrics.JOBS_DEAD.labels(record.kind).inc()
+        try:
+            job = from_record(record)
+        except MalformedJob:
+            return
         failed: TaskRecord | None = None
         async with self.store.transaction() as tx:
-            if job.kind == DELIVER:
-                task_id = str(job.payload["task_id"])
-                failed = await tx.set_delivery(
-                    task_id, DeliveryState.FAILED, detail=error, expect=DeliveryState.QUEUED, attempted=False
-                )
-                if failed is not None:
-                    metrics.DELIVERIES.labels(DeliveryState.FAILED.value).inc()
-                    await tx.audit(
-                        "delivery_failed",
-                        channel=Channel.SYSTEM,
-                        request_id=failed.request_id,
-                        task_id=task_id,
+            match job:
+                case Deliver(task_id=task_id):
+                    failed = await tx.set_delivery(
+                        task_id,
+                        DeliveryState.FAILED,
                         detail=error,
+                        expect=DeliveryState.QUEUED,
+                        attempted=False,
                     )
-            elif job.kind in (SEND_APPROVAL, NOTIFY_REQUESTER):
-                if job.payload.get("notification_id") is not None:
-                    await tx.set_notification(
-                        int(job.payload["notification_id"]), NotificationStatus.FAILED, error=error
+                    if failed is not None:
+                        metrics.DELIVERIES.labels(DeliveryState.FAILED.value).inc()
+                        await tx.audit(
+                            "delivery_failed",
+                            channel=Channel.SYSTEM,
+                            request_id=failed.request_id,
+                            task_id=task_id,
+                            detail=error,
+                        )
+                case SendApproval() | NotifyRequester():
+                    if job.notification_id is not None:
+                        await tx.set_notification(job.notification_id, NotificationStatus.FAILED, error=error)
+                    await tx.audit(
+                        "email_failed", channel=Channel.EMAIL, request_id=job.request_id, detail=error
                     )
-                await tx.audit(
-                    "email_failed",
-                    channel=Channel.EMAIL,
-                    request_id=str(job.payload["request_id"]),
-                    detail=error,
-                )
-            elif job.kind == TRIAGE:
-                await tx.audit(
-                    "triage_failed",
-                    channel=Channel.SYSTEM,
-                    request_id=str(job.payload["request_id"]),
-                    detail=error,
-                )
+                case Triage():
+                    await tx.audit(
+                        "triage_failed", channel=Channel.SYSTEM, request_id=job.request_id, detail=error
+                    )
         if failed is not None:
             await self._notify_when_settled(failed.request_id)
+
+
+def _stalls_request(record: JobRecord, request_id: str) -> bool:
+    """Whether a dead job leaves the request short of a decision or of the requester's email."""
+    try:
+        job = from_record(record)
+    except MalformedJob:
+        return False
+    return isinstance(job, Triage | SendApproval | NotifyRequester) and job.request_id == request_id
 
 
 def _acted_on(tasks: Sequence[TaskRecord]) -> list[TaskRecord]:
@@ -660,12 +671,12 @@ class _AlreadyQueued(Exception):
     """Raised to roll back a transaction whose job another transaction queued first."""
 
 
-def _outcome_key(request_id: str, tasks: Sequence[TaskRecord]) -> str:
-    """The requester email's dedupe key: the request, and how each of its tasks ended."""
+def _outcome(tasks: Sequence[TaskRecord]) -> str:
+    """A digest of how each task of a request ended: what the requester's email reports."""
     ended = ",".join(
         f"{t.task_id}={t.decision.value}/{t.delivery}" for t in sorted(tasks, key=lambda t: t.task_id)
     )
-    return f"outcome:{request_id}:{hashlib.sha256(ended.encode()).hexdigest()[:16]}"
+    return hashlib.sha256(ended.encode()).hexdigest()[:16]
 
 
 def _delivery_record(task: TaskRecord, outcome: DeliveryOutcome) -> tuple[DeliveryState, str, str | None]:
@@ -713,24 +724,21 @@ async def retry_delivery(store: Store, task_id: str, *, max_attempts: int) -> Ta
         )
         if task is None:
             return None
-        await tx.enqueue(DELIVER, {"task_id": task_id}, max_attempts=max_attempts)
+        await enqueue(tx, Deliver(task_id), max_attempts=max_attempts)
         await tx.audit("retried", channel=Channel.CLI, request_id=task.request_id, task_id=task_id)
     return task
-
-
-#: The jobs whose final failure leaves a request stuck short of a decision or of the requester's email.
-REQUEST_JOBS = (TRIAGE, SEND_APPROVAL, NOTIFY_REQUESTER)
 
 
 async def retry_request_jobs(store: Store, request_id: str) -> list[JobRecord]:
     """Queue again a request's dead jobs: a triage that never finished, emails that never went out.
 
-    Part of `abiquo-workflow tasks retry ID`. Each job gets a fresh set of attempts.
+    Part of `abiquo-workflow tasks retry ID`. Each job gets a fresh set of attempts. Jobs this version
+    cannot read are left dead: queued again, they would fail the same way.
     """
     dead = [
-        job
-        for job in await store.list_jobs(status=JobStatus.DEAD, limit=10_000)
-        if job.kind in REQUEST_JOBS and job.payload.get("request_id") == request_id
+        record
+        for record in await store.list_jobs(status=JobStatus.DEAD, limit=10_000)
+        if _stalls_request(record, request_id)
     ]
     requeued: list[JobRecord] = []
     async with store.transaction() as tx:

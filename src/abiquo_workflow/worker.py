@@ -1,15 +1,24 @@
 """Runs the queued jobs: triage, approval emails, deliveries to Abiquo, the requester's email.
 
-How it works. The worker claims due jobs (`JobQueue.claim`, a lease of `worker.lease` seconds each) and
-runs up to `worker.concurrency` at once. A job that raises a temporary error (`exceptions.is_temporary`:
-Abiquo or the mail relay unreachable, the database locked) is retried after an exponential backoff with
-jitter, capped at `worker.retry_max_delay`; when its attempts (`worker.max_attempts`) run out it is
-buried (status `dead`) and `on_failed` records the failure where people look (the task shows delivery
-`failed`, the email shows `failed`, the request's audit `triage_failed`).
+How it works. The worker claims due jobs (`JobQueue.claim`, a lease of `worker.lease` seconds each, the
+most urgent first) and runs them concurrently. How many at once is bounded by what they use: each job
+kind belongs to a `Pool` with a number of slots (runtime.py gives deliveries and triage
+`abiquo.max_connections` each, emails `mail.max_connections`), and all of them together by
+`worker.concurrency`. The worker claims jobs of a pool only for its free slots, so it never holds the
+lease of a job it could not start at once: the others stay queued for other replicas, or for this
+worker as its slots free. It claims only the kinds it has handlers for.
+
+A job that raises a temporary error (`exceptions.is_temporary`: Abiquo or the mail relay unreachable,
+the database locked) is retried after an exponential backoff with jitter, capped at
+`worker.retry_max_delay`; when its attempts (`worker.max_attempts`) run out it is buried (status
+`dead`) and `on_failed` records the failure where people look (the task shows delivery `failed`, the
+email shows `failed`, the request's audit `triage_failed`).
 
 When it wakes. At once when this process enqueues (the store signals after COMMIT), at once on
-PostgreSQL when another process enqueues (LISTEN/NOTIFY), when a retry it scheduled becomes due, and
-otherwise every `poll_interval` seconds (how other processes' retries and expired leases are found).
+PostgreSQL when another process enqueues (LISTEN/NOTIFY), when a retry it scheduled becomes due, when
+one of its jobs ends (a slot is free), and otherwise every `poll_interval` seconds (how other processes'
+retries and expired leases are found). A pool whose last claim came back short is not asked again
+until one of the wake-ups or the poll says something may have become due.
 
 How it fails. A job that raises an error that is not temporary (a link we refuse to follow, a 4xx from
 Abiquo we do not expect, a 5xx refusal from the mail relay, a stored record we cannot read, a bug) is
@@ -30,7 +39,9 @@ import ctypes
 import os
 import random
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -47,7 +58,19 @@ OnFailed = Callable[[JobRecord, str], Awaitable[None]]
 
 #: Why a job is buried on its first attempt, as the log says: no later attempt can do better.
 _HOPELESS = "the error is not temporary, so it failed for good"
-_UNKNOWN = "no handler runs this kind of job, so it failed for good"
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """Job kinds that draw on one resource, and how many of them one worker runs at once (its slots)."""
+
+    name: str
+    kinds: tuple[str, ...]
+    slots: int
+
+    def __post_init__(self) -> None:
+        if self.slots < 1:
+            raise ValueError(f"pool {self.name!r} needs at least one slot, got {self.slots}")
 
 
 def retry_delay(attempts: int, settings: WorkerSettings, *, rng: random.Random | None = None) -> float:
@@ -88,7 +111,12 @@ class Worker:
     queue:
         Where jobs are claimed and their outcomes recorded (`Store.queue`): all a worker needs of the store.
     handlers:
-        The coroutine to run for each job kind. A job of another kind is buried at once.
+        The coroutine to run for each job kind. Jobs of other kinds are left to workers that run them.
+    settings:
+        The `worker` section: `concurrency` (jobs in flight in all), attempts, backoff, lease.
+    pools:
+        Which kinds share slots, and how many; every kind of `handlers` in exactly one. By default
+        one pool of every kind with `settings.concurrency` slots.
     on_failed:
         Called with the job and its last error when a job is buried.
     poll_interval:
@@ -101,6 +129,7 @@ class Worker:
         handlers: Mapping[str, Handler],
         *,
         settings: WorkerSettings,
+        pools: Sequence[Pool] | None = None,
         on_failed: OnFailed | None = None,
         poll_interval: float = 1.0,
         worker_id: str | None = None,
@@ -108,10 +137,22 @@ class Worker:
         self.queue = queue
         self.handlers = dict(handlers)
         self.settings = settings
+        self.pools = tuple(pools or (Pool("jobs", tuple(sorted(handlers)), settings.concurrency),))
+        pooled = sorted(kind for pool in self.pools for kind in pool.kinds)
+        if pooled != sorted(self.handlers):
+            raise ValueError(
+                f"every job kind the worker runs must be in exactly one pool: pools hold {pooled}, "
+                f"handlers are for {sorted(self.handlers)}"
+            )
         self.on_failed = on_failed
         self.poll_interval = poll_interval
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._running: set[asyncio.Task[None]] = set()
+        self._running_in: dict[str, set[asyncio.Task[None]]] = {pool.name: set() for pool in self.pools}
+        #: The order pools are claimed for, turned by one at each round (see `_claim_some`).
+        self._turns = deque(self.pools)
+        #: Pools whose last claim came back short: not asked again until something may be due.
+        self._dry: set[str] = set()
         self._stopping = asyncio.Event()
         #: True while jobs ran since the worker last went idle (then memory is given back, once).
         self._busy = False
@@ -122,7 +163,12 @@ class Worker:
 
     async def run(self) -> None:
         """Claim and run jobs until `stop()` is called."""
-        log.info("worker.started", worker=self.worker_id, concurrency=self.settings.concurrency)
+        log.info(
+            "worker.started",
+            worker=self.worker_id,
+            concurrency=self.settings.concurrency,
+            pools={pool.name: pool.slots for pool in self.pools},
+        )
         try:
             while not self._stopping.is_set():
                 claimed = await self._claim_some()
@@ -133,43 +179,63 @@ class Worker:
                 await asyncio.gather(*self._running, return_exceptions=True)
             log.info("worker.stopped", worker=self.worker_id)
 
-    async def run_until_idle(self) -> int:
-        """Run every due job, including those they enqueue, then return how many ran (tests, `--once`)."""
-        ran = 0
-        while claimed := await self._claim_some():
-            ran += claimed
-            await asyncio.gather(*self._running, return_exceptions=True)
-        return ran
-
     async def _claim_some(self) -> int:
-        free = self.settings.concurrency - len(self._running)
-        if free <= 0:
-            await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
-            return 1  # look again at once: a slot is free
-        try:
-            jobs = await self.queue.claim(self.worker_id, limit=free, lease=self.settings.lease)
-        except Exception as exc:  # the database may be briefly unreachable; keep going
-            log.warning("worker.claim_failed", error=describe(exc))
-            return 0
-        self._busy = self._busy or bool(jobs)
-        for job in jobs:
-            task = asyncio.create_task(self._run_one(job), name=f"job-{job.id}-{job.kind}")
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
-        return len(jobs)
+        """Claim jobs for each pool's free slots, within `worker.concurrency` in all; start them.
+
+        The pools take turns at going first: when `worker.concurrency` is the tighter bound, the slots
+        it leaves go to each pool in turn, so that no pool's jobs keep the others waiting.
+        """
+        self._turns.rotate(-1)
+        claimed = 0
+        for pool in tuple(self._turns):
+            free = min(
+                pool.slots - len(self._running_in[pool.name]),
+                self.settings.concurrency - len(self._running),
+            )
+            if free <= 0 or pool.name in self._dry:
+                continue
+            try:
+                jobs = await self.queue.claim(
+                    self.worker_id, limit=free, lease=self.settings.lease, kinds=pool.kinds
+                )
+            except Exception as exc:  # the database may be briefly unreachable; keep going
+                log.warning("worker.claim_failed", error=describe(exc))
+                break
+            if len(jobs) < free:
+                self._dry.add(pool.name)
+            for job in jobs:
+                self._start(pool, job)
+            claimed += len(jobs)
+        self._busy = self._busy or bool(claimed)
+        return claimed
+
+    def _start(self, pool: Pool, job: JobRecord) -> None:
+        task = asyncio.create_task(self._run_one(job), name=f"job-{job.id}-{job.kind}")
+        for running in (self._running, self._running_in[pool.name]):
+            running.add(task)
+            task.add_done_callback(running.discard)
 
     async def _sleep(self) -> None:
+        """Wait for a wake-up, the poll interval, a job to end (a slot is free) or `stop()`."""
         if self._busy and not self._running:
             self._busy = False
             release_free_memory()
         waiting = asyncio.ensure_future(self.queue.wait_for_jobs(self.poll_interval))
         stopping = asyncio.ensure_future(self._stopping.wait())
-        finished_job = [asyncio.ensure_future(asyncio.wait(self._running))] if self._running else []
+        slot_freed = (
+            [asyncio.ensure_future(asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED))]
+            if self._running
+            else []
+        )
         try:
-            await asyncio.wait([waiting, stopping, *finished_job], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                [waiting, stopping, *slot_freed], return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
-            for future in (waiting, stopping, *finished_job):
+            for future in (waiting, stopping, *slot_freed):
                 future.cancel()
+        if waiting in done:  # woken, or time for the poll: any pool may have due jobs again
+            self._dry.clear()
 
     async def _run_one(self, job: JobRecord) -> None:
         bound = log.bind(job_id=job.id, kind=job.kind, attempt=job.attempts, worker=self.worker_id)
@@ -179,13 +245,9 @@ class Worker:
             bound.error("job.outcome_not_recorded", error=describe(exc))
 
     async def _run_and_record(self, job: JobRecord, bound: structlog.stdlib.BoundLogger) -> None:
-        handler = self.handlers.get(job.kind)
-        if handler is None:
-            await self._bury(job, f"no handler for jobs of kind {job.kind!r}", bound, because=_UNKNOWN)
-            return
         heartbeat = asyncio.create_task(self._keep_lease(job))
         try:
-            await handler(job)
+            await self.handlers[job.kind](job)
         except Exception as exc:
             await self._stop_heartbeat(heartbeat)
             await self._failed(job, exc, bound)

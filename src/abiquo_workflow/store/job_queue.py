@@ -29,11 +29,14 @@ class JobQueue:
     async def claim(
         self, worker_id: str, *, limit: int, lease: float, kinds: Sequence[str] | None = None
     ) -> list[JobRecord]:
-        """Claim up to `limit` due jobs for `worker_id`, oldest first, each for `lease` seconds.
+        """Claim up to `limit` due jobs for `worker_id`, each for `lease` seconds, in claim order.
 
         Due means queued with `run_after` now or earlier, or running under a lease that ran out (its
-        worker stopped). Claimed jobs are `running`, locked by `worker_id`, with one more attempt
-        counted. No job is given to two workers. Only jobs of `kinds` are claimed, if given.
+        worker stopped). Claim order is by priority, aged by how long each job has waited: the rule is
+        in queue.py's docstring. Claimed jobs are `running`, locked by `worker_id`, with one more
+        attempt counted, and come back in claim order. No job is given to two workers. Only jobs of
+        `kinds` are claimed, if given: a worker asks for as many jobs of some kinds as it has slots
+        free for them, and leaves the rest to other workers.
         """
         async with self._database.transaction(read_only=False) as conn:
             return await queue.claim(conn, self._clock(), worker_id, limit=limit, lease=lease, kinds=kinds)

@@ -334,12 +334,14 @@ class UnitOfWork(Reader):
         run_after: datetime | None = None,
         dedupe_key: str | None = None,
         max_attempts: int = queue.DEFAULT_MAX_ATTEMPTS,
+        priority: int = 0,
     ) -> int | None:
         """Add a job, due at `run_after` (now if None); return its id.
 
         With `dedupe_key`, a second job with the same key is not added and None is returned: "enqueue
         once" (the key stays taken after the job is done). `payload` must be JSON-serialisable.
-        Workers are woken after this transaction commits.
+        `priority` 0 is the most urgent; of due jobs, claims take the lowest priority first, aged by
+        how long each has waited (queue.py). Workers are woken after this transaction commits.
         """
         with translated_errors(self._url):
             job_id = await queue.enqueue(
@@ -350,6 +352,7 @@ class UnitOfWork(Reader):
                 run_after=run_after,
                 dedupe_key=dedupe_key,
                 max_attempts=max_attempts,
+                priority=priority,
             )
         self.enqueued = self.enqueued or job_id is not None
         return job_id

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -179,6 +180,11 @@ jobs = Table(
     Column("attempts", Integer(), nullable=False),
     Column("max_attempts", Integer(), nullable=False),
     Column("run_after", UtcDateTime(), nullable=False),
+    # Lower is claimed first; `claim_rank` is run_after in milliseconds since the epoch plus priority *
+    # the ageing step, the order claims take (queue.py says why). The defaults are for 0.2 processes,
+    # which insert jobs without them during a rolling upgrade (migration 0003): such jobs rank first.
+    Column("priority", Integer(), nullable=False, server_default="0"),
+    Column("claim_rank", BigInteger(), nullable=False, server_default="0"),
     Column("locked_by", String(255)),
     Column("locked_until", UtcDateTime()),
     Column("last_error", Text()),
@@ -188,5 +194,5 @@ jobs = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     Column("finished_at", UtcDateTime()),
     _one_of("status", JobStatus),
-    Index(None, "status", "run_after"),
+    Index(None, "status", "claim_rank", "id"),
 )
