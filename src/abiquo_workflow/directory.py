@@ -6,9 +6,19 @@ with it: at decision time the approver must still be, in Abiquo, an approver of 
 enterprise as `policy` defines one (the role `policy.approver_role`, active, with an email address).
 
 The enterprise's users are read once per `ttl` seconds (60 by default) and enterprise, so that a burst
-of clicks costs one read; a role removed in Abiquo takes effect within that time. When Abiquo cannot be
-reached the check cannot be made and the error propagates: nothing is decided (the page says to try
-again), because a decision by someone who may no longer approve is worse than a delayed one.
+of clicks costs one read (concurrent clicks share it); a role removed in Abiquo takes effect within that
+time. When Abiquo cannot be reached the check cannot be made and the error propagates: nothing is
+decided (the page says to try again), because a decision by someone who may no longer approve is worse
+than a delayed one.
+
+Why a cache of its own, not triage's (`enrichment`, `abiquo.cache_ttl`). This check is the gate a link
+must pass, so its lists are filled only by reads made for it, live (`cached=False`), and how old they
+may be is this module's `ttl` alone, whatever `abiquo.cache_ttl` is set to. Were it to take the list
+triage read to choose whom to email, the first click after the emails would be judged by that list:
+an approver removed just after their email went out could then decide with it, where this check asks
+Abiquo unless a click of the same enterprise already did within `ttl`. Clicks come at a person's
+pace, so the extra read costs little: at most one per enterprise and `ttl`. The cache is of the same
+kind (abiquo/cache.py): bounded, one read shared among concurrent misses, errors never kept.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import time
 from collections.abc import Callable
 from email.utils import parseaddr
 
+from abiquo_workflow.abiquo.cache import ReadCache
 from abiquo_workflow.abiquo.client import AbiquoClient
 from abiquo_workflow.config import PolicySettings
 from abiquo_workflow.domain import User
@@ -51,21 +62,17 @@ class ApproverDirectory:
     ) -> None:
         self._abiquo = abiquo
         self._policy = policy
-        self._ttl = ttl
-        self._clock = clock
-        self._known: dict[str, tuple[float, tuple[User, ...]]] = {}
+        self._known = ReadCache(ttl, clock=clock)
 
     async def approvers(self, enterprise_href: str) -> tuple[User, ...]:
         """The enterprise's approvers now (at most `ttl` seconds old). Raises `AbiquoError`."""
         key = self._abiquo.resolve(enterprise_href)
-        now = self._clock()
-        known = self._known.get(key)
-        if known is not None and now - known[0] < self._ttl:
-            return known[1]
-        users = await self._abiquo.enterprise_users(key)
-        approvers = approvers_among(users, None, self._policy)
-        self._known[key] = (now, approvers)
-        return approvers
+
+        async def read() -> tuple[User, ...]:
+            users = await self._abiquo.enterprise_users(key, cached=False)  # live: see the module docstring
+            return approvers_among(users, None, self._policy)
+
+        return await self._known.get(key, read)
 
     async def is_approver(self, enterprise_href: str, address: str) -> bool:
         """Whether `address` (`Name <email>` or a bare email) is one of the enterprise's approvers."""

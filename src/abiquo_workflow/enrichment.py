@@ -6,6 +6,15 @@ virtual datacenter, the virtual appliance, the enterprise and its users (for the
 VDC's datacenter. A 100-VM vApp therefore costs one round of VM reads plus three short rounds, not
 100 sequential ones; the client bounds how many requests are in flight (`abiquo.max_connections`).
 
+Across requests. The shared resources (the enterprise, its users, the VDC, the datacenter, the vApp) are
+read with `cached=True`: within `abiquo.cache_ttl` seconds (30 by default) the next request of the same
+enterprise takes them from the client's cache (abiquo/cache.py), and concurrent triages share one read.
+A burst of N single-VM callbacks of one enterprise therefore costs N times the per-request reads (the
+requester, the VM, its disks and volumes) plus one read of each shared resource. The requester and the
+VMs are always read live: a requester's role can decide a request on its own (policy rule 2), and a VM's
+sizes are what the approver is asked about. How old an approver list may be, and why that is safe: the
+README (Security).
+
 A VM or shared resource that Abiquo says does not exist (404) is shown as unknown; the email still
 goes out. Abiquo being unreachable raises, so the triage job is retried later.
 """
@@ -97,21 +106,23 @@ async def enrich(client: AbiquoClient, tasks: Sequence[TaskRecord], *, with_user
     async def users() -> tuple[User, ...]:
         if not with_users or enterprise_href is None:
             return ()
-        return tuple(await client.enterprise_users(enterprise_href))
+        return tuple(await client.enterprise_users(enterprise_href, cached=True))
 
     vdc_href = known.vdc_href if known else None
     vapp_href = known.vapp_href if known else None
+    vdc_read = client.get_vdc(vdc_href, cached=True) if vdc_href else None
+    vapp_read = client.get_vapp(vapp_href, cached=True) if vapp_href else None
+    enterprise_read = client.get_enterprise(enterprise_href, cached=True) if enterprise_href else None
     vdc, vapp, enterprise, enterprise_users = await asyncio.gather(
-        _optional(client.get_vdc(vdc_href) if vdc_href else None, "the virtual datacenter", problems),
-        _optional(client.get_vapp(vapp_href) if vapp_href else None, "the virtual appliance", problems),
-        _optional(
-            client.get_enterprise(enterprise_href) if enterprise_href else None, "the enterprise", problems
-        ),
+        _optional(vdc_read, "the virtual datacenter", problems),
+        _optional(vapp_read, "the virtual appliance", problems),
+        _optional(enterprise_read, "the enterprise", problems),
         users(),
     )
     datacenter: Datacenter | None = None
     if vdc is not None and vdc.datacenter_href:
-        datacenter = await _optional(client.get_datacenter(vdc.datacenter_href), "the datacenter", problems)
+        datacenter_read = client.get_datacenter(vdc.datacenter_href, cached=True)
+        datacenter = await _optional(datacenter_read, "the datacenter", problems)
     details = RequestDetails(
         requester=requester,
         enterprise=enterprise or _enterprise_from_names(known, requester),

@@ -28,6 +28,16 @@ shows now (`gone=True` when the task cannot be found) and Abiquo's error code an
 shows the task still held (QUEUEING), the refusal was not about the task's state, so it is raised as
 `AbiquoProtocolError` rather than reported as decided.
 
+Shared reads (cache.py). What many requests of one enterprise share can be read through a short-lived
+cache kept by the client (`abiquo.cache_ttl` seconds, 30 by default; 0 turns it off), keyed by the media
+type and the absolute URL (after `resolve`): the enterprise (`get_enterprise`), its users
+(`enterprise_users`), a virtual datacenter (`get_vdc`), a datacenter (`get_datacenter`) and a virtual
+appliance (`get_vapp`). Each of these takes `cached=`, False by default: a caller says that a few seconds'
+age is fine for it (enrichment does), and every other read stays live. Concurrent misses share one read;
+errors are never kept. What must be live has no `cached=` at all: tasks (`get_task`, the re-read after a
+refused continue), VMs (their sizes change, and each request reads its own), the requester (`get_user`:
+their role can decide a request automatically), `login`, `pending_tasks`, continue and cancel.
+
 Errors: 401/403 → `AbiquoAuthError`; 404 on a read → `AbiquoNotFound`; connection failure, timeout or 5xx
 after every retry → `AbiquoUnavailable`; any other status or an unreadable answer → `AbiquoProtocolError`.
 Each message is a sentence naming the method, the URL (never credentials) and the status.
@@ -55,6 +65,7 @@ from abiquo_workflow.abiquo._representation import (
     error_of,
     parse,
 )
+from abiquo_workflow.abiquo.cache import ReadCache
 from abiquo_workflow.config import AbiquoSettings
 from abiquo_workflow.domain import (
     AbiquoTaskState,
@@ -108,7 +119,9 @@ class AbiquoClient:
 
     Use it as `async with AbiquoClient(settings) as client:`. `transport` replaces httpx2's network
     transport (tests wrap the real one). `wire_format` chooses the media types asked for: JSON (3.x and
-    later, the default) or XML (2.x); answers are read by their Content-Type either way.
+    later, the default) or XML (2.x); answers are read by their Content-Type either way. `cache` keeps the
+    reads asked for with `cached=True` (see "Shared reads" in the module docstring); by default one of
+    `abiquo.cache_ttl` seconds, private to this client. Tests pass one with their own clock.
     """
 
     def __init__(
@@ -117,8 +130,10 @@ class AbiquoClient:
         *,
         transport: httpx2.AsyncBaseTransport | None = None,
         wire_format: PayloadFormat = PayloadFormat.JSON,
+        cache: ReadCache | None = None,
     ) -> None:
         self._settings = settings
+        self._cache = cache if cache is not None else ReadCache(settings.cache_ttl)
         self._transport = transport
         self._wire_format = wire_format
         self._base_url = settings.base_url
@@ -152,6 +167,7 @@ class AbiquoClient:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self._cache.clear()  # before the connections go: no shared read may outlive them
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -180,17 +196,23 @@ class AbiquoClient:
     async def get_user(self, href: str) -> User:
         return await self._read(href, "user", _readers.user_from)
 
-    async def get_enterprise(self, href: str) -> Enterprise:
-        return await self._read(href, "enterprise", _readers.enterprise_from)
+    async def get_enterprise(self, href: str, *, cached: bool = False) -> Enterprise:
+        return await self._read(href, "enterprise", _readers.enterprise_from, cached=cached)
 
     async def enterprises(self) -> list[Enterprise]:
         """Every enterprise the connector's user can see, all pages."""
         return await self._read_all("admin/enterprises", "enterprises", _readers.enterprise_from)
 
-    async def enterprise_users(self, enterprise_href: str) -> list[User]:
-        """Every user of an enterprise with their role (`userswithroles`), all pages."""
+    async def enterprise_users(self, enterprise_href: str, *, cached: bool = False) -> list[User]:
+        """Every user of an enterprise with their role (`userswithroles`), all pages; with `cached`, a
+        list at most `abiquo.cache_ttl` seconds old, shared with other requests."""
         users_href = self.resolve(enterprise_href).rstrip("/") + "/users"
-        return await self._read_all(users_href, "userswithroles", _readers.user_from)
+
+        async def read() -> tuple[User, ...]:
+            return tuple(await self._read_all(users_href, "userswithroles", _readers.user_from))
+
+        users = await self._cache.get(("userswithroles", users_href), read) if cached else await read()
+        return list(users)  # a list of its own: the cached tuple is shared
 
     async def approvers(self, enterprise_href: str, role: str) -> list[User]:
         """Active users of the enterprise whose role is named exactly `role` and who have an email."""
@@ -258,14 +280,14 @@ class AbiquoClient:
             disks = [_readers.boot_disk_from_bytes(vm.hd_in_bytes)]
         return dataclasses.replace(vm, disks=tuple(disks), volumes=tuple(volumes))
 
-    async def get_vdc(self, href: str) -> VirtualDatacenter:
-        return await self._read(href, "virtualdatacenter", _readers.vdc_from)
+    async def get_vdc(self, href: str, *, cached: bool = False) -> VirtualDatacenter:
+        return await self._read(href, "virtualdatacenter", _readers.vdc_from, cached=cached)
 
-    async def get_datacenter(self, href: str) -> Datacenter:
-        return await self._read(href, "datacenter", _readers.datacenter_from)
+    async def get_datacenter(self, href: str, *, cached: bool = False) -> Datacenter:
+        return await self._read(href, "datacenter", _readers.datacenter_from, cached=cached)
 
-    async def get_vapp(self, href: str) -> VirtualAppliance:
-        return await self._read(href, "virtualappliance", _readers.vapp_from)
+    async def get_vapp(self, href: str, *, cached: bool = False) -> VirtualAppliance:
+        return await self._read(href, "virtualappliance", _readers.vapp_from, cached=cached)
 
     # --- Tasks ---------------------------------------------------------------------------------------
 
@@ -337,12 +359,25 @@ class AbiquoClient:
 
     # --- Reading answers -----------------------------------------------------------------------------
 
-    async def _read(self, href: str, media: str, build: Callable[[Representation, str | None], T]) -> T:
-        """GET one object and build a domain value from it; `build` gets the URL read as fallback href."""
+    async def _read(
+        self,
+        href: str,
+        media: str,
+        build: Callable[[Representation, str | None], T],
+        *,
+        cached: bool = False,
+    ) -> T:
+        """GET one object and build a domain value from it; `build` gets the URL read as fallback href.
+
+        With `cached`, through the shared cache, keyed by the media type and the absolute URL."""
         url = self.resolve(href)
-        response = await self._send("GET", url, accept=self._media(media))
-        self._check(response)
-        return self._build(response, build)
+
+        async def read() -> T:
+            response = await self._send("GET", url, accept=self._media(media))
+            self._check(response)
+            return self._build(response, build)
+
+        return await self._cache.get((media, url), read) if cached else await read()
 
     async def _read_all(
         self, href: str, media: str, build: Callable[[Representation, str | None], T]
