@@ -5,6 +5,7 @@ from __future__ import annotations
 import smtplib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -162,6 +163,31 @@ async def test_inbox_works_as_an_async_context_manager() -> None:
     assert not inbox.running
 
 
+def test_a_started_inbox_has_counted_no_session() -> None:
+    with Inbox() as inbox:  # aiosmtpd's probe at start connects, but never says EHLO
+        assert inbox.sessions == 0
+
+
+def test_sessions_count_a_client_once_however_often_it_says_ehlo() -> None:
+    with Inbox() as inbox, smtplib.SMTP("127.0.0.1", inbox.port, timeout=10) as client:
+        client.ehlo()
+        client.ehlo()
+
+        assert inbox.sessions == 1
+
+
+def test_open_sessions_drop_when_a_client_leaves() -> None:
+    with Inbox() as inbox:
+        with smtplib.SMTP("127.0.0.1", inbox.port, timeout=10) as client:
+            client.ehlo()
+            assert inbox.open_sessions == 1
+
+        deadline = time.monotonic() + 10  # the server's thread sees the QUIT a moment later
+        while inbox.open_sessions and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (inbox.sessions, inbox.open_sessions) == (1, 0)
+
+
 # --- The pages --------------------------------------------------------------------------------------------
 
 
@@ -316,14 +342,14 @@ async def test_a_person_reads_the_approval_and_its_button_opens_in_a_new_tab(
     try:
         page = await context.new_page()
         await page.goto(f"{inbox_site}/")
-        await page.get_by_role("link", name="Approval needed: Deploy requested by John Doe (jdoe)").click()
+        await page.get_by_role("link", name='Approve deploy of "db <primary> & "co"" for John Doe').click()
         await page.wait_for_url(f"{inbox_site}/messages/1")
 
         frame = page.frame_locator("iframe")
         accept = frame.get_by_role("link", name="Accept", exact=True)
         assert await accept.is_visible()
         assert await accept.get_attribute("href") == f"{inbox_site}/?accept=task-2"
-        assert await frame.get_by_text('db <primary> & "co"').is_visible()
+        assert await frame.get_by_text('db <primary> & "co"', exact=True).is_visible()
 
         async with context.expect_page() as opened:
             await accept.click()

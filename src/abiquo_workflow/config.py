@@ -131,6 +131,11 @@ class AbiquoSettings(_Section):
     timeout: float = Field(10.0, gt=0, description="seconds per API request")
     max_connections: int = Field(20, gt=0, description="concurrent API requests at most")
     retries: int = Field(3, ge=0, description="extra attempts on 5xx and connection errors")
+    cache_ttl: float = Field(
+        30.0,
+        ge=0,
+        description="seconds triage reuses an enterprise, its users, VDCs, datacenters, vApps; 0 disables",
+    )
 
     @property
     def base_url(self) -> str:
@@ -146,14 +151,19 @@ class MailSettings(_Section):
         "none", description="none, starttls (upgrade) or tls (implicit, usually port 465)"
     )
     timeout: float = Field(10.0, gt=0, description="seconds per SMTP conversation step")
+    max_connections: int = Field(
+        4, gt=0, description="SMTP sessions open at once, each reused for consecutive messages"
+    )
     sender: str = Field("abiquo-workflow@localhost", description="From: address of every message")
     approver_subject: str = Field(
-        "Approval needed: {task_type} requested by {requester}",
-        description="subject of approval requests; {task_type}, {requester}, {vapp}, {count}",
+        "Approve {action} of {target} for {requester_name}",
+        description="subject of approval requests; {action}, {task_type}, {target}, {what}, {vms}, "
+        "{count}, {vapp}, {vm}, {requester_name}, {requester}",
     )
     requester_subject: str = Field(
-        "Your {task_type} request was {outcome}",
-        description="subject of outcome emails; {task_type}, {outcome}, {vapp}, {count}",
+        "{task_type} of {what} {outcome} ({accepted} of {count})",
+        description="subject of outcome emails; {task_type}, {action}, {outcome}, {accepted}, {declined}, "
+        "{count}, {target}, {what}, {vms}, {vapp}, {vm}",
     )
     templates: Path | None = Field(None, description="folder whose templates override ours")
     logo: Path | None = Field(None, description="image shown at the top of emails")
@@ -191,7 +201,9 @@ class LinksSettings(_Section):
 
 
 class WorkerSettings(_Section):
-    concurrency: int = Field(4, gt=0, description="jobs run at once per process")
+    concurrency: int = Field(
+        64, gt=0, description="jobs in flight per process at most, within the Abiquo and SMTP bounds"
+    )
     max_attempts: int = Field(20, gt=0, description="tries before a job counts as failed (~15 min)")
     retry_base_delay: float = Field(1.0, gt=0, description="first retry delay, seconds; doubles each time")
     retry_max_delay: float = Field(60.0, gt=0, description="cap of the retry backoff, seconds")

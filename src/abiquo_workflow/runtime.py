@@ -24,10 +24,11 @@ from abiquo_workflow.approvals import Approvals
 from abiquo_workflow.config import Settings
 from abiquo_workflow.directory import ApproverDirectory
 from abiquo_workflow.exceptions import ConfigError
+from abiquo_workflow.jobs import Deliver, NotifyRequester, SendApproval, Triage
 from abiquo_workflow.links import LinkSigner
 from abiquo_workflow.mail.send import Mailer
 from abiquo_workflow.store import Store
-from abiquo_workflow.worker import Worker
+from abiquo_workflow.worker import Pool, Worker
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -92,6 +93,21 @@ def migrates_at_start(settings: Settings) -> bool:
     return settings.database.url.startswith("sqlite")
 
 
+def job_pools(settings: Settings) -> tuple[Pool, ...]:
+    """How many jobs of each kind a worker runs at once: as many as the connections they use.
+
+    Deliveries and triage talk to Abiquo, so each may run `abiquo.max_connections` jobs (the client
+    still sends no more requests than that at once, in all). Deliveries have slots of their own, so a
+    decision never waits for a triage to end; the claim order (jobs.py) only puts them first in line.
+    Emails use SMTP sessions, `mail.max_connections` of them.
+    """
+    return (
+        Pool("deliveries", (Deliver.kind,), settings.abiquo.max_connections),
+        Pool("triage", (Triage.kind,), settings.abiquo.max_connections),
+        Pool("emails", (SendApproval.kind, NotifyRequester.kind), settings.mail.max_connections),
+    )
+
+
 async def open_store(settings: Settings) -> Store:
     """The store `settings` describe, opened as a running connector opens it (migrating SQLite)."""
     return await Store.open(
@@ -118,12 +134,12 @@ async def open_runtime(settings: Settings, *, start_worker: bool = True) -> Asyn
     signer = link_signer(settings)
     store = await open_store(settings)
     try:
-        async with AbiquoClient(settings.abiquo) as abiquo:
+        async with AbiquoClient(settings.abiquo) as abiquo, Mailer(settings.mail) as mailer:
             approvals = Approvals(
                 settings=settings,
                 store=store,
                 abiquo=abiquo,
-                mailer=Mailer(settings.mail),
+                mailer=mailer,
                 signer=signer,
                 directory=ApproverDirectory(abiquo, settings.policy),
             )
@@ -131,6 +147,7 @@ async def open_runtime(settings: Settings, *, start_worker: bool = True) -> Asyn
                 store.queue,
                 approvals.job_handlers(),
                 settings=settings.worker,
+                pools=job_pools(settings),
                 on_failed=approvals.job_failed,
             )
             running = asyncio.create_task(worker.run(), name="worker") if start_worker else None

@@ -6,6 +6,8 @@ read the approval emails in a browser (`inbox_app`) and click their buttons.
 Switches for failure tests: `stop()` then `start()` again takes the server down and back up on the same
 port ("SMTP down, then up"); `refuse = True` keeps it up but answers 451 to every message; addresses in
 `reject_recipients` get 550.
+
+`sessions` and `open_sessions` count the clients' SMTP sessions, so tests can see a client reuse one.
 """
 
 from __future__ import annotations
@@ -82,6 +84,14 @@ class _Handler:
 
     def __init__(self, inbox: Inbox) -> None:
         self._inbox = inbox
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        # With this hook aiosmtpd leaves recording the greeting to us, and MAIL needs it recorded.
+        session.host_name = hostname
+        self._inbox._greeted(server)
+        return responses
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
@@ -162,6 +172,10 @@ class Inbox(Startable):
         self.refuse = False
         #: Lower-case addresses answered with 550 at RCPT TO.
         self.reject_recipients: set[str] = set()
+        # The sessions are counted on the server's thread and read on the tests' thread.
+        self._sessions_lock = threading.Lock()
+        self._sessions_seen = 0
+        self._connected: list[SMTP] = []
 
     @property
     def port(self) -> int:
@@ -203,6 +217,41 @@ class Inbox(Startable):
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+            # Stopping drops every connection, but the stopped loop may never tell their protocols.
+            with self._sessions_lock:
+                self._connected.clear()
+
+    # --- sessions -----------------------------------------------------------------------------------
+
+    @property
+    def sessions(self) -> int:
+        """SMTP sessions clients have opened (connected and said EHLO) since the inbox was made.
+
+        Counted across `stop()` and `start()`, and not emptied by `clear()`. A session that upgrades with
+        STARTTLS, and so says EHLO twice, counts once; aiosmtpd's own probe at start never says EHLO.
+        """
+        with self._sessions_lock:
+            return self._sessions_seen
+
+    @property
+    def open_sessions(self) -> int:
+        """How many of those sessions are still connected."""
+        with self._sessions_lock:
+            self._drop_disconnected()
+            return len(self._connected)
+
+    def _greeted(self, server: SMTP) -> None:
+        """Called on the server's thread at each EHLO, with the connection's protocol object."""
+        with self._sessions_lock:
+            self._drop_disconnected()
+            if not any(known is server for known in self._connected):
+                self._connected.append(server)
+                self._sessions_seen += 1
+
+    def _drop_disconnected(self) -> None:
+        # aiosmtpd clears `transport` when the connection is lost. Dropping those keeps the list as short
+        # as the open connections, however long the demo runs. Caller holds the lock.
+        self._connected = [server for server in self._connected if server.transport is not None]
 
     # --- messages -----------------------------------------------------------------------------------
 
