@@ -422,9 +422,7 @@ async def test_multiple_cancel_and_decline_both_decline(connector: App, word: st
     tasks = await hold(connector, vapp=1)
     params = {**params_of(signer_for(connector).multiple_url(tasks, Action.DECLINE, ALICE)), "action": word}
 
-    assert "Declined 3 tasks." in assert_page(
-        await fetch(connector, "POST", "/multiple", params=params), 200
-    )
+    assert "Declined 3 tasks." in assert_page(await fetch(connector, "POST", "/multiple", params=params), 200)
 
     assert await decisions(connector, tasks) == [DecisionState.DECLINED] * 3
 
