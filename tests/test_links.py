@@ -133,3 +133,45 @@ def test_a_link_of_an_earlier_release_is_refused_with_a_sentence_saying_so(signe
 
     with pytest.raises(TokenError, match="earlier version of abiquo-workflow"):
         signer.verify(old, ["t1"], Action.ACCEPT, now=NOW)
+
+
+def test_a_notice_token_verifies_for_its_email_and_action(signer: LinkSigner) -> None:
+    token = signer.notice_token(42, Action.ACCEPT, "a@x", now=NOW)
+    grant = signer.verify_notice(token, 42, Action.ACCEPT, now=NOW + 10)
+    assert (grant.notice_id, grant.approver) == (42, "a@x")
+
+
+def test_a_notice_token_is_worthless_for_another_email(signer: LinkSigner) -> None:
+    token = signer.notice_token(42, Action.ACCEPT, "a@x", now=NOW)
+    with pytest.raises(TokenError, match="other tasks"):
+        signer.verify_notice(token, 43, Action.ACCEPT, now=NOW)
+
+
+def test_a_notice_token_cannot_stand_for_a_list_of_tasks(signer: LinkSigner) -> None:
+    token = signer.notice_token(42, Action.ACCEPT, "a@x", now=NOW)
+    with pytest.raises(TokenError, match="other tasks"):
+        signer.verify(token, ["42"], Action.ACCEPT, now=NOW)
+
+
+def test_a_task_token_cannot_stand_for_an_email(signer: LinkSigner) -> None:
+    token = signer.token(["42"], Action.ACCEPT, "a@x", now=NOW)
+    with pytest.raises(TokenError, match="other tasks"):
+        signer.verify_notice(token, 42, Action.ACCEPT, now=NOW)
+
+
+def test_a_notice_token_expires_and_keeps_to_its_action(signer: LinkSigner) -> None:
+    token = signer.notice_token(42, Action.ACCEPT, "a@x", now=NOW)
+    with pytest.raises(TokenError, match="expired"):
+        signer.verify_notice(token, 42, Action.ACCEPT, now=NOW + 3601)
+    with pytest.raises(TokenError, match="not to decline"):
+        signer.verify_notice(token, 42, Action.DECLINE, now=NOW)
+
+
+def test_a_notice_url_is_short_and_names_the_email(signer: LinkSigner) -> None:
+    url = urlsplit(signer.notice_url(42, Action.DECLINE, "Alice Smith <alice@example.com>"))
+    assert url.path == "/multiple"
+    assert {key: value[0] for key, value in parse_qs(url.query).items() if key != "token"} == {
+        "action": "cancel",
+        "notice": "42",
+    }
+    assert len(url.query) < 250

@@ -158,7 +158,8 @@ async def test_accept_all_continues_every_vm_of_a_vapp_once(
         task_ids
     )
     accept_all = all_link(bob, "accept")
-    assert accept_all.params["tasks"].split(",") == task_ids
+    # It names the email, whose three tasks the store keeps, not the tasks: short for any vApp.
+    assert set(accept_all.params) == {"action", "notice", "token"} and len(accept_all.url) < 300
 
     async with httpx2.AsyncClient() as browser, open_store(connector) as store:
         page, form = await open_confirmation(browser, accept_all)

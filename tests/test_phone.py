@@ -196,6 +196,8 @@ async def test_the_approval_email_of_100_vms_is_small_and_leads_with_its_buttons
             "Accept all is below a phone's first screen"
         )
         assert await page.get_by_text("batch-100", exact=True).count() == 1  # every VM is still listed
+        href = await accept_all.get_attribute("href") or ""
+        assert "/multiple?" in href and len(href) < 300, f"Accept all of 100 VMs is {len(href)} characters"
     finally:
         await context.close()
 

@@ -417,6 +417,92 @@ async def test_multiple_lists_unknown_task_ids(connector: App) -> None:
     assert await decisions(connector, tasks[:1]) == [DecisionState.ACCEPTED]
 
 
+# --- /multiple?notice=: the "accept all" of an approval email ---------------------------------------------
+
+
+async def approval_email_of(connector: App, tasks: list[str], recipient: str) -> int:
+    """The id of the approval email triage queued for `recipient` about these tasks (its notification)."""
+    [request_id] = {task.request_id for task in await tasks_in_store(connector, tasks)}
+    async with await Store.open(connector.settings.database.url, migrate=False) as store:
+        for _ in range(400):
+            sent = await store.notifications(request_id)
+            if found := [n.id for n in sent if n.kind == "approval" and n.recipient == recipient]:
+                [email] = found
+                return email
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"no approval email for {recipient} after 20 s")
+
+
+async def test_an_emails_accept_all_link_decides_every_task_of_that_email(connector: App) -> None:
+    tasks = await hold(connector, vapp=1)
+    email = await approval_email_of(connector, tasks, "alice.smith@acme.example")
+    url = signer_for(connector).notice_url(email, Action.ACCEPT, ALICE)
+
+    page = assert_page(await fetch(connector, "POST", path_of(url)), 200)
+
+    assert "Accepted 3 tasks." in page
+    assert await decisions(connector, tasks) == [DecisionState.ACCEPTED] * 3
+
+
+async def test_an_emails_accept_all_link_asks_first_and_its_form_carries_the_email(connector: App) -> None:
+    tasks = await hold(connector, vapp=1)
+    email = await approval_email_of(connector, tasks, "alice.smith@acme.example")
+    url = signer_for(connector).notice_url(email, Action.DECLINE, ALICE)
+
+    [form] = Forms(assert_page(await fetch(connector, "GET", path_of(url)), 200)).forms
+    assert await decisions(connector, tasks) == [DecisionState.PENDING] * 3
+    response = await fetch(connector, "POST", form["action"], data=form["hidden"])
+
+    assert form["hidden"]["notice"] == str(email) and "tasks" not in form["hidden"]
+    assert "Declined 3 tasks." in assert_page(response, 200)
+
+
+async def test_an_accept_all_link_made_for_another_approvers_email_is_403(connector: App) -> None:
+    tasks = await hold(connector, vapp=1)
+    bobs = await approval_email_of(connector, tasks, "bob.jones@acme.example")
+    url = signer_for(connector).notice_url(bobs, Action.ACCEPT, ALICE)
+
+    assert "another person" in assert_page(await fetch(connector, "POST", path_of(url)), 403)
+    assert await decisions(connector, tasks) == [DecisionState.PENDING] * 3
+
+
+async def test_an_accept_all_link_for_another_email_does_not_verify(connector: App) -> None:
+    tasks = await hold(connector, vapp=1)
+    email = await approval_email_of(connector, tasks, "alice.smith@acme.example")
+    params = params_of(signer_for(connector).notice_url(email, Action.ACCEPT, ALICE))
+
+    response = await fetch(connector, "POST", "/multiple", params={**params, "notice": str(email + 1)})
+
+    assert "other tasks" in assert_page(response, 403)
+    assert await decisions(connector, tasks) == [DecisionState.PENDING] * 3
+
+
+async def test_a_task_links_token_does_not_open_an_emails_accept_all(connector: App) -> None:
+    tasks = await hold(connector, vapp=1)
+    email = await approval_email_of(connector, tasks, "alice.smith@acme.example")
+    token = signer_for(connector).token(tasks, Action.ACCEPT, ALICE)
+
+    response = await fetch(
+        connector, "POST", "/multiple", params={"action": "accept", "notice": str(email), "token": token}
+    )
+
+    assert "other tasks" in assert_page(response, 403)
+    assert await decisions(connector, tasks) == [DecisionState.PENDING] * 3
+
+
+async def test_an_accept_all_link_of_an_email_we_never_sent_is_404(connector: App) -> None:
+    url = signer_for(connector).notice_url(999_999, Action.ACCEPT, ALICE)
+
+    assert "no record of the email" in assert_page(await fetch(connector, "GET", path_of(url)), 404)
+
+
+@pytest.mark.parametrize("notice", ["", "abc", "-1", "1e3", "\u0661", "9" * 19])
+async def test_an_accept_all_link_whose_email_is_not_a_number_is_400(connector: App, notice: str) -> None:
+    params = {"action": "accept", "notice": notice, "token": "x"}
+
+    assert "cannot be read" in assert_page(await fetch(connector, "GET", "/multiple", params=params), 400)
+
+
 @pytest.mark.parametrize("word", ["cancel", "decline", "CANCEL"])
 async def test_multiple_cancel_and_decline_both_decline(connector: App, word: str) -> None:
     tasks = await hold(connector, vapp=1)

@@ -332,7 +332,8 @@ class Approvals:
     # --- approval emails ---------------------------------------------------------------------------
 
     async def send_approval(self, job: SendApproval) -> None:
-        """Write and send one approver's email, with signed links per task and for all of them."""
+        """Write and send one approver's email, with signed links per task and, for all of them, links
+        to this email's task list (short, whatever the number of tasks)."""
         request_id, approver, task_ids = job.request_id, job.approver, job.task_ids
         request = await self.store.get_request(request_id)
         details = details_from_json(request.details if request else None)
@@ -348,8 +349,8 @@ class Approvals:
         }
         all_links = (
             ActionLinks(
-                self.signer.multiple_url(task_ids, Action.ACCEPT, email),
-                self.signer.multiple_url(task_ids, Action.DECLINE, email),
+                self.signer.notice_url(job.notification_id, Action.ACCEPT, email),
+                self.signer.notice_url(job.notification_id, Action.DECLINE, email),
             )
             if len(task_ids) > 1
             else None

@@ -2,8 +2,10 @@
 
 A link in an approval email carries a token signed with `server.secret_key`. The token binds:
 
-- the exact set of task ids the link acts on (as a digest of the sorted ids encoded as a JSON list, so
-  that no two sets share an encoding and a 100-VM "accept all" link stays short),
+- the exact set of task ids the link acts on: for a link to one task, a digest of the ids encoded as a
+  JSON list (so that no two sets share an encoding); for an email's "accept all" / "decline all", the
+  id of the approval email's notification, whose task list the store keeps and never changes (so that
+  the link of a 100-VM request is as short as the link of one, `notice_url`),
 - the action (accept or decline),
 - the approver it was sent to (so we know who decided),
 - an expiry time.
@@ -21,6 +23,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlencode
 
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -44,6 +47,17 @@ MULTIPLE_ACTIONS: dict[str, Action] = {
     "cancel": Action.DECLINE,
     "decline": Action.DECLINE,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeGrant:
+    """What a verified notice token allows: `approver` may take `action` on the tasks of approval email
+    `notice_id` (as the store lists them)."""
+
+    notice_id: int
+    action: Action
+    approver: str
+    expires_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +116,38 @@ class LinkSigner:
         payload = {"h": _digest(task_ids), "a": action.value, "p": approver, "e": expires}
         return str(self._serializer.dumps(payload))
 
+    def notice_token(self, notice_id: int, action: Action, approver: str, *, now: float | None = None) -> str:
+        """A token for every task of the approval email `notice_id` (its notification's id)."""
+        expires = int((time.time() if now is None else now) + self.ttl)
+        payload = {"n": notice_id, "a": action.value, "p": approver, "e": expires}
+        return str(self._serializer.dumps(payload))
+
     def verify(
         self, token: str | None, task_ids: Sequence[str], action: Action, *, now: float | None = None
     ) -> Grant:
         """Check `token` for exactly these tasks and this action, or raise `TokenError` saying why."""
-        if not token:
-            raise TokenError("This link has no token. Open the link exactly as it appears in the email.")
         if not task_ids:
             raise TokenError("This link names no task.")
+        payload = self._checked(token, "h", action, now)
+        if payload["h"] != _digest(task_ids):
+            raise TokenError("This link was made for other tasks than the ones it names.")
+        return Grant(tuple(task_ids), action, str(payload["p"]), _expiry(payload))
+
+    def verify_notice(
+        self, token: str | None, notice_id: int, action: Action, *, now: float | None = None
+    ) -> NoticeGrant:
+        """Check `token` for the tasks of approval email `notice_id` and this action, or raise
+        `TokenError`. The caller reads that email's task list from the store and checks its recipient."""
+        payload = self._checked(token, "n", action, now)
+        if isinstance(payload["n"], bool) or payload["n"] != notice_id:
+            raise TokenError("This link was made for other tasks than the ones it names.")
+        return NoticeGrant(notice_id, action, str(payload["p"]), _expiry(payload))
+
+    def _checked(self, token: str | None, binding: str, action: Action, now: float | None) -> dict[str, Any]:
+        """The token's payload once its signature, fields, action and expiry are checked; `binding` is
+        the field that names the tasks ("h" for a digest, "n" for an approval email), left to the caller."""
+        if not token:
+            raise TokenError("This link has no token. Open the link exactly as it appears in the email.")
         try:
             payload = self._serializer.loads(token)
         except BadSignature:
@@ -121,23 +159,23 @@ class LinkSigner:
             raise TokenError(
                 "This link is not valid: it was altered, or it was made by another installation."
             ) from None
-        if not isinstance(payload, dict) or not {"h", "a", "p", "e"} <= payload.keys():
+        if not isinstance(payload, dict) or not {"a", "p", "e"} <= payload.keys():
             raise TokenError("This link is not valid: its token is incomplete.")
+        if binding not in payload:
+            # A one-task token under a notice link, or the reverse: signed by us, but not for this link.
+            raise TokenError("This link was made for other tasks than the ones it names.")
         expires = payload["e"]
         # A signature only proves the token is ours; its fields are still checked before use.
         if isinstance(expires, bool) or not isinstance(expires, int) or not 0 <= expires < _LATEST_EXPIRY:
             raise TokenError("This link is not valid: its expiry cannot be read.")
-        if payload["h"] != _digest(task_ids):
-            raise TokenError("This link was made for other tasks than the ones it names.")
         if payload["a"] != action.value:
             raise TokenError(f"This link was made to {payload['a']}, not to {action.value}.")
-        expires_at = datetime.fromtimestamp(expires, UTC)
         if (time.time() if now is None else now) > expires:
             raise TokenError(
-                f"This link expired on {expires_at:%Y-%m-%d %H:%M} UTC. "
+                f"This link expired on {_expiry(payload):%Y-%m-%d %H:%M} UTC. "
                 "Ask for the request to be sent again, or decide in Abiquo."
             )
-        return Grant(tuple(task_ids), action, str(payload["p"]), expires_at)
+        return payload
 
     def _is_retired(self, token: str) -> bool:
         for serializer in self._retired:
@@ -158,10 +196,36 @@ class LinkSigner:
         return f"{self._base_url}/{action.value}?{query}"
 
     def multiple_url(self, task_ids: Sequence[str], action: Action, approver: str) -> str:
-        """`/multiple?action=accept|cancel&tasks=a,b&token=…` for several tasks at once."""
-        word = "accept" if action is Action.ACCEPT else "cancel"
+        """`/multiple?action=accept|cancel&tasks=a,b&token=…` for several tasks at once.
+
+        The emails of 0.2 carried these; `/multiple` still takes them. New emails use `notice_url`.
+        """
         query = urlencode(
-            {"action": word, "tasks": ",".join(task_ids), "token": self.token(task_ids, action, approver)},
+            {
+                "action": _word(action),
+                "tasks": ",".join(task_ids),
+                "token": self.token(task_ids, action, approver),
+            },
             safe=",",
         )
         return f"{self._base_url}/multiple?{query}"
+
+    def notice_url(self, notice_id: int, action: Action, approver: str) -> str:
+        """`/multiple?action=accept|cancel&notice=42&token=…`: every task of approval email 42."""
+        query = urlencode(
+            {
+                "action": _word(action),
+                "notice": notice_id,
+                "token": self.notice_token(notice_id, action, approver),
+            }
+        )
+        return f"{self._base_url}/multiple?{query}"
+
+
+def _word(action: Action) -> str:
+    """The `/multiple?action=` value of `action`."""
+    return "accept" if action is Action.ACCEPT else "cancel"
+
+
+def _expiry(payload: dict[str, Any]) -> datetime:
+    return datetime.fromtimestamp(payload["e"], UTC)

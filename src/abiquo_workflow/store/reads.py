@@ -203,6 +203,10 @@ class Reader(abc.ABC):
         rows = await self._fetch(query.order_by(audit.c.id))
         return [from_row(AuditRecord, row) for row in rows]
 
+    async def get_notification(self, notification_id: int) -> NotificationRecord | None:
+        rows = await self._fetch(select(notifications).where(notifications.c.id == notification_id))
+        return from_row(NotificationRecord, rows[0]) if rows else None
+
     async def notifications(self, request_id: str) -> list[NotificationRecord]:
         """A request's notifications in the order they were added."""
         rows = await self._fetch(

@@ -16,8 +16,10 @@ And 503 when the database is not available (app.py answers every StoreError so).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from email.utils import parseaddr
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -57,10 +59,14 @@ class Asked:
     """What a link asks for: an action on some tasks, with the token that allows it."""
 
     action: Action
+    #: The tasks the link names; empty for a link to an approval email's tasks (`notice`) until its
+    #: token is verified and the store says which they are (`_authorised`).
     task_ids: tuple[str, ...]
     token: str | None
     #: The link's own parameters, echoed in the confirmation form so the POST carries them.
     params: Mapping[str, str]
+    #: The approval email (its notification id) whose tasks an "accept all" link acts on.
+    notice: int | None = None
 
 
 #: What a refusal page tells the approver to do next, when its message does not already say.
@@ -153,6 +159,8 @@ def _multiple(params: Mapping[str, str]) -> Asked:
     action = MULTIPLE_ACTIONS.get(params.get("action", "").strip().lower())
     if action is None:
         raise BadLink(400, "Unknown action", "The link's action must be accept or cancel.")
+    if "notice" in params:
+        return _of_notice(action, params)
     tasks = parse_task_list(params.get("tasks", ""))
     if not tasks:
         raise BadLink(
@@ -162,14 +170,50 @@ def _multiple(params: Mapping[str, str]) -> Asked:
     return Asked(action, tasks, params.get("token"), echoed)
 
 
-def _grant(service: Services, asked: Asked) -> Grant:
+#: The longest approval email id a link may name: a notification id, far below this.
+_NOTICE_DIGITS = 18
+
+
+def _of_notice(action: Action, params: Mapping[str, str]) -> Asked:
+    """`/multiple?action=…&notice=42&token=…`: every task of approval email 42 (links.notice_url)."""
+    raw = params["notice"].strip()
+    if "tasks" in params or not (raw.isascii() and raw.isdigit() and len(raw) <= _NOTICE_DIGITS):
+        raise BadLink(
+            400,
+            "Not a link we sent",
+            "This link's list of tasks cannot be read. Open it exactly as it is in the email.",
+        )
+    echoed = {"action": params["action"], "notice": raw, "token": params.get("token", "")}
+    return Asked(action, (), params.get("token"), echoed, notice=int(raw))
+
+
+async def _authorised(service: Services, asked: Asked) -> tuple[Asked, Grant]:
+    """The link's tasks and what its token allows on them, or a 403 saying why it cannot be used.
+
+    A link to an approval email's tasks is checked in two steps: its token must be ours, for that email
+    and action; then the email must be an approval email sent to the token's approver (a token signed
+    for one approver never reaches another's tasks), and its task list is what the link acts on.
+    """
     try:
-        return service.signer.verify(asked.token, asked.task_ids, asked.action)
+        if asked.notice is None:
+            return asked, service.signer.verify(asked.token, asked.task_ids, asked.action)
+        notice = service.signer.verify_notice(asked.token, asked.notice, asked.action)
     except TokenError as exc:
         message = str(exc)
         # Some of links.py's sentences already say what to do (an expired link: ask again).
         says_what_to_do = "Abiquo" in message or "Open the link" in message
         raise BadLink(403, "This link cannot be used", message, None if says_what_to_do else "") from None
+    email = await service.store.get_notification(notice.notice_id)
+    if email is None or email.kind != "approval" or not email.task_ids:
+        raise BadLink(
+            404,
+            "Unknown request",
+            "We have no record of the email this link came from. It may have been removed.",
+        )
+    if email.recipient.casefold() != parseaddr(notice.approver)[1].casefold():
+        raise BadLink(403, "This link cannot be used", "This link was made for another person's email.")
+    grant = Grant(email.task_ids, notice.action, notice.approver, notice.expires_at)
+    return dataclasses.replace(asked, task_ids=email.task_ids), grant
 
 
 async def _details(service: Services, tasks: list[TaskRecord]) -> RequestDetails | None:
@@ -220,7 +264,7 @@ def _left_alone(count: int) -> str:
 
 async def _show(request: Request, asked: Asked) -> Response:
     service = services(request)
-    grant = _grant(service, asked)
+    asked, grant = await _authorised(service, asked)
     tasks = await service.store.get_tasks(asked.task_ids)
     if not tasks:
         raise BadLink(404, "Unknown task", "We have no record of this task. It may have been removed.")
@@ -287,7 +331,7 @@ def _checked_reason(reason: str | None) -> str | None:
 
 async def _decide(request: Request, asked: Asked, reason: str | None) -> Response:
     service = services(request)
-    grant = _grant(service, asked)
+    asked, grant = await _authorised(service, asked)
     reason = _checked_reason(reason)
     await _check_approver(service, asked, grant)
     result = await service.approvals.decide(
