@@ -504,6 +504,73 @@ def test_reconfigure_posts_a_single_task_root_in_xml(
     assert callback.xml().find("jobs") is not None
 
 
+def vm_sizes(api: httpx2.Client, vm_path: str) -> tuple[int, int, list[int]]:
+    """A VM's CPU, RAM (MB) and disk sizes (MB) as the API shows them now."""
+    vm = api.get(vm_path).json()
+    disks = api.get(vm_path + "/storage/disks").json()["collection"]
+    return vm["cpu"], vm["ram"], [d["sizeInMb"] for d in sorted(disks, key=lambda d: d["sequence"])]
+
+
+def test_a_held_reconfigure_shows_the_requested_sizes_on_the_vm(
+    api: httpx2.Client, control: httpx2.Client, receiver: CallbackReceiver
+) -> None:
+    hold(control, receiver, action="reconfigure", vm=2, cpu=8, ram=16384, disks=[20480, 102400, 10240])
+
+    assert vm_sizes(api, VM_2) == (8, 16384, [20480, 102400, 10240])
+
+
+def test_a_reconfigure_that_names_no_size_asks_for_twice_the_cpu_and_ram(
+    api: httpx2.Client, control: httpx2.Client, receiver: CallbackReceiver
+) -> None:
+    hold(control, receiver, action="reconfigure", vm=2)
+
+    assert vm_sizes(api, VM_2) == (8, 16384, [20480, 51200])
+
+
+def test_a_reconfigure_from_the_page_form_reads_its_sizes_from_text(
+    api: httpx2.Client, control: httpx2.Client, receiver: CallbackReceiver
+) -> None:
+    control.put("/_sim/settings", json={"callback_url": receiver.url})
+    form = {"action": "reconfigure", "target": "vm:2", "cpu": "6", "ram": "", "disks": "20480, 61440"}
+
+    assert control.post("/_sim/requests", data=form).status_code == 303
+    assert vm_sizes(api, VM_2) == (6, 8192, [20480, 61440])
+
+
+def test_a_cancelled_reconfigure_gives_the_vm_its_old_sizes_back(
+    api: httpx2.Client, control: httpx2.Client, receiver: CallbackReceiver
+) -> None:
+    _, callback = hold(control, receiver, action="reconfigure", vm=2, cpu=8, disks=[20480])
+
+    assert api.post(links(callback.json())["cancel"]["href"]).status_code == 204
+    assert vm_sizes(api, VM_2) == (4, 8192, [20480, 51200])
+
+
+def test_a_reconfigure_the_requester_withdraws_gives_the_vm_its_old_sizes_back(
+    api: httpx2.Client, control: httpx2.Client, receiver: CallbackReceiver
+) -> None:
+    answer, _ = hold(control, receiver, action="reconfigure", vm=2, ram=2048)
+
+    control.post(f"/_sim/tasks/{answer['tasks'][0]['task_id']}/cancel")
+
+    assert vm_sizes(api, VM_2) == (4, 8192, [20480, 51200])
+
+
+def test_a_continued_reconfigure_keeps_the_new_sizes(
+    api: httpx2.Client, control: httpx2.Client, receiver: CallbackReceiver
+) -> None:
+    _, callback = hold(control, receiver, action="reconfigure", vm=2, cpu=8)
+
+    assert api.post(continue_href(callback.json())).status_code == 204
+    assert vm_sizes(api, VM_2) == (8, 8192, [20480, 51200])
+
+
+def test_the_world_lists_each_vms_sizes(control: httpx2.Client) -> None:
+    vms = {vm["id"]: vm for vm in control.get("/_sim/world").json()["vms"]}
+
+    assert (vms[2]["cpu"], vms[2]["ram_mb"], vms[2]["disks_mb"]) == (4, 8192, [20480, 51200])
+
+
 def test_request_names_the_requester_it_is_given(control: httpx2.Client, receiver: CallbackReceiver) -> None:
     _, callback = hold(control, receiver, action="deploy", vm=5, user=100)
 
@@ -551,6 +618,10 @@ def test_request_without_any_callback_url_answers_409(control: httpx2.Client) ->
         ({"action": "deploy", "vm": "one"}, 400),  # ids are numbers
         ({"action": "deploy", "vm": 1, "user": 101}, 400),  # Globex's user cannot touch Acme's VM
         ({"action": "deploy", "vm": 1, "user": 999}, 404),  # no such user
+        ({"action": "deploy", "vm": 1, "cpu": 4}, 400),  # sizes are what a reconfigure asks for
+        ({"action": "reconfigure", "vm": 1, "cpu": 0}, 400),  # a VM has one CPU at least
+        ({"action": "reconfigure", "vm": 1, "disks": []}, 400),  # and a boot disk
+        ({"action": "reconfigure", "vm": 1, "disks": "big"}, 400),  # sizes are numbers
     ],
 )
 def test_bad_requests_are_refused_with_a_sentence(

@@ -49,12 +49,16 @@ Accept header the API answers XML (the users list: usersWithRoles).
 The control surface, under /_sim (JSON in and out, no auth)::
 
     GET    /_sim/world             the seeded enterprises, users (id, nick, role, email), VDCs, vApps, VMs
+                                   (with cpu, ram_mb, disks_mb)
     POST   /_sim/requests          {"action": "deploy"|"undeploy"|"reconfigure", "vm": 1} or
                                    {"action": "deploy"|"undeploy", "vapp": 2}; optional "user" (requester,
                                    default the VM's owner), "style" ("xml" | "json", default from settings),
                                    "hrefs" ("relative" | "absolute", default relative), "callback_url"
-                                   (default from settings). Holds QUEUEING tasks (one per VM of a vApp) and
-                                   POSTs the callback before answering 201
+                                   (default from settings); for a reconfigure "cpu", "ram" (MB) and "disks"
+                                   (MB by sequence; each left out kept, none at all: twice the CPU and RAM),
+                                   which the VM shows at once, its old sizes restored if the task is
+                                   cancelled (docs/protocol.md §7.11). Holds QUEUEING tasks (one per VM of a
+                                   vApp) and POSTs the callback before answering 201
                                    {"tasks": [{"task_id", "vm_id", "vm_name", "type"}],
                                     "callback": {"url", "content_type", "status", "error", "elapsed_ms"}}.
                                    400/404 for a request that names nothing real; 409 when no callback URL.

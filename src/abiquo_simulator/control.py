@@ -61,6 +61,21 @@ def _whole(data: dict[str, Any], name: str) -> int | None:
     raise SimulatorError(400, f"'{name}' must be a whole number (an id), not {value!r}.")
 
 
+def _sizes(data: dict[str, Any], name: str) -> tuple[int, ...] | None:
+    """A list of sizes: a JSON list of whole numbers, or (from the page's form) "20480, 51200"."""
+    value = data.get(name)
+    if value is None or value == "":
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, list):
+        sizes = [_whole({name: item.strip() if isinstance(item, str) else item}, name) for item in items]
+        if all(size is not None for size in sizes):
+            return tuple(size for size in sizes if size is not None)
+    raise SimulatorError(
+        400, f"'{name}' must list whole numbers (MB), such as [20480, 51200], not {value!r}."
+    )
+
+
 def _text(data: dict[str, Any], name: str) -> str | None:
     value = data.get(name)
     if value is None or value == "":
@@ -126,6 +141,9 @@ class Control:
                 hrefs=_text(data, "hrefs") or "relative",
                 callback_url=_text(data, "callback_url"),
                 api_url=api_base(request),
+                cpu=_whole(data, "cpu"),
+                ram=_whole(data, "ram"),
+                disks=_sizes(data, "disks"),
             )
         except SimulatorError as exc:
             return self._failed(request, exc)

@@ -25,7 +25,7 @@ from .errors import AbiquoApiError, forbidden
 from .faults import Fault, FaultQueue
 from .representations import Representer
 from .tasks import DecidedBy, Task, TaskBook, TaskType, new_task, task_not_found
-from .world import User, VirtualMachine, World, seed_world
+from .world import User, VirtualMachine, World, resized, seed_world
 
 STYLES = ("json", "xml")
 MODES = ("3.x", "2.6")
@@ -82,6 +82,14 @@ def _check_latency(latency: object) -> float:
     ):
         raise SimulatorError(400, f"'latency' must be a number of seconds, 0 or more, not {latency!r}.")
     return float(latency)
+
+
+def _check_sizes(cpu: int | None, ram: int | None, disks: tuple[int, ...] | None) -> None:
+    for name, value in (("cpu", cpu), ("ram", ram)):
+        if value is not None and value < 1:
+            raise SimulatorError(400, f"'{name}' must be 1 or more, not {value}.")
+    if disks is not None and (not disks or any(size < 1 for size in disks)):
+        raise SimulatorError(400, "'disks' must list one size in MB (1 or more) per disk, boot disk first.")
 
 
 def _check_url(url: object) -> str | None:
@@ -149,6 +157,9 @@ class State:
     faults: FaultQueue = field(default_factory=FaultQueue)
     decision_calls: list[DecisionCall] = field(default_factory=list)
     api_calls: list[ApiCall] = field(default_factory=list)
+    #: Each held reconfigure's VM as it was before (task id → VM): Abiquo keeps the old values out of
+    #: its API and puts them back if the task is cancelled (docs/protocol.md §7.11).
+    before_reconfigure: dict[str, VirtualMachine] = field(default_factory=dict)
 
 
 class Simulator:
@@ -300,9 +311,17 @@ class Simulator:
         callback_url: str | None = None,
         api_url: str | None = None,
         transport: httpx2.AsyncBaseTransport | None = None,
+        cpu: int | None = None,
+        ram: int | None = None,
+        disks: tuple[int, ...] | None = None,
     ) -> RequestResult:
         """Hold a deploy, undeploy or reconfigure of a VM (or deploy/undeploy of every VM of a vApp) and
         POST the callback, as Abiquo does when a user asks for one with workflow on.
+
+        A reconfigure asks for `cpu`, `ram` (MB) and `disks` (sizes in MB by sequence; a disk more is
+        added, one fewer removed); each left out stays as it is, and with none given the VM asks for
+        twice its CPU and RAM. As Abiquo does (docs/protocol.md §7.11), the VM shows the requested sizes
+        as soon as the task is held, its old ones are kept out of the API, and a cancel puts them back.
 
         `transport` (in-process callers only) carries the callback instead of the network, for example
         to an app a test drives through httpx2's ASGI transport.
@@ -316,6 +335,12 @@ class Simulator:
             raise SimulatorError(400, "Name exactly one of 'vm' or 'vapp'.")
         if action == "reconfigure" and vapp is not None:
             raise SimulatorError(400, "Abiquo reconfigures single VMs only; name a 'vm' to reconfigure.")
+        sizes = (cpu, ram, disks)
+        if action != "reconfigure" and any(size is not None for size in sizes):
+            raise SimulatorError(
+                400, "'cpu', 'ram' and 'disks' are what a reconfigure asks for; only it takes them."
+            )
+        _check_sizes(cpu, ram, disks)
         style = self.settings.style if style is None else _check_style(style)
         if hrefs not in HREF_STYLES:
             raise SimulatorError(400, f'\'hrefs\' must be "relative" or "absolute", not {hrefs!r}.')
@@ -338,6 +363,8 @@ class Simulator:
             held = [new_task(TaskType(action.upper()), m.id, requester.id, now) for m in vms]
             for task in held:
                 self._state.tasks.add(task)
+            if action == "reconfigure":
+                self._reconfigure(held[0], vms[0], cpu, ram, disks)
             body, content_type = callback_body(
                 Representer(world, base, self.settings.mode), held, style, single=action == "reconfigure"
             )
@@ -345,6 +372,30 @@ class Simulator:
         outcome = await post_callback(url, body, content_type, self._tls_context(), transport)
         created = [CreatedTask(t.task_id, t.vm_id, world.vms[t.vm_id].name, t.type.value) for t in held]
         return RequestResult(created, outcome)
+
+    def _reconfigure(
+        self, task: Task, vm: VirtualMachine, cpu: int | None, ram: int | None, disks: tuple[int, ...] | None
+    ) -> None:
+        """Give the VM the sizes a held reconfigure asks for, keeping the old VM to restore on cancel."""
+        doubled = cpu is None and ram is None and disks is None
+        self._state.before_reconfigure[task.task_id] = vm
+        self._state.world.vms[vm.id] = resized(
+            vm,
+            cpu=vm.cpu * 2 if doubled else cpu or vm.cpu,
+            ram_mb=vm.ram_mb * 2 if doubled else ram or vm.ram_mb,
+            disks_mb=disks if disks is not None else tuple(disk.size_mb for disk in vm.disks),
+        )
+
+    def _settle_reconfigure(self, task: Task) -> None:
+        """After a reconfigure is decided: cancelled, the VM gets its old sizes back (whatever else
+        changed meanwhile, such as its name, stays); continued, it keeps the new ones."""
+        before = self._state.before_reconfigure.pop(task.task_id, None)
+        if before is None or task.decision is None or task.decision.by is DecidedBy.CONTINUE:
+            return
+        world = self._state.world
+        now = world.vms.get(task.vm_id)
+        if now is not None:
+            world.vms[task.vm_id] = replace(now, cpu=before.cpu, ram_mb=before.ram_mb, disks=before.disks)
 
     @staticmethod
     def _target_vms(world: World, vm: int | None, vapp: int | None) -> list[VirtualMachine]:
@@ -397,6 +448,7 @@ class Simulator:
             by = self._decider(state.world, user, task, vm, action)
             state.tasks.decide(task_id, by, user.id, reason, time.time())
             self._apply_vm_state(state.world, task)
+            self._settle_reconfigure(task)
 
     def record_decision_call(
         self, task_id: str, action: str, body: str | None, content_type: str | None, status: int, user: str
@@ -432,9 +484,11 @@ class Simulator:
         with self._lock:
             try:
                 task = self._state.tasks.get(task_id)
-                return self._state.tasks.decide(
+                decided = self._state.tasks.decide(
                     task_id, DecidedBy.REQUESTER_CANCEL, task.requester_id, reason, time.time()
                 )
+                self._settle_reconfigure(decided)
+                return decided
             except AbiquoApiError as exc:
                 raise SimulatorError(exc.status, f"Task {task_id}: {exc.message}.") from None
 
@@ -488,6 +542,9 @@ class Simulator:
                         "enterprise_id": w.enterprise_of(m).id,
                         "owner_id": m.owner_id,
                         "state": w.vm_states[m.id],
+                        "cpu": m.cpu,
+                        "ram_mb": m.ram_mb,
+                        "disks_mb": [d.size_mb for d in m.disks],
                     }
                     for m in w.vms.values()
                 ],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import unicodedata
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 #: The seeded connector account is admin / xabiquo (Abiquo's demo default); everyone else's password is
 #: their nick. Public test fixtures, not secrets.
@@ -111,6 +111,25 @@ class VirtualMachine:
     uuid: str
     disks: tuple[Disk, ...]
     volumes: tuple[Volume, ...] = ()
+
+
+def resized(vm: VirtualMachine, cpu: int, ram_mb: int, disks_mb: tuple[int, ...]) -> VirtualMachine:
+    """The VM with other CPU, RAM and disks (sizes by sequence): a disk kept keeps its id and uuid, a
+    disk added gets new ones, and disks beyond `disks_mb` are gone. Volumes are kept."""
+    disks = tuple(
+        replace(vm.disks[seq], size_mb=size)
+        if seq < len(vm.disks)
+        else Disk(
+            id=900_000 + vm.id * 100 + seq,
+            sequence=seq,
+            size_mb=size,
+            label=f"Data {seq}",
+            controller="SCSI",
+            uuid=str(uuid.uuid5(_UUID_NAMESPACE, f"disk-{vm.id}-{seq}")),
+        )
+        for seq, size in enumerate(disks_mb)
+    )
+    return replace(vm, cpu=cpu, ram_mb=ram_mb, disks=disks)
 
 
 def collation_key(text: str) -> str:
