@@ -17,7 +17,13 @@ Routes added beside the simulator's own (`/api`, `/_sim`):
     POST /_bench/capture            keeps the body and Content-Type (a callback_url for /_sim/requests)
     GET  /_bench/captured           {"body": ..., "content_type": ...} of the last capture
     GET  /_bench/continue?task=ID   waits until a continue for task ID arrived; {"at": when it arrived}
-    GET  /_bench/inbox?count=N      waits until the inbox holds N messages; {"count", "at"}
+    POST /_bench/hold               {"vm": 1, "count": N, "bodies": true}: holds N deploys of the VM as
+                                    /_sim/requests does, but hands their callbacks back instead of POSTing
+                                    them: {"callbacks": [{"task_ids", "body", "content_type"}]} (the
+                                    bodies left out when "bodies" is false), for the bench to send itself
+    GET  /_bench/inbox?count=N      waits until the inbox holds N messages (with &subject=PREFIX, N whose
+                                    subject starts so; with &to=ADDRESS, N sent to ADDRESS); {"count", "at"}:
+                                    "at" is when the Nth of them arrived
     POST /_bench/inbox/clear        forgets every message received so far
 """
 
@@ -29,19 +35,43 @@ import json
 import socket
 import time
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
+import httpx2
 import uvicorn
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from abiquo_simulator import Simulator, create_app
-from abiquo_workflow.mail.inbox import Inbox
+from abiquo_workflow.mail.inbox import Inbox, ReceivedMessage
 
 _CONTINUE_SUFFIX = "/action/continue"
+#: Where `/_bench/hold` tells the simulator to POST its callbacks: an in-process ASGI app, no network.
+_HOLD_URL = "http://bench.invalid/hold"
+
+
+class CallbackKeeper:
+    """An ASGI app that answers every request 200 and keeps its body and Content-Type, in order."""
+
+    def __init__(self) -> None:
+        self.kept: list[tuple[bytes, str]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        content_type = Headers(scope=scope).get("content-type", "")
+        self.kept.append((body, content_type))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
 
 
 class ContinueClock:
@@ -85,6 +115,7 @@ class World:
                 Route("/_bench/capture", self.capture, methods=["POST"]),
                 Route("/_bench/captured", self.last_capture),
                 Route("/_bench/continue", self.continue_arrival),
+                Route("/_bench/hold", self.hold, methods=["POST"]),
                 Route("/_bench/inbox", self.inbox_count),
                 Route("/_bench/inbox/clear", self.inbox_clear, methods=["POST"]),
             ]
@@ -118,18 +149,57 @@ class World:
             return JSONResponse({"error": "no continue arrived in time"}, status_code=504)
         return JSONResponse({"at": at})
 
+    async def hold(self, request: Request) -> Response:
+        data = await request.json()
+        keeper = CallbackKeeper()
+        transport = httpx2.ASGITransport(app=keeper)
+        callbacks: list[dict[str, Any]] = []
+        for _ in range(int(data["count"])):
+            result = await self.simulator.request(
+                "deploy", vm=int(data["vm"]), callback_url=_HOLD_URL, transport=transport
+            )
+            if result.callback.status != 200:
+                return JSONResponse({"error": f"the simulator could not hold a task: {result.callback}"}, 500)
+            callbacks.append({"task_ids": [t.task_id for t in result.tasks]})
+        if data.get("bodies", True):
+            for callback, (body, content_type) in zip(callbacks, keeper.kept, strict=True):
+                callback.update(body=body.decode("utf-8"), content_type=content_type)
+        return JSONResponse({"callbacks": callbacks})
+
     async def inbox_count(self, request: Request) -> Response:
         count = int(request.query_params.get("count", "0"))
         timeout = float(request.query_params.get("timeout", "10"))
-        try:
-            messages = await self.inbox.wait_for(count, timeout)
-        except TimeoutError:
-            return JSONResponse({"count": len(self.inbox.messages)}, status_code=504)
-        return JSONResponse({"count": len(messages), "at": time.perf_counter()})
+        subject = request.query_params.get("subject", "")
+        to = request.query_params.get("to", "").lower()
+
+        def counts(message: ReceivedMessage) -> bool:
+            if to and to not in (address.lower() for address in message.rcpt_tos):
+                return False
+            return message.subject.startswith(subject)
+
+        deadline = time.perf_counter() + timeout
+        matching: list[ReceivedMessage] = []
+        seen = 0
+        while True:
+            messages = self.inbox.messages
+            matching.extend(m for m in messages[seen:] if counts(m))
+            seen = len(messages)
+            if len(matching) >= count:
+                at = _arrival(matching[count - 1]) if count else time.perf_counter()
+                return JSONResponse({"count": len(matching), "at": at})
+            try:
+                await self.inbox.wait_for(len(messages) + 1, max(0.0, deadline - time.perf_counter()))
+            except TimeoutError:
+                return JSONResponse({"count": len(matching)}, status_code=504)
 
     async def inbox_clear(self, request: Request) -> Response:
         self.inbox.clear()
         return JSONResponse({})
+
+
+def _arrival(message: ReceivedMessage) -> float:
+    """When `message` was received, on the perf_counter clock (the inbox stamps it with the wall clock)."""
+    return time.perf_counter() - (datetime.now(UTC) - message.received_at).total_seconds()
 
 
 def _listening_socket(host: str) -> socket.socket:

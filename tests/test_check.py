@@ -117,6 +117,26 @@ def test_an_approver_role_abiquo_lacks_fails_the_abiquo_check_naming_the_key(che
     assert "no role named NOPE" in abiquo and "policy.approver_role" in abiquo
 
 
+def test_a_role_a_policy_rule_names_must_exist_in_abiquo(check_config: Config) -> None:
+    config = check_config()
+    with config.open("a", encoding="utf-8") as toml:
+        toml.write(
+            '\n[[policy.rules]]\nname = "vdc"\nrequester_role = "USER"\napprover_roles = ["VDC_APPROVER"]\n'
+        )
+    assert check_lines(invoke("--config", str(config), "check").stdout)["abiquo"].endswith(
+        "role ENTERPRISE_ADMIN exists (and the 2 other role(s) the policy rules name)"
+    )
+    with config.open("a", encoding="utf-8") as toml:
+        toml.write('\n[[policy.rules]]\nname = "typo"\napprover_roles = ["VDC_APROVER"]\n')
+
+    result = invoke("--config", str(config), "check")
+
+    assert result.exit_code == 1
+    abiquo = check_lines(result.stdout)["abiquo"]
+    assert abiquo.startswith("FAIL"), abiquo
+    assert "no role named VDC_APROVER (policy.rules[1] ('typo').approver_roles)" in abiquo
+
+
 def test_an_unreachable_smtp_relay_fails_the_smtp_check(check_config: Config) -> None:
     closed_port = free_port()
     config = check_config(mail={"smtp_port": closed_port})

@@ -40,7 +40,10 @@ from tests.cli_support import WAIT, CliProcess, free_port, invoke, wait_until_an
 
 SECRET_KEY = "cli-test-secret-key-2291-not-for-production"
 
-COMMANDS = ("serve", "worker", "migrate", "check", "send-test-email", "tasks", "simulate", "demo", "version")
+COMMANDS = (
+    *("serve", "worker", "migrate", "check", "send-test-email", "tasks", "policy", "simulate", "demo"),
+    "version",
+)
 
 
 @pytest.fixture(autouse=True)

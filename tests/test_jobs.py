@@ -21,6 +21,7 @@ from abiquo_workflow.jobs import (
     Job,
     MalformedJob,
     NotifyRequester,
+    NotifySettled,
     SendApproval,
     Triage,
     enqueue,
@@ -42,6 +43,7 @@ EXAMPLES: list[Job] = [
     Deliver("t1"),
     NotifyRequester("r1", 13, "0123456789abcdef"),
     NotifyRequester("r2", None, "fedcba9876543210"),  # a requester without an email address
+    NotifySettled("r1", 16, "Zoe@Acme.example"),
 ]
 
 
@@ -122,6 +124,31 @@ async def test_the_requester_is_emailed_once_per_outcome_of_the_request(store: S
 
     assert first is not None and new_outcome is not None
     assert same_outcome is None
+
+
+async def test_an_approver_is_told_a_request_is_settled_once_whatever_the_case_of_the_address(
+    store: Store,
+) -> None:
+    first, again, other = await queue(
+        store,
+        NotifySettled("r1", 16, "Zoe@Acme.example"),
+        NotifySettled("r1", 17, "ZOE@ACME.EXAMPLE"),
+        NotifySettled("r1", 18, "bob.jones@acme.example"),
+    )
+    [other_request] = await queue(store, NotifySettled("r2", 19, "Zoe@Acme.example"))
+
+    assert first is not None and other is not None and other_request is not None
+    assert again is None
+
+
+def test_the_settled_email_is_queued_at_the_requester_emails_priority() -> None:
+    queued = to_queue(NotifySettled("r1", 16, "Zoe@Acme.example"))
+
+    assert (queued.kind, queued.dedupe_key, queued.priority) == (
+        "notify_settled",
+        "settled:r1:zoe@acme.example",
+        to_queue(NotifyRequester("r1", 13, "0123")).priority,
+    )
 
 
 def test_a_job_is_queued_with_its_kind_fields_dedupe_key_and_priority() -> None:

@@ -110,7 +110,8 @@ async def test_vm_deploy_is_approved_by_email_and_continued_once(
         assert "Accepted 1 task." in page_text(done.text)
 
         [call] = await wait_for_calls(connector, 1)
-        outcome = (await connector.inbox.wait_for(4))[3]
+        # The requester's outcome, and the two other approvers' "settled" emails (test_loop_settled.py).
+        [outcome] = to(await connector.inbox.wait_for(6), JOHN)
         await wait_until_idle(store)
         task = await store.get_task(task_id)
         request = await store.get_request(task.request_id) if task else None
@@ -130,13 +131,13 @@ async def test_vm_deploy_is_approved_by_email_and_continued_once(
     assert task.reason == "Capacity checked — go ahead"
     assert task.delivery is DeliveryState.DELIVERED and task.delivery_attempts == 1
 
-    # The requester gets one email: accepted, by whom, and why; nobody else hears anything more.
+    # The requester gets one email: accepted, by whom, and why; Bob and Zoë are told it is settled.
     assert outcome.rcpt_tos == (JOHN,)
     assert "accepted" in outcome.subject
     outcome_text = outcome.text() or ""
     assert "* web-01 (Deploy): Accepted by Alice Smith <alice.smith@acme.example>" in outcome_text
     assert "Reason: Capacity checked — go ahead" in outcome_text
-    assert len(connector.inbox.messages) == 4
+    assert recipients(connector.inbox.messages) == sorted([*ACME_APPROVERS, BOB, JOHN, ZOE])
 
 
 @pytest.mark.parametrize(("style", "mode"), DIALECTS)
@@ -169,7 +170,7 @@ async def test_accept_all_continues_every_vm_of_a_vapp_once(
         assert "Accepted 3 tasks." in page_text(done.text)
 
         calls = await wait_for_calls(connector, 3)
-        messages = await connector.inbox.wait_for(4)
+        messages = await connector.inbox.wait_for(6)  # and Alice's and Zoë's "settled" emails
         await wait_until_idle(store)
         tasks = [await store.get_task(t) for t in task_ids]
 
@@ -180,7 +181,7 @@ async def test_accept_all_continues_every_vm_of_a_vapp_once(
     assert all(t is not None and t.actor == "Bob Jones <bob.jones@acme.example>" for t in tasks)
 
     [outcome] = to(messages, JOHN)
-    assert len(connector.inbox.messages) == 4
+    assert len(connector.inbox.messages) == 6
     text = outcome.text() or ""
     assert "3 of 3 tasks of your request were accepted." in text
     for name in ("web-01", 'db <primary> & "co"', "cache-03"):
@@ -211,7 +212,7 @@ async def test_per_vm_decisions_reach_abiquo_and_the_requester_hears_once_all_ar
 
         assert (await confirm(browser, task_link(alice, "/accept", third))).status_code == 200
         calls = await wait_for_calls(connector, 3)
-        messages = await connector.inbox.wait_for(4)
+        messages = await connector.inbox.wait_for(5)  # and Bob's "settled" email: he decided none
         await wait_until_idle(store)
         tasks = {t.task_id: t for t in await store.tasks_of_request(request_id)}
 
@@ -225,7 +226,7 @@ async def test_per_vm_decisions_reach_abiquo_and_the_requester_hears_once_all_ar
     assert all(t.delivery is DeliveryState.DELIVERED for t in tasks.values())
 
     [outcome] = to(messages, JOHN)
-    assert len(connector.inbox.messages) == 4
+    assert len(connector.inbox.messages) == 5
     assert "partly accepted" in outcome.subject
     text = outcome.text() or ""
     assert "2 of 3 tasks of your request were accepted." in text
@@ -287,7 +288,7 @@ async def test_accept_all_after_one_vm_was_declined_accepts_only_the_rest(connec
         assert "1 other task had already been decided" in page_text(done.text)
 
         calls = await wait_for_calls(connector, 3)
-        messages = await connector.inbox.wait_for(4)
+        messages = await connector.inbox.wait_for(5)  # and Zoë's "settled" email
         await wait_until_idle(store)
         tasks = {t.task_id: t for t in await store.get_tasks([first, second, third])}
 
@@ -301,7 +302,7 @@ async def test_accept_all_after_one_vm_was_declined_accepts_only_the_rest(connec
     assert tasks[first].actor == tasks[third].actor == "Alice Smith <alice.smith@acme.example>"
     [outcome] = to(messages, JOHN)
     assert "2 of 3 tasks of your request were accepted." in (outcome.text() or "")
-    assert len(connector.inbox.messages) == 4
+    assert len(connector.inbox.messages) == 5
 
 
 async def test_a_requester_without_an_email_address_is_not_emailed_and_the_audit_says_so(
@@ -323,8 +324,10 @@ async def test_a_requester_without_an_email_address_is_not_emailed_and_the_audit
         notifications = await store.notifications(task.request_id)
 
     assert [a.action for a in audit].count("requester_not_told") == 1
-    assert [n.kind for n in notifications] == ["approval"] * 3
-    assert recipients(connector.inbox.messages) == ACME_APPROVERS
+    assert [n.kind for n in notifications] == ["approval"] * 3 + ["settled"] * 2
+    # The approvers: asked, and then (but the one who decided) told it is settled; the requester never.
+    others = [a for a in ACME_APPROVERS if a not in approvals[0].rcpt_tos]
+    assert recipients(connector.inbox.messages) == sorted([*ACME_APPROVERS, *others])
 
 
 async def test_every_job_of_the_loop_gets_the_configured_number_of_attempts(connector: Connector) -> None:
@@ -334,10 +337,16 @@ async def test_every_job_of_the_loop_gets_the_configured_number_of_attempts(conn
         accept = next(link for link in html_links(approval) if link.path == "/accept")
         _, form = await open_confirmation(browser, accept)
         await submit(browser, accept.url, form, reason="ok")
-        await connector.inbox.wait_for(4)
+        await connector.inbox.wait_for(6)
         await wait_until_idle(store)
         jobs = await store.list_jobs(limit=100)
 
     assert held["tasks"]
-    assert {job.kind for job in jobs} == {"triage", "send_approval", "deliver", "notify_requester"}
+    assert {job.kind for job in jobs} == {
+        "triage",
+        "send_approval",
+        "deliver",
+        "notify_requester",
+        "notify_settled",
+    }
     assert {job.max_attempts for job in jobs} == {connector.settings.worker.max_attempts}

@@ -41,7 +41,10 @@ async def control(connector: Connector, method: str, path: str, body: Any = None
 
 
 async def held_vm_1(connector: Connector) -> tuple[str, Link]:
-    """Hold a deploy of VM 1 and wait for the approval emails: the task id and Alice's accept link."""
+    """Hold a deploy of VM 1 and wait for the approval emails: the task id and Alice's accept link.
+
+    Once Alice decides, Bob and Zoë are each told it is settled: with the requester's email, three more.
+    """
     held = await connector.request(action="deploy", vm=1)
     task_id: str = held["tasks"][0]["task_id"]
     approvals = await connector.inbox.wait_for(3)
@@ -76,7 +79,7 @@ async def test_abiquo_answering_503_for_a_while_gets_the_decision_delivered_once
     async with httpx2.AsyncClient() as browser, open_store(connector) as store:
         assert (await confirm(browser, accept)).status_code == 200
         [call] = await wait_for_calls(connector, 1)
-        await connector.inbox.wait_for(4)
+        await connector.inbox.wait_for(6)
         await wait_until_idle(store)
         task = await store.get_task(task_id)
 
@@ -109,7 +112,7 @@ async def test_abiquo_down_for_good_shows_a_failed_delivery_that_a_retry_deliver
     async with httpx2.AsyncClient() as browser, open_store(connector) as store:
         assert (await confirm(browser, accept)).status_code == 200
         failed = await wait_for_task(store, task_id, lambda t: t.delivery is DeliveryState.FAILED, "failed")
-        told = await connector.inbox.wait_for(4)
+        told = await connector.inbox.wait_for(6)
         await wait_until_idle(store)
         [dead] = [j for j in await store.list_jobs() if j.kind == "deliver"]
         shown = "\n".join(await show_task(connector.settings, task_id))
@@ -132,7 +135,7 @@ async def test_abiquo_down_for_good_shows_a_failed_delivery_that_a_retry_deliver
         assert requeued is not None and requeued.delivery is DeliveryState.QUEUED
 
         [call] = await wait_for_calls(connector, 1)
-        messages = await connector.inbox.wait_for(5)
+        messages = await connector.inbox.wait_for(7)
         await wait_until_idle(store)
         delivered = await store.get_task(task_id)
 
@@ -144,7 +147,7 @@ async def test_abiquo_down_for_good_shows_a_failed_delivery_that_a_retry_deliver
     [_, done] = to(messages, JOHN)
     assert "accepted" in done.subject
     assert "could not be passed on" not in (done.text() or "")
-    assert len(connector.inbox.messages) == 5
+    assert len(connector.inbox.messages) == 7
 
 
 async def test_approval_emails_wait_for_the_mail_relay_and_arrive_once(
@@ -188,7 +191,7 @@ async def test_a_task_the_requester_cancelled_in_abiquo_is_superseded_and_the_re
         answer = await confirm(browser, accept, reason="fine by me")
         assert answer.status_code == 200  # we only learn from Abiquo that it was too late
         [call] = await wait_for_calls(connector, 1)
-        messages = await connector.inbox.wait_for(4)
+        messages = await connector.inbox.wait_for(6)
         await wait_until_idle(store)
         task = await store.get_task(task_id)
 
@@ -200,7 +203,7 @@ async def test_a_task_the_requester_cancelled_in_abiquo_is_superseded_and_the_re
     [outcome] = to(messages, JOHN)
     text = outcome.text() or ""
     assert "already been decided elsewhere (Abiquo shows it as CANCELLED)" in text
-    assert len(connector.inbox.messages) == 4
+    assert len(connector.inbox.messages) == 6
 
 
 async def test_a_continue_that_already_got_through_is_recorded_as_delivered(connector: Connector) -> None:
@@ -222,7 +225,7 @@ async def test_a_continue_that_already_got_through_is_recorded_as_delivered(conn
     async with httpx2.AsyncClient() as browser, open_store(connector) as store:
         assert (await confirm(browser, accept)).status_code == 200
         calls = await wait_for_calls(connector, 2)
-        messages = await connector.inbox.wait_for(4)
+        messages = await connector.inbox.wait_for(6)
         await wait_until_idle(store)
         task = await store.get_task(task_id)
 

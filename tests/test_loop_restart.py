@@ -76,7 +76,8 @@ def connector_of(environment: Mapping[str, str], simulator: SimulatorServer, inb
 
 @contextlib.contextmanager
 def serving(environment: Mapping[str, str], log: Path, *options: str) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `abiquo-workflow serve [options]` until it answers /readyz; stop it (if still alive) at the end."""
+    """Run `abiquo-workflow serve [options]` until it answers /readyz (/healthz with `--no-worker`, whose
+    /readyz is 503 while no worker runs); stop it (if still alive) at the end."""
     with log.open("ab") as output:
         process = subprocess.Popen(
             [COMMAND, "serve", *options],
@@ -86,7 +87,8 @@ def serving(environment: Mapping[str, str], log: Path, *options: str) -> Iterato
             stderr=subprocess.STDOUT,
         )
     try:
-        ready_url = f"http://{environment['AWF_SERVER__BIND']}/readyz"
+        ready = "healthz" if "--no-worker" in options else "readyz"
+        ready_url = f"http://{environment['AWF_SERVER__BIND']}/{ready}"
         deadline = time.monotonic() + READY_TIMEOUT
         while not _answers(ready_url):
             if process.poll() is not None or time.monotonic() > deadline:

@@ -37,8 +37,8 @@ from abiquo_workflow.domain import (
 from abiquo_workflow.exceptions import ConfigError
 from abiquo_workflow.links import LinkSigner
 from abiquo_workflow.mail import words
-from abiquo_workflow.mail.model import ActionLinks, ApprovalRequest, OutcomeNotice, TaskResult
-from abiquo_workflow.mail.render import render_approval, render_outcome
+from abiquo_workflow.mail.model import ActionLinks, ApprovalRequest, OutcomeNotice, SettledNotice, TaskResult
+from abiquo_workflow.mail.render import render_approval, render_outcome, render_settled
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
@@ -920,6 +920,101 @@ def test_a_spoofed_vm_name_is_cleaned_and_capped_in_the_outcome(part: Part) -> N
 
     assert shown_as("web-01") in body
     assert format_characters(body) == []
+
+
+# --- The "settled" email to the approvers who did not decide ---------------------------------------------
+
+BOB = "Bob Jones <bob.jones@acme.example>"
+ZOE = "Zoë Zimmermann <zoe.zimmermann@acme.example>"
+AT_10_42 = datetime(2026, 3, 4, 10, 42, tzinfo=UTC)
+
+
+def decided(vm: VirtualMachine, decision: DecisionState, actor: str, reason: str | None = None) -> TaskResult:
+    return dataclasses.replace(
+        result(vm, decision, DecidedBy.APPROVER, actor=actor, reason=reason), decided_at=AT_10_42
+    )
+
+
+def settled_email(*results: TaskResult, settings: MailSettings = SETTINGS) -> EmailMessage:
+    vms = tuple(task(vm) for vm in (WEB, DB, CACHE))
+    notice = SettledNotice(details(*vms), "alice.smith@acme.example", results, "req-42")
+    return render_settled(notice, settings)
+
+
+def test_the_settled_email_says_who_settled_the_request_when_how_and_why() -> None:
+    message = settled_email(*(decided(vm, ACCEPTED, BOB, "Budget approved") for vm in (WEB, DB, CACHE)))
+
+    assert message["Subject"] == 'Settled: deploy of "Web tier & cache" (3 VMs) for John Doe'
+    assert message["To"] == "alice.smith@acme.example"
+    text = text_of(message)
+    assert "Settled by Bob Jones on 4 Mar 2026, 10:42 UTC \u2014 accepted 3 of 3." in text
+    assert "Reason given: \u201cBudget approved\u201d" in text
+    assert "Settled by Bob Jones on 4 Mar 2026, 10:42 UTC" in html_of(message)
+
+
+def test_the_settled_email_of_one_vm_says_accepted_or_declined_by_whom() -> None:
+    vms = (task(WEB),)
+    notice = SettledNotice(details(*vms), "alice.smith@acme.example", [decided(WEB, DECLINED, BOB)], "r")
+
+    message = render_settled(notice, SETTINGS)
+
+    assert message["Subject"] == 'Settled: deploy of "web-01" for John Doe'
+    assert "Declined by Bob Jones on 4 Mar 2026, 10:42 UTC." in text_of(message)
+    assert "Reason given" not in text_of(message)
+
+
+def test_the_settled_email_of_several_deciders_says_who_decided_what_and_why() -> None:
+    message = settled_email(
+        decided(WEB, ACCEPTED, BOB),
+        decided(DB, DECLINED, ZOE, "no DB this quarter"),
+        decided(CACHE, ACCEPTED, BOB, "fine"),
+    )
+
+    text = text_of(message)
+    assert (
+        "Settled on 4 Mar 2026, 10:42 UTC \u2014 accepted 2 of 3, declined 1 "
+        "(Bob Jones accepted 2, Zoë Zimmermann declined 1)."
+    ) in text
+    assert "Reason given by Zoë Zimmermann: \u201cno DB this quarter\u201d" in text
+    assert "Reason given by Bob Jones: \u201cfine\u201d" in text
+
+
+def test_the_settled_email_counts_an_automatic_decision_as_such() -> None:
+    ungated = dataclasses.replace(
+        result(CACHE, ACCEPTED, DecidedBy.POLICY, actor="policy.task_types", reason="UNDEPLOY tasks do not"),
+        decided_at=AT_10_42,
+    )
+
+    text = text_of(settled_email(decided(WEB, ACCEPTED, BOB), decided(DB, ACCEPTED, BOB), ungated))
+
+    assert "accepted 3 of 3 (Bob Jones accepted 2, 1 accepted automatically)." in text
+    assert "Reason given" not in text  # the policy's clause is not a person's reason
+
+
+def test_the_settled_email_has_a_text_and_an_html_part_and_nothing_to_click() -> None:
+    message = settled_email(*(decided(vm, ACCEPTED, BOB) for vm in (WEB, DB, CACHE)))
+
+    assert [part.get_content_type() for part in message.iter_parts()] == ["text/plain", "text/html"]
+    assert "<a " not in html_of(message) and "http" not in text_of(message)
+    assert "@media screen and (max-width: 480px)" in html_of(message)  # as the other emails
+    assert 'class="sheet band-accepted"' in html_of(message)
+
+
+def test_the_settled_email_escapes_the_reason_and_takes_a_configured_subject() -> None:
+    settings = MailSettings(settled_subject="[{outcome}] {vapp}: {accepted} of {count}")
+
+    message = settled_email(decided(WEB, DECLINED, BOB, "<b>no</b>"), settings=settings)
+
+    assert message["Subject"] == "[declined] Web tier & cache: 0 of 1"
+    assert "&lt;b&gt;no&lt;/b&gt;" in html_of(message) and "<b>no</b>" not in html_of(message)
+
+
+def test_a_request_with_a_task_still_pending_is_not_settled() -> None:
+    waiting = result(DB, DecisionState.PENDING, None, delivery=None)
+
+    with pytest.raises(ValueError, match="not settled"):
+        settled_email(decided(WEB, ACCEPTED, BOB), waiting)
+    assert words.settlement([decided(WEB, ACCEPTED, BOB), waiting]) is None
 
 
 # --- In a real browser ------------------------------------------------------------------------------------

@@ -20,12 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx2
 import pytest
 import uvicorn
 
 from abiquo_workflow.mail.inbox import Inbox, ReceivedMessage, inbox_app
 from tests.conftest import Connector
-from tests.loop_support import all_link, task_link, to, wait_for_calls
+from tests.loop_support import all_link, confirm, task_link, to, wait_for_calls
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -214,6 +215,28 @@ async def test_an_approval_email_with_very_long_names_fits_a_phone_and_a_desktop
     await check_email(chromium_browser, message, "email-approval-long-names", buttons=8)
 
 
+async def reconfigure_after_deploy(connector: Connector, address: str) -> ReceivedMessage:
+    """The approval email of a reconfigure of VM 2 (two disks and a volume), which the connector saw
+    when its deploy was asked for: every size of it changes, a disk is added."""
+    await approval_to(connector, address, vm=2)
+    before = len(connector.inbox.messages)
+    await connector.request(action="reconfigure", vm=2, cpu=8, ram=16384, disks=[20480, 102400, 10240])
+    messages = await connector.inbox.wait_for(before + 3, timeout=30)
+    [message] = to(messages[before:], address)
+    return message
+
+
+@pytest.mark.browser
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_approval_email_of_a_reconfigure_fits_a_phone_and_a_desktop(
+    connector: Connector, chromium_browser: Browser
+) -> None:
+    message = await reconfigure_after_deploy(connector, ALICE)
+    assert "CPU: 4 \u2192 8   RAM: 8 \u2192 16 GB" in (message.text() or "")
+
+    await check_email(chromium_browser, message, "email-approval-reconfigure", buttons=2)
+
+
 # --- the decision pages, and the outcome email ----------------------------------------------------------
 
 
@@ -255,7 +278,9 @@ async def test_the_decision_pages_fit_a_phone_and_a_desktop(
 
         gone = await page.goto(accept_all.url)
         assert gone is not None and gone.status == 410
-        assert "Nothing is left for you to decide here" in await page.locator("main").inner_text()
+        said = await page.locator("main").inner_text()
+        assert "Nothing is left for you to decide here" in said
+        assert "Settled by Alice Smith on " in said and "accepted 2 of 3, declined 1" in said
         for width in PAGE_WIDTHS:
             await check(page, "page-410", width, "button", expect_buttons=0)
 
@@ -266,7 +291,7 @@ async def test_the_decision_pages_fit_a_phone_and_a_desktop(
             await check(page, "page-403", width, "button", expect_buttons=0)
 
         await wait_for_calls(connector, 3)
-        messages = await connector.inbox.wait_for(4, timeout=30)
+        messages = await connector.inbox.wait_for(6, timeout=30)  # the outcome; Bob's and Zoë's settled
         [outcome] = to(messages, JOHN)
         # A fresh tab: one left on the connector's page would keep that page's CSP (no inline styles).
         mail = await context.new_page()
@@ -275,9 +300,47 @@ async def test_the_decision_pages_fit_a_phone_and_a_desktop(
         for width in EMAIL_WIDTHS:
             await check(mail, "email-outcome", width, "a.button", expect_buttons=0)
 
+        [settled] = [m for m in to(messages, BOB) if m.subject.startswith("Settled: ")]
+        await check_settled_email(mail, settled, "email-settled")
+
         await page.goto(f"{connector.simulator.url}/")
         for width in PAGE_WIDTHS:
             await check(page, "simulator-control", width, "button")
+    finally:
+        await context.close()
+
+
+async def check_settled_email(page: Page, message: ReceivedMessage, name: str) -> None:
+    """The short "settled" email: small, with nothing to press, fitting each width, and on a phone
+    all of it on the first screen."""
+    assert len(message.raw) < 20_000, f"the settled email is {len(message.raw):,} bytes"
+    await page.set_content(message.html() or "")
+    assert "Settled by " in await page.locator("body").inner_text()
+    for width in EMAIL_WIDTHS:
+        await check(page, name, width, "a", expect_buttons=0)
+        if width == PHONE:
+            height = await page.evaluate("document.documentElement.scrollHeight")
+            assert height <= HEIGHT, f"{name} at {width} px is {height} px tall: more than one screen"
+
+
+@pytest.mark.browser
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_settled_email_with_very_long_names_fits_a_phone_and_a_desktop(
+    connector: Connector, chromium_browser: Browser
+) -> None:
+    rename(connector, LONG_NAMES, LONG_VAPP)
+    bob = await approval_to(connector, BOB, vapp=1)
+    async with httpx2.AsyncClient() as browser:
+        assert (await confirm(browser, all_link(bob, "accept"), reason="x" * 300)).status_code == 200
+    messages = await connector.inbox.wait_for(6, timeout=30)
+    [settled] = [m for m in to(messages, ALICE) if m.subject.startswith("Settled: ")]
+    context = await chromium_browser.new_context(viewport={"width": PHONE, "height": HEIGHT})
+    try:
+        page = await context.new_page()
+        assert len(settled.raw) < 20_000
+        await page.set_content(settled.html() or "")
+        for width in EMAIL_WIDTHS:
+            await check(page, "email-settled-long-names", width, "a", expect_buttons=0)
     finally:
         await context.close()
 
@@ -319,6 +382,23 @@ async def test_a_confirmation_page_with_very_long_names_fits_a_phone_and_a_deskt
         await page.goto(all_link(alice, "accept").url)
         for width in PAGE_WIDTHS:
             await check(page, "page-confirm-long-names", width, "button", expect_buttons=1)
+    finally:
+        await context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.asyncio(loop_scope="session")
+async def test_the_confirmation_page_of_a_reconfigure_fits_a_phone_and_a_desktop(
+    connector: Connector, chromium_browser: Browser
+) -> None:
+    alice = await reconfigure_after_deploy(connector, ALICE)
+    context = await chromium_browser.new_context(viewport={"width": PHONE, "height": HEIGHT})
+    try:
+        page = await context.new_page()
+        await page.goto(task_link(alice, "/accept", html_first_task(alice)).url)
+        assert "Changed since we last saw this VM" in await page.locator("main").inner_text()
+        for width in PAGE_WIDTHS:
+            await check(page, "page-confirm-reconfigure", width, "button", expect_buttons=1)
     finally:
         await context.close()
 

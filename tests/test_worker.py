@@ -661,3 +661,123 @@ def test_retry_delay_jitter_spreads_over_the_whole_upper_half() -> None:
 
     assert all(2.0 <= d <= 4.0 for d in delays)
     assert min(delays) < 2.2 and max(delays) > 3.8
+
+
+async def test_on_retry_is_told_of_each_retry_it_schedules_and_not_of_the_burial(store: Store) -> None:
+    retries: list[tuple[int, str, float]] = []
+    buried = asyncio.Event()
+
+    async def on_retry(job: JobRecord, error: str, delay: float) -> None:
+        retries.append((job.attempts, error, delay))
+
+    async def on_failed(job: JobRecord, error: str) -> None:
+        buried.set()
+
+    async def broken(job: JobRecord) -> None:
+        raise AbiquoUnavailable(f"503 on attempt {job.attempts}")
+
+    job_id = await enqueue(store, "broken", max_attempts=3)
+    worker = Worker(
+        store.queue,
+        {"broken": broken},
+        settings=settings(),
+        on_failed=on_failed,
+        on_retry=on_retry,
+        poll_interval=0.05,
+    )
+    running = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(WAIT):
+            await buried.wait()
+    finally:
+        worker.stop()
+        await running
+
+    assert [(attempt, error) for attempt, error, _ in retries] == [
+        (1, "503 on attempt 1"),
+        (2, "503 on attempt 2"),
+    ]
+    assert all(0 <= delay <= 0.5 for _, _, delay in retries)
+    assert (await job(store, job_id)).status is JobStatus.DEAD
+
+
+# --- the heartbeat: whether the worker is alive (/readyz) ----------------------------------------------
+
+
+class StuckClaims:
+    """The store's queue, except that a claim, once `stick()` is called, does not return until `free()`."""
+
+    def __init__(self, queue: Any) -> None:
+        self._queue = queue
+        self._stuck = False
+        self._freed = asyncio.Event()
+        self.claims_started = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)
+
+    def stick(self) -> None:
+        self._stuck = True
+
+    def free(self) -> None:
+        self._freed.set()
+
+    async def claim(self, *args: Any, **kwargs: Any) -> list[JobRecord]:
+        if self._stuck:
+            self.claims_started += 1
+            await self._freed.wait()
+            return []
+        result: list[JobRecord] = await self._queue.claim(*args, **kwargs)
+        return result
+
+
+async def test_a_running_worker_is_alive_and_a_stopped_one_is_not(store: Store, start_worker: Start) -> None:
+    running = await start_worker({"noop": noop}, poll_interval=0.05)
+    await until(lambda: _true(running.worker.alive()), "the worker to be alive")
+
+    await running.stop()
+
+    assert not running.worker.alive() and running.worker.stopped
+
+
+async def test_a_worker_whose_loop_is_stuck_is_not_alive_after_a_few_poll_intervals(store: Store) -> None:
+    queue = StuckClaims(store.queue)
+    worker = Worker(queue, {"noop": noop}, settings=settings(), poll_interval=0.05)  # type: ignore[arg-type]
+    task = worker.start()
+    try:
+        await until(lambda: _true(worker.alive()), "the worker to be alive")
+        queue.stick()
+        store.queue.wake()
+        await until(lambda: _true(queue.claims_started > 0), "a claim to get stuck")
+        await asyncio.sleep(worker.stale_after + 0.1)
+
+        assert not worker.alive() and not worker.stopped
+    finally:
+        worker.stop()
+        queue.free()
+        await task
+
+
+async def test_a_running_worker_beats_in_the_database_and_signs_off_when_it_stops(
+    store: Store, start_worker: Start
+) -> None:
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    running = await start_worker({"noop": noop}, poll_interval=0.05)
+    await until(lambda: _alive_in_database(store, since, 1), "the worker's heartbeat in the database")
+
+    await running.stop()
+
+    beats = await store.worker_beats(since)
+    assert beats.alive == 0 and beats.latest is None
+
+
+async def noop(job: JobRecord) -> None:
+    return None
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _alive_in_database(store: Store, since: datetime, count: int) -> bool:
+    return (await store.worker_beats(since)).alive == count

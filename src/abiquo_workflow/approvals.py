@@ -5,13 +5,15 @@
               enrich, apply the policy → automatic decision, or one approval email job per approver
     decide    a person (or the policy) decides → conditional pending→accepted|declined + a delivery job
     deliver   job: POST continue|cancel to Abiquo → delivered | superseded; retried until it gets through
-    notify    job: once every task of a request has settled, one email to the requester
+    notify    job: once every task of a request has settled, one email to the requester; and once
+              every task is decided, one "settled" email to each approver asked who did not decide
 
 The jobs are the typed values of jobs.py, queued with `jobs.enqueue` and read back by `jobs.runner`.
 Each state change is written in the same transaction as the job that acts on it (the outbox), so a
 crash at any point loses nothing: the job is still queued, or its lease runs out and another run takes
-it up. (The requester's email is queued just after a delivery commits, by the same job, so that
-deliveries settling at once cannot each miss the others; see `_notify_when_settled`.) Each job is safe
+it up. (The requester's and the other approvers' emails are queued just after a decision or a delivery
+commits, by the delivery's job, so that tasks settling at once cannot each miss the others; see
+`_notify_when_settled` and `_tell_others_when_decided`.) Each job is safe
 to run twice: every transition is conditional, and Abiquo answers a repeated continue with TASK-2,
 which `deliver` recognises as "already done" when the task shows our decision.
 """
@@ -20,8 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from email.utils import parseaddr
 from typing import Any
 
 import structlog
@@ -52,6 +55,7 @@ from abiquo_workflow.jobs import (
     Job,
     MalformedJob,
     NotifyRequester,
+    NotifySettled,
     SendApproval,
     Triage,
     enqueue,
@@ -59,10 +63,19 @@ from abiquo_workflow.jobs import (
     runner,
 )
 from abiquo_workflow.links import LinkSigner
-from abiquo_workflow.mail.model import ActionLinks, ApprovalRequest, OutcomeNotice, TaskResult
-from abiquo_workflow.mail.render import render_approval, render_outcome
+from abiquo_workflow.mail import words
+from abiquo_workflow.mail.model import ActionLinks, ApprovalRequest, OutcomeNotice, SettledNotice, TaskResult
+from abiquo_workflow.mail.render import render_approval, render_outcome, render_settled
 from abiquo_workflow.mail.send import Mailer
-from abiquo_workflow.policy import AskApprovers, AutoDecision, evaluate, is_gated, ungated_decision
+from abiquo_workflow.policy import (
+    AskApprovers,
+    AutoDecision,
+    approval_rule,
+    evaluate,
+    is_gated,
+    request_facts,
+    ungated_decision,
+)
 from abiquo_workflow.store import Store
 from abiquo_workflow.store.records import JobRecord, JobStatus, NotificationStatus, TaskRecord
 from abiquo_workflow.store.store import UnitOfWork
@@ -73,6 +86,12 @@ log = structlog.stdlib.get_logger(__name__)
 #: The kinds `tasks retry` names when it says what it queued again (task_commands.py).
 SEND_APPROVAL = SendApproval.kind
 NOTIFY_REQUESTER = NotifyRequester.kind
+NOTIFY_SETTLED = NotifySettled.kind
+
+#: The notification kind of the email telling the approvers who did not decide that a request is settled.
+SETTLED = "settled"
+#: At most this many task ids go into one log line (with the count of them all).
+_LOGGED_IDS = 10
 
 _details_json = TypeAdapter(RequestDetails)
 
@@ -147,6 +166,22 @@ def abiquo_message(task: TaskRecord) -> str:
     return f"{text}: {task.reason}" if task.reason else text
 
 
+def task_result(task: TaskRecord) -> TaskResult:
+    """How a stored task ended, as the emails and the decision pages tell it."""
+    return TaskResult(
+        task_id=task.task_id,
+        vm_name=task.vm_name,
+        task_type=task.task_type,
+        decision=task.decision,
+        decided_by=task.decided_by,
+        actor=task.actor,
+        reason=task.reason,
+        delivery=task.delivery,
+        abiquo_state=task.abiquo_state,
+        decided_at=task.decided_at,
+    )
+
+
 def matches_decision(task: TaskRecord, now: AbiquoTaskState) -> bool:
     """True when Abiquo already shows the task as we decided it (our earlier attempt got through)."""
     if now.gone or now.state is None:
@@ -182,6 +217,7 @@ class Approvals:
             SendApproval.kind: runner(SendApproval, self.send_approval),
             Deliver.kind: runner(Deliver, self.deliver),
             NotifyRequester.kind: runner(NotifyRequester, self.notify_requester),
+            NotifySettled.kind: runner(NotifySettled, self.notify_settled),
         }
 
     async def _enqueue(self, tx: UnitOfWork, job: Job) -> int | None:
@@ -222,7 +258,13 @@ class Approvals:
         except _NothingNew:
             return Received(None, (), tuple(t.task_id for t in callback.tasks))
         known_ids = tuple(t.task_id for t in callback.tasks if t.task_id not in inserted)
-        log.info("callback.received", request_id=request_id, tasks=len(inserted), known=len(known_ids))
+        log.info(
+            "callback.received",
+            request_id=request_id,
+            tasks=len(inserted),
+            task_ids=_logged(inserted),
+            known=len(known_ids),
+        )
         return Received(request_id, tuple(inserted), known_ids)
 
     # --- triage ------------------------------------------------------------------------------------
@@ -244,11 +286,17 @@ class Approvals:
                 await tx.save_triage(request_id, None, [], {}, error="Abiquo holds none of its tasks")
             return
         gated = [t for t in pending if is_gated(t.task_type, self.settings.policy)]
-        enriched = await enrich(self.abiquo, pending, with_users=bool(gated))
-        details = enriched.details
-        verdict = (
-            evaluate(details.requester, enriched.enterprise_users, self.settings.policy) if gated else None
+        enriched = await enrich(self.abiquo, pending, with_users=bool(gated), history=self.store)
+        gated_ids = {t.task_id for t in gated}
+        evaluation = (
+            evaluate(
+                request_facts(enriched.details, gated_ids), enriched.enterprise_users, self.settings.policy
+            )
+            if gated
+            else None
         )
+        verdict = evaluation.verdict if evaluation is not None else None
+        details = dataclasses.replace(enriched.details, policy_rule=evaluation.rule if evaluation else None)
         vm_names = {vm.task_id: vm.vm.name for vm in details.vms if vm.vm is not None}
         approvers = verdict.approvers if isinstance(verdict, AskApprovers) else ()
         async with self.store.transaction() as tx:
@@ -266,12 +314,16 @@ class Approvals:
                 await self._decide_automatically(tx, [t.task_id for t in gated], verdict)
             for approver in approvers:
                 await self._queue_approval_email(tx, request_id, approver, [t.task_id for t in gated])
-            await tx.audit(
-                "triaged",
-                channel=Channel.SYSTEM,
-                request_id=request_id,
-                detail=_triage_summary(verdict, ungated, enriched.problems),
-            )
+            summary = _triage_summary(verdict, ungated, enriched.problems)
+            if evaluation is not None:
+                summary = f"{evaluation.label}: {summary}"  # which policy rule applied
+            await tx.audit("triaged", channel=Channel.SYSTEM, request_id=request_id, detail=summary)
+        log.info(
+            "request.triaged",
+            request_id=request_id,
+            task_ids=_logged(t.task_id for t in pending),
+            outcome=summary,
+        )
 
     async def _verified(self, request_id: str, pending: Sequence[TaskRecord]) -> list[TaskRecord]:
         """The pending tasks Abiquo confirms, with Abiquo's type, requester, target and links; the
@@ -383,6 +435,7 @@ class Approvals:
                 actor=recipient,
                 detail=f"{kind} email",
             )
+        log.info("email.sent", request_id=request_id, kind=kind, to=recipient, notification=notification_id)
 
     # --- decide ------------------------------------------------------------------------------------
 
@@ -403,13 +456,29 @@ class Approvals:
                     "This request has not been checked with Abiquo yet, so nobody can decide it from a "
                     "link. Open the link again in a few minutes."
                 )
-            if not await self.directory.is_approver(enterprise_href, approver):
+            rule = await self._rule_of(request_id)
+            if not await self.directory.is_approver(enterprise_href, approver, rule):
+                approval = approval_rule(self.settings.policy, rule)
+                again = (
+                    f"ask an Abiquo administrator to give you {approval.role_words} again"
+                    if approval.roles
+                    else f"ask this connector's administrator to name you in policy rule '{rule}' again"
+                )
                 raise NotAnApprover(
                     f"{display.name(approver)} is no longer an approver of this request's enterprise in "
-                    "Abiquo, so this link cannot decide it. If you should still approve, ask an Abiquo "
-                    f"administrator to give you the {self.settings.policy.approver_role} role again; "
+                    f"Abiquo, so this link cannot decide it. If you should still approve, {again}; "
                     "otherwise the other approvers can decide, or an administrator in Abiquo."
                 )
+
+    async def _rule_of(self, request_id: str) -> str | None:
+        """The policy rule triage applied to a request, by name (its snapshot keeps it); None for the
+        default rule, or a snapshot this version cannot read."""
+        request = await self.store.get_request(request_id)
+        try:
+            details = details_from_json(request.details if request else None)
+        except ValidationError:
+            return None
+        return details.policy_rule if details is not None else None
 
     async def _enterprise_of(self, request_id: str, tasks: Sequence[TaskRecord]) -> str | None:
         """The enterprise whose approvers decide a request: from triage's snapshot, else from the
@@ -457,6 +526,15 @@ class Approvals:
             await self._queue_deliveries(tx, decided)
             decided_ids = {t.task_id for t in decided}
             others = [t for t in await tx.get_tasks(task_ids) if t.task_id not in decided_ids]
+        for request_id in dict.fromkeys(t.request_id for t in decided):
+            log.info(
+                "decision.made",
+                request_id=request_id,
+                task_ids=_logged(t.task_id for t in decided if t.request_id == request_id),
+                decision=DecisionState.for_action(action).value,
+                by=actor,
+                channel=str(channel),
+            )
         known = decided_ids | {t.task_id for t in others}
         unknown = tuple(t for t in dict.fromkeys(task_ids) if t not in known)
         return Decided(tuple(decided), tuple(others), unknown)
@@ -479,15 +557,20 @@ class Approvals:
     async def deliver(self, job: Deliver) -> None:
         """POST the task's continue or cancel link; record what Abiquo said. Raises to be retried.
 
-        Then, in a transaction of its own, queue the requester's email if this settled the request's
-        last task. A run cut off between the two (a crash) is repeated: the task is already settled,
-        so only the second step runs again.
+        Then, in transactions of their own, queue the "settled" emails to the other approvers if
+        every task of the request is now decided (even while Abiquo refuses the delivery: the decision
+        stands), and the requester's email if this settled the request's last task. A run cut off
+        between the steps (a crash) is repeated: the task is already settled, so only the later steps
+        run again, and their dedupe keys let each email through once.
         """
         task = await self.store.get_task(job.task_id)
         if task is None:
             return
-        if task.delivery is DeliveryState.QUEUED:
-            await self._deliver(task)
+        try:
+            if task.delivery is DeliveryState.QUEUED:
+                await self._deliver(task)
+        finally:
+            await self._tell_others_when_decided(task.request_id)
         await self._notify_when_settled(task.request_id)
 
     async def _deliver(self, task: TaskRecord) -> None:
@@ -515,8 +598,16 @@ class Approvals:
                 channel=Channel.ABIQUO,
                 request_id=task.request_id,
                 task_id=task.task_id,
-                detail=detail,
+                detail=f"attempt {settled.delivery_attempts}, HTTP {outcome.status or '?'}: {detail}",
             )
+        log.info(
+            "task.delivered" if state is DeliveryState.DELIVERED else "task.superseded",
+            request_id=task.request_id,
+            task_id=task.task_id,
+            status=outcome.status,
+            attempt=settled.delivery_attempts,
+            detail=detail,
+        )
 
     async def _notify_when_settled(self, request_id: str) -> None:
         """Queue the requester's email once no task of the request is pending or on its way.
@@ -559,6 +650,48 @@ class Approvals:
         except _AlreadyQueued:
             pass  # another delivery of this request queued the same email first
 
+    async def _tell_others_when_decided(self, request_id: str) -> None:
+        """Queue one "settled" email to each approver the request was emailed to who decided none of
+        it, once every task of it (but the rejected) is accepted or declined.
+
+        Like the requester's email, this runs after the decision's transaction has committed (each
+        delivery runs it), so the last decision to commit is sure to see the others. Each delivery
+        that sees the request decided may try; the dedupe key (the request and the approver) lets one
+        email through per approver, and the others roll back, notifications included. A request
+        decided by policy emailed nobody, so nobody is told; nor is an approver whose approval email
+        failed (they were never asked).
+        """
+        emails = await self.store.notifications(request_id)
+        if any(n.kind == SETTLED for n in emails):
+            return  # told already
+        asked = [n for n in emails if n.kind == "approval" and n.status is not NotificationStatus.FAILED]
+        if not asked:
+            return
+        tasks = _acted_on(await self.store.tasks_of_request(request_id))
+        settled = words.settlement([task_result(t) for t in tasks])
+        if settled is None:
+            return  # a task is still pending
+        deciders = {_email_of(t.actor) for t in tasks if t.decided_by is DecidedBy.APPROVER}
+        others = {n.recipient.lower(): n.recipient for n in asked if n.recipient.lower() not in deciders}
+        if not others:
+            return
+        try:
+            async with self.store.transaction() as tx:
+                for recipient in others.values():
+                    notification = await tx.add_notification(
+                        request_id, kind=SETTLED, recipient=recipient, task_ids=[t.task_id for t in tasks]
+                    )
+                    if await self._enqueue(tx, NotifySettled(request_id, notification, recipient)) is None:
+                        raise _AlreadyQueued
+                await tx.audit(
+                    SETTLED,
+                    channel=Channel.SYSTEM,
+                    request_id=request_id,
+                    detail=f"{settled.sentence}; telling {', '.join(others.values())}",
+                )
+        except _AlreadyQueued:
+            pass  # another delivery of this request queued them first
+
     # --- the requester's email ---------------------------------------------------------------------
 
     async def notify_requester(self, job: NotifyRequester) -> None:
@@ -574,20 +707,7 @@ class Approvals:
         ):
             return
         tasks = _acted_on(await self.store.tasks_of_request(request_id))
-        results = [
-            TaskResult(
-                task_id=t.task_id,
-                vm_name=t.vm_name,
-                task_type=t.task_type,
-                decision=t.decision,
-                decided_by=t.decided_by,
-                actor=t.actor,
-                reason=t.reason,
-                delivery=t.delivery,
-                abiquo_state=t.abiquo_state,
-            )
-            for t in tasks
-        ]
+        results = [task_result(t) for t in tasks]
         message = render_outcome(
             OutcomeNotice(details, details.requester, results, request_id), self.settings.mail
         )
@@ -597,6 +717,21 @@ class Approvals:
             request_id=request_id,
             recipient=details.requester.email,
             kind="outcome",
+        )
+
+    # --- the other approvers' email ----------------------------------------------------------------
+
+    async def notify_settled(self, job: NotifySettled) -> None:
+        """Tell an approver who was asked, and did not decide, who settled the request, when and how."""
+        request = await self.store.get_request(job.request_id)
+        details = details_from_json(request.details if request else None)
+        if details is None:
+            return  # nothing to say it about: no approver is asked before triage saves its snapshot
+        tasks = _acted_on(await self.store.tasks_of_request(job.request_id))
+        notice = SettledNotice(details, job.recipient, [task_result(t) for t in tasks], job.request_id)
+        message = render_settled(notice, self.settings.mail)
+        await self._send(
+            job.notification_id, message, request_id=job.request_id, recipient=job.recipient, kind=SETTLED
         )
 
     # --- when a job runs out of attempts -----------------------------------------------------------
@@ -630,9 +765,9 @@ class Approvals:
                             channel=Channel.SYSTEM,
                             request_id=failed.request_id,
                             task_id=task_id,
-                            detail=error,
+                            detail=f"gave up after {_count(failed.delivery_attempts, 'attempt')}: {error}",
                         )
-                case SendApproval() | NotifyRequester():
+                case SendApproval() | NotifyRequester() | NotifySettled():
                     if job.notification_id is not None:
                         await tx.set_notification(job.notification_id, NotificationStatus.FAILED, error=error)
                     await tx.audit(
@@ -645,14 +780,39 @@ class Approvals:
         if failed is not None:
             await self._notify_when_settled(failed.request_id)
 
+    async def job_retried(self, record: JobRecord, error: str, delay: float) -> None:
+        """Record in the audit log a delivery attempt that failed and will be tried again (the worker's
+        `on_retry`): its number, the error, and when. A run that failed after its delivery was recorded
+        (while queueing the emails that follow it) is not a failed delivery, and is left to the log."""
+        try:
+            job = from_record(record)
+        except MalformedJob:
+            return
+        if not isinstance(job, Deliver):
+            return
+        task = await self.store.get_task(job.task_id)
+        if task is None or task.delivery is not DeliveryState.QUEUED:
+            return
+        async with self.store.transaction() as tx:
+            await tx.audit(
+                "delivery_retry",
+                channel=Channel.SYSTEM,
+                request_id=task.request_id,
+                task_id=task.task_id,
+                detail=f"attempt {task.delivery_attempts} failed, trying again in {_seconds(delay)}: {error}",
+            )
+
 
 def _stalls_request(record: JobRecord, request_id: str) -> bool:
-    """Whether a dead job leaves the request short of a decision or of the requester's email."""
+    """Whether a dead job leaves the request short of a decision or of an email about it."""
     try:
         job = from_record(record)
     except MalformedJob:
         return False
-    return isinstance(job, Triage | SendApproval | NotifyRequester) and job.request_id == request_id
+    return (
+        isinstance(job, Triage | SendApproval | NotifyRequester | NotifySettled)
+        and job.request_id == request_id
+    )
 
 
 def _acted_on(tasks: Sequence[TaskRecord]) -> list[TaskRecord]:
@@ -662,6 +822,21 @@ def _acted_on(tasks: Sequence[TaskRecord]) -> list[TaskRecord]:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _seconds(delay: float) -> str:
+    """A retry's delay in words: "1 s", "45 s", "under a second"."""
+    return f"{delay:.0f} s" if delay >= 0.5 else "under a second"
+
+
+def _email_of(actor: str | None) -> str:
+    """The address in an approver's `Name <email>` (what `approver_address` wrote), lower-cased."""
+    return parseaddr(actor or "")[1].lower()
+
+
+def _logged(task_ids: Iterable[str]) -> list[str]:
+    """Task ids for a log line: the first `_LOGGED_IDS` of them (the line counts them all)."""
+    return list(task_ids)[:_LOGGED_IDS]
 
 
 class _NothingNew(Exception):

@@ -49,21 +49,35 @@ async def check_database(settings: Settings) -> CheckResult:
     return CheckResult("database", True, f"{shown} answers; the schema is up to date")
 
 
+def named_roles(settings: Settings) -> dict[str, str]:
+    """Every Abiquo role the policy names, with the first key naming it: `policy.approver_role`, then
+    each rule's `approver_roles` and `requester_role` (a misspelt role would never approve or match)."""
+    roles = {settings.policy.approver_role: "policy.approver_role"}
+    for index, rule in enumerate(settings.policy.rules):
+        for key in ("approver_roles", "requester_role"):
+            for role in getattr(rule, key) or ():
+                roles.setdefault(role, f"policy.rules[{index}] ({rule.name!r}).{key}")
+    return roles
+
+
 async def check_abiquo(settings: Settings) -> CheckResult:
     role = settings.policy.approver_role
     try:
         async with AbiquoClient(settings.abiquo) as client:
             version = await client.version()
-            if not await client.role_exists(role):
-                return CheckResult(
-                    "abiquo",
-                    False,
-                    f"Abiquo {version} answers, but has no role named {role} (policy.approver_role)",
-                )
+            for name, key in named_roles(settings).items():
+                if not await client.role_exists(name):
+                    return CheckResult(
+                        "abiquo", False, f"Abiquo {version} answers, but has no role named {name} ({key})"
+                    )
     except AbiquoWorkflowError as exc:
         return CheckResult("abiquo", False, str(exc))
+    others = len(named_roles(settings)) - 1
+    more = f" (and the {others} other role(s) the policy rules name)" if others else ""
     return CheckResult(
-        "abiquo", True, f"{settings.abiquo.base_url}: Abiquo {version}, credentials work, role {role} exists"
+        "abiquo",
+        True,
+        f"{settings.abiquo.base_url}: Abiquo {version}, credentials work, role {role} exists{more}",
     )
 
 

@@ -7,18 +7,15 @@ Exit codes: 0 done · 1 a dependency or operation failed · 2 the configuration 
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
-import sys
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
-import structlog
 import typer
 
-from abiquo_workflow import __version__
+from abiquo_workflow import __version__, logs
 from abiquo_workflow.config import Settings, load_settings
 from abiquo_workflow.domain import DecisionState, DeliveryState
 from abiquo_workflow.exceptions import AbiquoWorkflowError, ConfigError
@@ -54,6 +51,7 @@ class Context:
             for warning in loaded.warnings:
                 typer.echo(f"warning: {warning}", err=True)
             self._settings = loaded.settings
+            configure_logging(self.verbose, self._settings)
         return self._settings
 
 
@@ -62,27 +60,10 @@ def fail(message: str, *, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def configure_logging(verbose: bool) -> None:
-    """Human-readable logs on stderr; DEBUG with --verbose. Settings and secrets are never logged."""
-    level = logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
-    # alembic announces every plugin and migration context at INFO: noise on every command.
-    for noisy in ("alembic", "httpcore", "httpx2", "mail.log", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    structlog.configure(
-        processors=[
-            structlog.stdlib.add_log_level,
-            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
-            # Plain tracebacks: rich's would print every frame's local variables (request bodies,
-            # settings, tokens), and rendering them held the event loop for seconds.
-            structlog.dev.ConsoleRenderer(
-                colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
-            ),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
-    )
+def configure_logging(verbose: bool, settings: Settings | None = None) -> None:
+    """Logs on stderr as `settings.log` says (JSON lines off a terminal, readable lines on one; the
+    defaults until the settings are read); DEBUG with --verbose. Secrets are never logged (logs.py)."""
+    logs.configure(settings, verbose=verbose)
 
 
 def run(ctx: Context, coroutine: Coroutine[Any, Any, T]) -> T:
@@ -334,6 +315,33 @@ def tasks_retry(typer_ctx: typer.Context, task_id: TaskIdArgument) -> None:
     from abiquo_workflow.task_commands import retry_task
 
     _answer(typer_ctx, lambda settings: retry_task(settings, task_id))
+
+
+policy_app = typer.Typer(help="See how the policy rules treat a request.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("explain")
+def policy_explain(
+    typer_ctx: typer.Context,
+    task_id: Annotated[
+        str | None, typer.Argument(help="a stored task id, or its first 6 or more characters")
+    ] = None,
+    payload: Annotated[
+        Path | None,
+        typer.Option("--payload", metavar="FILE", help="a callback body as Abiquo posts it (XML or JSON)"),
+    ] = None,
+) -> None:
+    """Which policy rule applies to a request, why not the earlier ones, and who would be asked or what
+    decided. Reads Abiquo; decides, stores and sends nothing."""
+    from abiquo_workflow.policy_explain import explain_payload, explain_task
+
+    if (task_id is None) == (payload is None):
+        fail("policy explain takes a task id or --payload FILE (one of them)", code=2)
+    if payload is not None:
+        _answer(typer_ctx, lambda settings: explain_payload(settings, payload))
+    elif task_id is not None:
+        _answer(typer_ctx, lambda settings: explain_task(settings, task_id))
 
 
 def main() -> None:

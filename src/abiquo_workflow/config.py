@@ -10,9 +10,11 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import os
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +26,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from abiquo_workflow.domain import WORKFLOW_TASK_TYPES
@@ -165,11 +168,190 @@ class MailSettings(_Section):
         description="subject of outcome emails; {task_type}, {action}, {outcome}, {accepted}, {declined}, "
         "{count}, {target}, {what}, {vms}, {vapp}, {vm}",
     )
+    settled_subject: str = Field(
+        "Settled: {action} of {target} for {requester_name}",
+        description="subject of the email telling the other approvers a request is decided; the fields "
+        "of approver_subject and {outcome}, {accepted}, {declined}",
+    )
     templates: Path | None = Field(None, description="folder whose templates override ours")
     logo: Path | None = Field(None, description="image shown at the top of emails")
 
 
 DefaultAction = Literal["accept", "cancel"]
+RequesterIsApprover = Literal["ask", "accept", "cancel"]
+
+#: Policy keys of later versions (README "Policy"): refused, in a rule or in `[policy]`, with a sentence
+#: saying so rather than "unknown key", and never accepted to do nothing.
+NOT_YET_SUPPORTED = ("approvals_needed", "deadline", "at_deadline", "reminders")
+NOT_YET_SUPPORTED_PREFIX = "escalate_"
+
+#: Binary units of a size (`max_ram`, `max_disk`), in megabytes: Abiquo's own unit.
+_SIZE_UNITS = {"": 1, "m": 1, "mb": 1, "mib": 1, "g": 1024, "gb": 1024, "gib": 1024}
+_SIZE_UNITS.update({"t": 1024 * 1024, "tb": 1024 * 1024, "tib": 1024 * 1024})
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]*)")
+
+
+def _megabytes(value: object) -> object:
+    """`4096`, `"4096"`, `"4GB"`, `"1.5 GB"`, `"512MB"`, `"1TB"` → megabytes (1 GB = 1024 MB)."""
+    if isinstance(value, bool):
+        raise ValueError('expected a size in megabytes, such as 4096, or a string such as "4GB"')
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value.strip().lower())
+        if match and match.group(2) in _SIZE_UNITS:
+            return round(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    raise ValueError('expected megabytes (4096) or a size with its unit, such as "4GB" or "512MB"')
+
+
+def _one_or_more(value: object) -> object:
+    """A single name or id, or a list of them, as a tuple of stripped strings (ids may be numbers)."""
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, list | tuple):
+        return tuple(
+            str(v).strip() if isinstance(v, str | int) and not isinstance(v, bool) else v for v in value
+        )
+    return value
+
+
+def _not_empty(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if value is not None:
+        if not value:
+            raise ValueError("an empty list matches nothing; leave the key out to match any")
+        if any(not item for item in value):
+            raise ValueError("an empty name matches nothing")
+    return value
+
+
+def _task_type_list(value: object) -> object:
+    value = _split_list(value)
+    if isinstance(value, list | tuple):
+        return tuple(str(v).strip().upper() for v in value)
+    return value
+
+
+def _email_address(text: str) -> str | None:
+    """The address of `alice@example.com` or `Alice Smith <alice@example.com>`, lower-cased; None when
+    `text` is neither."""
+    found = getaddresses([text])
+    if len(found) != 1:
+        return None
+    address = found[0][1]
+    local, at, domain = address.rpartition("@")
+    if not at or not local or "." not in domain or any(c.isspace() for c in address):
+        return None
+    return address.lower()
+
+
+class PolicyRule(_Section):
+    """One `[[policy.rules]]` entry (README "Policy"): conditions, then `decide` or who approves.
+
+    A condition left out matches any request; a rule without conditions matches every request. The
+    approval keys a rule leaves out take the default rule's values (`policy.approver_role`,
+    `policy.when_requester_is_approver`, `policy.when_no_approver`; no explicit addresses).
+    """
+
+    name: str = Field(min_length=1, max_length=100, description="the rule's name, unique")
+    # --- conditions: all of those given must hold
+    enterprise: tuple[str, ...] | None = Field(None, description="enterprise names or ids")
+    task_types: tuple[str, ...] | None = Field(None, description="every gated task is of one of these types")
+    vms: int | None = Field(None, ge=1, description="exactly this many VMs (tasks)")
+    min_vms: int | None = Field(None, ge=1, description="at least this many VMs")
+    max_vms: int | None = Field(None, ge=1, description="at most this many VMs")
+    max_cpu: int | None = Field(None, ge=1, description="at most this many CPUs in all")
+    max_ram: int | None = Field(None, ge=1, description="at most this much RAM in all, MB")
+    max_disk: int | None = Field(None, ge=1, description="at most this much disk and volume in all, MB")
+    requester_role: tuple[str, ...] | None = Field(None, description="the requester's role is one of these")
+    datacenter: tuple[str, ...] | None = Field(None, description="datacenter names or ids")
+    # --- what happens then: decide, or ask
+    decide: DefaultAction | None = Field(None, description="accept or cancel without asking anyone")
+    approver_roles: tuple[str, ...] | None = Field(None, description="roles whose users approve")
+    approvers: tuple[str, ...] | None = Field(None, description="addresses that approve, Abiquo users or not")
+    when_requester_is_approver: RequesterIsApprover | None = None
+    when_no_approver: DefaultAction | None = None
+
+    _names = field_validator(
+        "enterprise", "requester_role", "datacenter", "approver_roles", "approvers", mode="before"
+    )(_one_or_more)
+    _types = field_validator("task_types", mode="before")(_task_type_list)
+    _sizes = field_validator("max_ram", "max_disk", mode="before")(_megabytes)
+
+    @field_validator("name")
+    @classmethod
+    def _stripped(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a rule's name cannot be blank")
+        return value.strip()
+
+    @field_validator("enterprise", "requester_role", "datacenter", "task_types")
+    @classmethod
+    def _conditions(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return _not_empty(value)
+
+    @field_validator("task_types")
+    @classmethod
+    def _known_types(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        unknown = [t for t in value or () if t not in WORKFLOW_TASK_TYPES]
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} is not a task type Abiquo holds ({', '.join(WORKFLOW_TASK_TYPES)})"
+            )
+        return value
+
+    @field_validator("approver_roles")
+    @classmethod
+    def _roles(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is not None and any(not role for role in value):
+            raise ValueError("an empty role name")
+        return value
+
+    @field_validator("approvers")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for item in value or ():
+            if _email_address(item) is None:
+                raise ValueError(f"{item!r} is not an email address (alice@example.com or Alice <alice@…>)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PolicyRule:
+        asking = [
+            key
+            for key in ("approver_roles", "approvers", "when_requester_is_approver", "when_no_approver")
+            if getattr(self, key) is not None
+        ]
+        if self.decide is not None and asking:
+            raise ValueError(
+                f"decide = {self.decide!r} decides without asking anyone, so {' and '.join(asking)} would do "
+                "nothing; keep one or the other"
+            )
+        if self.vms is not None and (self.min_vms is not None or self.max_vms is not None):
+            raise ValueError("vms is an exact number; give it or min_vms / max_vms, not both")
+        if self.min_vms is not None and self.max_vms is not None and self.min_vms > self.max_vms:
+            raise ValueError(f"min_vms {self.min_vms} is more than max_vms {self.max_vms}: nothing matches")
+        if self.approver_roles == () and not self.approvers:
+            raise ValueError("approver_roles = [] and no approvers: the rule asks nobody; use decide instead")
+        return self
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """The condition keys this rule sets (none: it matches every request)."""
+        return tuple(key for key in _CONDITION_KEYS if getattr(self, key) is not None)
+
+
+_CONDITION_KEYS = (
+    "enterprise",
+    "datacenter",
+    "task_types",
+    "requester_role",
+    "vms",
+    "min_vms",
+    "max_vms",
+    "max_cpu",
+    "max_ram",
+    "max_disk",
+)
 
 
 class PolicySettings(_Section):
@@ -182,17 +364,50 @@ class PolicySettings(_Section):
     when_no_approver: DefaultAction = Field(
         "cancel", description="what to do when the enterprise has no approver with an email"
     )
-    when_requester_is_approver: DefaultAction | Literal["ask"] = Field(
+    when_requester_is_approver: RequesterIsApprover = Field(
         "ask", description="ask the other approvers (separation of duties), accept, or cancel"
     )
+    rules: tuple[PolicyRule, ...] = Field(
+        (),
+        description="[[policy.rules]]: tried in order, the first that matches applies; else the keys above",
+    )
 
-    @field_validator("task_types", mode="before")
+    _upper = field_validator("task_types", mode="before")(_task_type_list)
+
+    @field_validator("rules")
     @classmethod
-    def _upper(cls, value: object) -> object:
-        value = _split_list(value)
-        if isinstance(value, list | tuple):
-            return tuple(str(v).strip().upper() for v in value)
-        return value
+    def _unique_names(cls, rules: tuple[PolicyRule, ...]) -> tuple[PolicyRule, ...]:
+        seen: dict[str, int] = {}
+        for index, rule in enumerate(rules):
+            first = seen.setdefault(rule.name.casefold(), index)
+            if first != index:
+                raise ValueError(
+                    f"policy.rules[{first}] and policy.rules[{index}] are both named {rule.name!r}; each "
+                    "rule needs a name of its own (the audit log and the emails name the rule that decided)"
+                )
+        return rules
+
+    @model_validator(mode="after")
+    def _reachable(self) -> PolicySettings:
+        """Refuse rules that could never apply: after a rule that matches everything, or only for task
+        types that are not gated (those are accepted before any rule is tried)."""
+        for index, rule in enumerate(self.rules):
+            ungated = [t for t in rule.task_types or () if t not in self.task_types]
+            if ungated:
+                raise ValueError(
+                    f"policy.rules[{index}] ({rule.name!r}).task_types: {', '.join(ungated)} is not in "
+                    "policy.task_types, so such tasks are accepted at once, before any rule is tried"
+                )
+            if index and not self.rules[index - 1].conditions:
+                raise ValueError(
+                    f"policy.rules[{index}] ({rule.name!r}) comes after policy.rules[{index - 1}] "
+                    f"({self.rules[index - 1].name!r}), which matches every request, so it never applies"
+                )
+        return self
+
+    def rule_named(self, name: str | None) -> PolicyRule | None:
+        """The rule of that name, or None (no name, or no such rule any more)."""
+        return next((rule for rule in self.rules if name is not None and rule.name == name), None)
 
 
 class LinksSettings(_Section):
@@ -210,6 +425,22 @@ class WorkerSettings(_Section):
     lease: float = Field(60.0, gt=0, description="seconds a claimed job stays owned")
 
 
+class LogSettings(_Section):
+    format: Literal["json", "console"] | None = Field(
+        None,
+        description="json (one JSON object a line) or console (for people); by default json unless "
+        "stderr is a terminal",
+    )
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="the least severe lines written; --verbose makes it debug"
+    )
+
+    @field_validator("format", "level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+
 class Settings(_Section):
     """Every setting of the connector. See the README's Configuration section for each key."""
 
@@ -220,6 +451,7 @@ class Settings(_Section):
     policy: PolicySettings = PolicySettings()
     links: LinksSettings = LinksSettings()
     worker: WorkerSettings = WorkerSettings()
+    log: LogSettings = LogSettings()
 
 
 @dataclass(frozen=True)
@@ -321,14 +553,52 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _describe(error: Mapping[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"])
+def _rule_names(data: Mapping[str, Any]) -> list[object]:
+    """The `name` of each `[[policy.rules]]` entry as given (None where it has none), to name rules in
+    error messages."""
+    policy = data.get("policy")
+    rules = policy.get("rules") if isinstance(policy, Mapping) else None
+    if not isinstance(rules, list | tuple):
+        return []
+    return [rule.get("name") if isinstance(rule, Mapping) else None for rule in rules]
+
+
+def _key_of(loc: Sequence[str | int], rule_names: Sequence[object]) -> str:
+    """`policy.rules[2] ('small').max_vms` for a key inside a rule, `mail.smtp_port` for the others."""
+    if len(loc) > 2 and tuple(loc[:2]) == ("policy", "rules") and isinstance(loc[2], int):
+        index = loc[2]
+        name = rule_names[index] if index < len(rule_names) else None
+        rule = f"policy.rules[{index}]" + (
+            f" ({name.strip()!r})" if isinstance(name, str) and name.strip() else ""
+        )
+        return ".".join([rule, *(str(part) for part in loc[3:])])
+    return ".".join(str(part) for part in loc)
+
+
+def _not_yet(loc: Sequence[str | int]) -> bool:
+    """A key of a later version's policy (`deadline`, `escalate_to`…) in `[policy]` or in a rule."""
+    last = str(loc[-1]) if loc else ""
+    in_policy = bool(loc) and loc[0] == "policy" and (len(loc) == 2 or (len(loc) == 4 and loc[1] == "rules"))
+    return in_policy and (last in NOT_YET_SUPPORTED or last.startswith(NOT_YET_SUPPORTED_PREFIX))
+
+
+def _describe(error: Mapping[str, Any], rule_names: Sequence[object] = ()) -> str:
+    key = _key_of(error["loc"], rule_names)
     if error["type"] == "extra_forbidden":
+        if _not_yet(error["loc"]):
+            return (
+                f"{key}: not supported yet by this version of abiquo-workflow (deadlines, reminders, "
+                "escalation and approvals_needed are not built yet); remove it"
+            )
         return f"{key}: unknown key"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if message.startswith((f"{key}.", f"{key}[")):
+        return message  # a whole-section check that names the rule and key itself
     value = error.get("input")
     if error["type"] != "missing" and isinstance(value, str | int | float | bool):
         shown = "***" if "password" in key or "secret" in key or "token" in key else repr(value)
+        if shown in message:
+            return f"{key}: {message}"
         return f"{key}: {message} (got {shown})"
     return f"{key}: {message}"
 
@@ -352,7 +622,8 @@ def build_settings(data: Mapping[str, Any], environ: Mapping[str, str] | None = 
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError([_describe(e) for e in exc.errors()]) from None
+        names = _rule_names(merged)
+        raise ConfigError([_describe(e, names) for e in exc.errors()]) from None
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,8 @@ abiquo-workflow demo is running.
   2. Read the email        {inbox}
      (the approvers Alice, Bob and Zoë each get one; open it and click Accept or Decline)
   3. See Abiquo get it     {simulator}
-     (the "Continue / cancel calls received" list; the requester's outcome email lands in the inbox)
+     (the "Continue / cancel calls received" list; the requester's outcome email lands in the inbox,
+      and a short "Settled" one for each approver who did not decide)
 
   The command line on the demo's data (in another terminal; also check, tasks show ID, tasks retry ID):
      {command} tasks list

@@ -3,7 +3,9 @@
 An emailed link names the approver it was sent to and stays valid for `links.ttl` (a week by default).
 An approver who loses the approver role meanwhile (moved to another team, or leaving) must not decide
 with it: at decision time the approver must still be, in Abiquo, an approver of the request's
-enterprise as `policy` defines one (the role `policy.approver_role`, active, with an email address).
+enterprise as the policy rule that applied to the request defines one (one of the rule's roles, active,
+with an email address; or an address the rule names, as configured now). Triage keeps the rule's name
+in the request's snapshot (`RequestDetails.policy_rule`).
 
 The enterprise's users are read once per `ttl` seconds (60 by default) and enterprise, so that a burst
 of clicks costs one read (concurrent clicks share it); a role removed in Abiquo takes effect within that
@@ -31,7 +33,7 @@ from abiquo_workflow.abiquo.cache import ReadCache
 from abiquo_workflow.abiquo.client import AbiquoClient
 from abiquo_workflow.config import PolicySettings
 from abiquo_workflow.domain import User
-from abiquo_workflow.policy import approvers_among
+from abiquo_workflow.policy import approval_rule, approvers_among
 
 #: Seconds an enterprise's approvers are kept before Abiquo is asked again.
 DEFAULT_TTL = 60.0
@@ -45,7 +47,8 @@ class ApproverDirectory:
     abiquo:
         An open client; the users are read with the connector's credentials.
     policy:
-        Who counts as an approver (`policy.approver_role`).
+        Who counts as an approver: the roles and addresses of each policy rule (`policy.rules`, and the
+        default rule's `policy.approver_role`).
     ttl:
         Seconds a list read from Abiquo is used before it is read again.
     clock:
@@ -64,19 +67,30 @@ class ApproverDirectory:
         self._policy = policy
         self._known = ReadCache(ttl, clock=clock)
 
-    async def approvers(self, enterprise_href: str) -> tuple[User, ...]:
-        """The enterprise's approvers now (at most `ttl` seconds old). Raises `AbiquoError`."""
+    async def approvers(self, enterprise_href: str, rule: str | None = None) -> tuple[User, ...]:
+        """The enterprise's users who approve under the policy rule named `rule` (the default rule when
+        None) now: those with one of its roles (read at most `ttl` seconds ago). Raises `AbiquoError`."""
         key = self._abiquo.resolve(enterprise_href)
 
         async def read() -> tuple[User, ...]:
-            users = await self._abiquo.enterprise_users(key, cached=False)  # live: see the module docstring
-            return approvers_among(users, None, self._policy)
+            return tuple(await self._abiquo.enterprise_users(key, cached=False))  # live: the docstring
 
-        return await self._known.get(key, read)
+        users = await self._known.get(key, read)
+        return approvers_among(users, None, approval_rule(self._policy, rule).roles)
 
-    async def is_approver(self, enterprise_href: str, address: str) -> bool:
-        """Whether `address` (`Name <email>` or a bare email) is one of the enterprise's approvers."""
+    async def is_approver(self, enterprise_href: str, address: str, rule: str | None = None) -> bool:
+        """Whether `address` (`Name <email>` or a bare email) approves, now, a request of the enterprise
+        to which the policy rule named `rule` applied (the default rule when None).
+
+        An address the rule names (`approvers`) approves as long as the rule, as configured now, still
+        names it: such people need not be Abiquo users, and Abiquo is not asked about them. Anyone else
+        must hold one of the rule's roles in the enterprise now. A rule that is gone from the
+        configuration counts as the default rule (policy.approval_rule).
+        """
         email = parseaddr(address)[1].strip().lower()
         if not email:
             return False
-        return any((user.email or "").lower() == email for user in await self.approvers(enterprise_href))
+        if approval_rule(self._policy, rule).names(email):
+            return True
+        approvers = await self.approvers(enterprise_href, rule)
+        return any((user.email or "").lower() == email for user in approvers)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import datetime
 
 #: The task types Abiquo's workflow feature holds (docs/protocol.md §3.5).
 WORKFLOW_TASK_TYPES: tuple[str, ...] = ("DEPLOY", "UNDEPLOY", "RECONFIGURE")
@@ -216,6 +217,8 @@ class DeliveryOutcome:
     #: Abiquo's error code and message, when it sent one (for example TASK-2).
     error_code: str | None = None
     message: str | None = None
+    #: The HTTP status Abiquo answered the continue or cancel with (204, or the refusal's 409).
+    status: int | None = None
 
 
 # --- Our side: what we decide and deliver ------------------------------------------------------------
@@ -283,6 +286,11 @@ class VmDetails:
     vm: VirtualMachine | None
     #: Set when the VM could not be read from Abiquo; the email still goes out without the details.
     error: str | None = None
+    #: For a reconfigure: the same VM as an earlier request's triage read it from Abiquo (the latest
+    #: such read, docs/protocol.md §7.11), to compare `vm` with; None when we never saw it before.
+    last_seen: VirtualMachine | None = None
+    #: When `last_seen` was read (that request's triage).
+    last_seen_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,3 +303,6 @@ class RequestDetails:
     datacenter: Datacenter | None
     vapp: VirtualAppliance | None
     vms: tuple[VmDetails, ...] = field(default_factory=tuple)
+    #: The `[[policy.rules]]` rule triage applied to the request, by name; None for the default rule
+    #: (or a snapshot of a version without rules). The approver check at decision time reads it.
+    policy_rule: str | None = None

@@ -15,6 +15,15 @@ VMs are always read live: a requester's role can decide a request on its own (po
 sizes are what the approver is asked about. How old an approver list may be, and why that is safe: the
 README (Security).
 
+A reconfigure is compared with the past (docs/protocol.md §7.11). Abiquo's held task names only its target,
+and the VM read there already shows the requested CPU, RAM and disks; what the VM was before is not in
+Abiquo's API. So when `history` (the store) is given, each reconfigured VM is looked up in the snapshots
+of earlier requests (`Reader.seen_before`, matched on Abiquo's own target href of a verified task) and
+the latest read of it is kept as `VmDetails.last_seen`, for the emails and pages to show "was → now".
+An earlier reconfigure counts only once it was accepted and delivered (one declined or still undecided
+shows sizes the VM never got). Nothing of it comes from a callback: every snapshot is a triage's read
+from Abiquo with our credentials.
+
 A VM or shared resource that Abiquo says does not exist (404) is shown as unknown; the email still
 goes out. Abiquo being unreachable raises, so the triage job is retried later.
 """
@@ -23,12 +32,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TypeVar
+
+from pydantic import TypeAdapter, ValidationError
 
 from abiquo_workflow.abiquo.client import AbiquoClient
 from abiquo_workflow.domain import (
     Datacenter,
+    DecisionState,
+    DeliveryState,
     Enterprise,
     RequestDetails,
     User,
@@ -36,9 +50,12 @@ from abiquo_workflow.domain import (
     VmDetails,
 )
 from abiquo_workflow.exceptions import AbiquoNotFound
+from abiquo_workflow.store.reads import Reader, SeenBefore
 from abiquo_workflow.store.records import TaskRecord
 
 T = TypeVar("T")
+
+_details_json = TypeAdapter(RequestDetails)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +85,55 @@ def _requester_href(task: TaskRecord) -> str | None:
     return f"admin/enterprises/_/users/{task.user_id}" if task.user_id else None
 
 
-async def _vm_details(client: AbiquoClient, task: TaskRecord) -> VmDetails:
+async def _vm_details(client: AbiquoClient, task: TaskRecord, history: Reader | None) -> VmDetails:
     if not task.target_href:
         return VmDetails(task.task_id, task.task_type, None, "the task names no virtual machine")
     try:
         vm = await client.get_vm(task.target_href)
     except AbiquoNotFound:
         return VmDetails(task.task_id, task.task_type, None, "the virtual machine was not found in Abiquo")
-    return VmDetails(task.task_id, task.task_type, vm)
+    details = VmDetails(task.task_id, task.task_type, vm)
+    if history is None or task.task_type.upper() != "RECONFIGURE":
+        return details
+    seen = await last_seen(history, task, vm)
+    return replace(details, last_seen=seen[0], last_seen_at=seen[1]) if seen else details
+
+
+async def last_seen(
+    history: Reader, task: TaskRecord, vm: VirtualMachine
+) -> tuple[VirtualMachine, datetime] | None:
+    """The VM of `task` as the latest earlier request's triage read it, and when; None if never read.
+
+    Matched on the task's target (Abiquo's href, the task being verified) or the VM's own href. Only
+    the latest few readings are looked at (`Reader.seen_before`'s limit): past five reconfigures that
+    did not go through in a row, the VM counts as never seen.
+    """
+    hrefs = [href for href in (task.target_href, vm.href) if href]
+    for seen in await history.seen_before(hrefs, besides=task.request_id):
+        if not _shows_the_vm_as_it_became(seen.task):
+            continue
+        earlier = _vm_in(seen)
+        if earlier is not None:
+            return earlier, seen.seen_at
+    return None
+
+
+def _shows_the_vm_as_it_became(task: TaskRecord) -> bool:
+    """Whether a snapshot taken for `task` shows sizes the VM really got: a deploy's or undeploy's
+    always; a reconfigure's only once it was accepted and Abiquo told (cancelled, Abiquo puts the old
+    sizes back; undecided, they may never apply)."""
+    if task.task_type.upper() != "RECONFIGURE":
+        return True
+    return task.decision is DecisionState.ACCEPTED and task.delivery is DeliveryState.DELIVERED
+
+
+def _vm_in(seen: SeenBefore) -> VirtualMachine | None:
+    """The snapshot's reading of the VM of `seen.task`; None if it could not be read then or now."""
+    try:
+        details = _details_json.validate_python(seen.details)
+    except (ValidationError, ValueError):
+        return None  # a snapshot another version wrote: look further back
+    return next((vm.vm for vm in details.vms if vm.task_id == seen.task.task_id and vm.vm is not None), None)
 
 
 def _enterprise_href(vm: VirtualMachine | None, requester: User | None) -> str | None:
@@ -86,10 +144,17 @@ def _enterprise_href(vm: VirtualMachine | None, requester: User | None) -> str |
     return None
 
 
-async def enrich(client: AbiquoClient, tasks: Sequence[TaskRecord], *, with_users: bool) -> Enriched:
+async def enrich(
+    client: AbiquoClient,
+    tasks: Sequence[TaskRecord],
+    *,
+    with_users: bool,
+    history: Reader | None = None,
+) -> Enriched:
     """Read everything the approval email shows about `tasks` (the tasks of one callback).
 
     `with_users` also reads the enterprise's users, which the policy needs to choose approvers.
+    `history` (the store) gives each reconfigured VM the reading of it to compare with (`last_seen`).
     """
     problems: list[str] = []
     first = tasks[0]
@@ -97,7 +162,7 @@ async def enrich(client: AbiquoClient, tasks: Sequence[TaskRecord], *, with_user
     requester_read = client.get_user(requester_href) if requester_href else None
     requester, vms = await asyncio.gather(
         _optional(requester_read, "the requester", problems),
-        asyncio.gather(*(_vm_details(client, task) for task in tasks)),
+        asyncio.gather(*(_vm_details(client, task, history) for task in tasks)),
     )
     problems.extend(f"{vm.task_id}: {vm.error}" for vm in vms if vm.error)
     known = next((vm.vm for vm in vms if vm.vm is not None), None)

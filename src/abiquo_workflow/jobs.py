@@ -13,6 +13,7 @@ Priorities, most urgent first (the queue ages them, so none waits for ever; see 
     2  triage            a new request: finishing the requests already started gets their emails out
                          sooner than starting more of them would
     3  notify_requester  the outcome, which the requester can already see in Abiquo
+    3  notify_settled    telling the approvers who did not decide that nothing is left for them to do
 """
 
 from __future__ import annotations
@@ -110,11 +111,30 @@ class NotifyRequester:
         return f"outcome:{self.request_id}:{self.outcome}"
 
 
-Job: TypeAlias = Triage | SendApproval | Deliver | NotifyRequester
+@dataclass(frozen=True, slots=True)
+class NotifySettled:
+    """Email one approver who was asked about a request, and did not decide it, that every task of it
+    is decided: who settled it, when, and how (`recipient` is their address)."""
+
+    kind: ClassVar[str] = "notify_settled"
+    priority: ClassVar[Priority] = Priority.REQUESTER_EMAIL
+
+    request_id: str
+    notification_id: int
+    recipient: str
+
+    @property
+    def dedupe_key(self) -> str:
+        """One email per request and approver, whatever case the address is in: every delivery that
+        finds the request decided tries to queue it, and one gets through."""
+        return f"settled:{self.request_id}:{self.recipient.lower()}"
+
+
+Job: TypeAlias = Triage | SendApproval | Deliver | NotifyRequester | NotifySettled
 AnyJob = TypeVar("AnyJob", bound=Job)
 
 _TYPES: Final[Mapping[str, type[Job]]] = {
-    job_type.kind: job_type for job_type in (Triage, SendApproval, Deliver, NotifyRequester)
+    job_type.kind: job_type for job_type in (Triage, SendApproval, Deliver, NotifyRequester, NotifySettled)
 }
 _ADAPTERS: Final[Mapping[str, TypeAdapter[Any]]] = {kind: TypeAdapter(t) for kind, t in _TYPES.items()}
 

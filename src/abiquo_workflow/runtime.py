@@ -24,7 +24,7 @@ from abiquo_workflow.approvals import Approvals
 from abiquo_workflow.config import Settings
 from abiquo_workflow.directory import ApproverDirectory
 from abiquo_workflow.exceptions import ConfigError
-from abiquo_workflow.jobs import Deliver, NotifyRequester, SendApproval, Triage
+from abiquo_workflow.jobs import Deliver, NotifyRequester, NotifySettled, SendApproval, Triage
 from abiquo_workflow.links import LinkSigner
 from abiquo_workflow.mail.send import Mailer
 from abiquo_workflow.store import Store
@@ -104,7 +104,11 @@ def job_pools(settings: Settings) -> tuple[Pool, ...]:
     return (
         Pool("deliveries", (Deliver.kind,), settings.abiquo.max_connections),
         Pool("triage", (Triage.kind,), settings.abiquo.max_connections),
-        Pool("emails", (SendApproval.kind, NotifyRequester.kind), settings.mail.max_connections),
+        Pool(
+            "emails",
+            (SendApproval.kind, NotifyRequester.kind, NotifySettled.kind),
+            settings.mail.max_connections,
+        ),
     )
 
 
@@ -149,8 +153,9 @@ async def open_runtime(settings: Settings, *, start_worker: bool = True) -> Asyn
                 settings=settings.worker,
                 pools=job_pools(settings),
                 on_failed=approvals.job_failed,
+                on_retry=approvals.job_retried,
             )
-            running = asyncio.create_task(worker.run(), name="worker") if start_worker else None
+            running = worker.start() if start_worker else None
             try:
                 yield Runtime(settings, store, approvals, signer, worker)
             finally:

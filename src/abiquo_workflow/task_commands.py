@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from abiquo_workflow import display
-from abiquo_workflow.approvals import NOTIFY_REQUESTER, SEND_APPROVAL, retry_delivery, retry_request_jobs
+from abiquo_workflow.approvals import (
+    NOTIFY_REQUESTER,
+    NOTIFY_SETTLED,
+    SEND_APPROVAL,
+    retry_delivery,
+    retry_request_jobs,
+)
 from abiquo_workflow.config import Settings
 from abiquo_workflow.domain import DecisionState, DeliveryState
 from abiquo_workflow.exceptions import AbiquoWorkflowError
@@ -155,10 +161,18 @@ async def list_tasks(
 
 
 async def show_task(settings: Settings, task_id: str) -> list[str]:
-    """A task (named by its id or a unique prefix), its decision, delivery and audit trail."""
+    """A task (named by its id or a unique prefix), its decision, delivery and audit trail.
+
+    The trail is the task's own lines (decided, each delivery attempt) among its request's (received,
+    verified, triaged, every email), in the order they were written.
+    """
     async with await _open_store(settings) as store:
         task = await find_task(store, task_id)
-        audit = await store.audit_log(task_id=task.task_id)
+        own = await store.audit_log(task_id=task.task_id)
+        about_request = await store.audit_log(request_id=task.request_id)
+    lines_by_id = {entry.id: entry for entry in own}
+    lines_by_id.update((entry.id, entry) for entry in about_request if entry.task_id is None)
+    audit = [lines_by_id[line_id] for line_id in sorted(lines_by_id)]
     lines = [
         f"task       {task.task_id} ({task.task_type}) on {task.vm_name or 'an unknown VM'}",
         f"request    {task.request_id}, received {task.created_at:%Y-%m-%d %H:%M:%S} UTC",
@@ -184,6 +198,8 @@ def _job_words(job: JobRecord) -> str:
         return f"the approval email to {approver.get('email') or 'an approver'}"
     if job.kind == NOTIFY_REQUESTER:
         return "the requester's email"
+    if job.kind == NOTIFY_SETTLED:
+        return f"the email telling {job.payload.get('recipient') or 'an approver'} it is settled"
     return "reading the request's details from Abiquo (triage)"
 
 

@@ -10,9 +10,10 @@ worker as its slots free. It claims only the kinds it has handlers for.
 
 A job that raises a temporary error (`exceptions.is_temporary`: Abiquo or the mail relay unreachable,
 the database locked) is retried after an exponential backoff with jitter, capped at
-`worker.retry_max_delay`; when its attempts (`worker.max_attempts`) run out it is buried (status
-`dead`) and `on_failed` records the failure where people look (the task shows delivery `failed`, the
-email shows `failed`, the request's audit `triage_failed`).
+`worker.retry_max_delay`, and `on_retry` told (a delivery's failed attempt goes into the audit log);
+when its attempts (`worker.max_attempts`) run out it is buried (status `dead`) and `on_failed` records
+the failure where people look (the task shows delivery `failed`, the email shows `failed`, the
+request's audit `triage_failed`).
 
 When it wakes. At once when this process enqueues (the store signals after COMMIT), at once on
 PostgreSQL when another process enqueues (LISTEN/NOTIFY), when a retry it scheduled becomes due, when
@@ -25,6 +26,12 @@ Abiquo we do not expect, a 5xx refusal from the mail relay, a stored record we c
 buried on that attempt, the same way as one whose attempts ran out: repeating it would fail the same way,
 and only hide the failure from people for the quarter of an hour the retries take by default. `tasks
 retry` queues it again once the cause is fixed.
+
+Whether it is alive (`/readyz`). Each time its loop goes round (at least every `poll_interval`) the
+worker notes the time (`alive`: within `STALE_AFTER_POLLS` poll intervals), and at most once a second
+it writes a heartbeat to the database (`JobQueue.heartbeat`), which it removes when it stops: a process
+without a worker of its own (`serve --no-worker`) reads those. While a job runs, its log lines carry
+the job's id and kind and the request and task it is about (structlog contextvars, `job_context`).
 
 Killed mid-job, the job stays `running` until its lease runs out; then the next claim, by this process
 after a restart or by another replica, takes it up again. Every job kind is safe to repeat.
@@ -39,6 +46,7 @@ import ctypes
 import os
 import random
 import socket
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,15 +54,32 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from abiquo_workflow import metrics
 from abiquo_workflow.config import WorkerSettings
 from abiquo_workflow.exceptions import AbiquoWorkflowError, is_temporary
+from abiquo_workflow.jobs import MalformedJob, from_record
 from abiquo_workflow.store import JobQueue
 from abiquo_workflow.store.records import JobRecord
 
 log = structlog.stdlib.get_logger(__name__)
 
+#: Longest sleep between two looks at the queue when nothing wakes the worker (`poll_interval`).
+POLL_INTERVAL = 1.0
+#: A worker whose loop has not gone round for this many poll intervals is not alive (`/readyz`).
+STALE_AFTER_POLLS = 5
+#: How old the latest heartbeat in the database may be while its worker is alive (`/readyz` of a
+#: process without a worker of its own): `STALE_AFTER_POLLS` poll intervals of the default.
+HEARTBEAT_STALE_AFTER = STALE_AFTER_POLLS * POLL_INTERVAL
+#: Seconds between two heartbeats a worker writes to the database, at least.
+HEARTBEAT_EVERY = 1.0
+#: Seconds a stopping worker gives the database to remove its heartbeat (a stop never hangs on it).
+SIGN_OFF_WITHIN = 5.0
+
 Handler = Callable[[JobRecord], Awaitable[None]]
 OnFailed = Callable[[JobRecord, str], Awaitable[None]]
+#: Called with the job (as it ran: `attempts` counts that run), its error and the seconds until it runs
+#: again, once a retry is scheduled.
+OnRetry = Callable[[JobRecord, str, float], Awaitable[None]]
 
 #: Why a job is buried on its first attempt, as the log says: no later attempt can do better.
 _HOPELESS = "the error is not temporary, so it failed for good"
@@ -91,6 +116,26 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def job_context(record: JobRecord) -> dict[str, object]:
+    """What the log lines of a job's run carry: the job's id and kind, and the request and task it is
+    about, read from its payload as its typed job (jobs.py); a task only when the job is about one."""
+    context: dict[str, object] = {"job_id": record.id, "kind": record.kind}
+    try:
+        job = from_record(record)
+    except MalformedJob:
+        return context  # a kind of another version, or a payload it cannot read: the run says so
+    request_id: object = getattr(job, "request_id", None)
+    task_id: object = getattr(job, "task_id", None)
+    task_ids: tuple[str, ...] = getattr(job, "task_ids", ())
+    if task_id is None and len(task_ids) == 1:
+        (task_id,) = task_ids
+    if request_id is not None:
+        context["request_id"] = request_id
+    if task_id is not None:
+        context["task_id"] = task_id
+    return context
+
+
 def describe(error: BaseException) -> str:
     """One line for the job's `last_error`, shown to people when the job is buried.
 
@@ -119,6 +164,9 @@ class Worker:
         one pool of every kind with `settings.concurrency` slots.
     on_failed:
         Called with the job and its last error when a job is buried.
+    on_retry:
+        Called with the job, its error and the delay when a failed job is scheduled to run again
+        (the approvals record a delivery's failed attempt). A failure of its own is logged, not raised.
     poll_interval:
         Longest sleep between two looks at the queue when nothing wakes the worker.
     """
@@ -131,7 +179,8 @@ class Worker:
         settings: WorkerSettings,
         pools: Sequence[Pool] | None = None,
         on_failed: OnFailed | None = None,
-        poll_interval: float = 1.0,
+        on_retry: OnRetry | None = None,
+        poll_interval: float = POLL_INTERVAL,
         worker_id: str | None = None,
     ) -> None:
         self.queue = queue
@@ -145,6 +194,7 @@ class Worker:
                 f"handlers are for {sorted(self.handlers)}"
             )
         self.on_failed = on_failed
+        self.on_retry = on_retry
         self.poll_interval = poll_interval
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._running: set[asyncio.Task[None]] = set()
@@ -156,6 +206,50 @@ class Worker:
         self._stopping = asyncio.Event()
         #: True while jobs ran since the worker last went idle (then memory is given back, once).
         self._busy = False
+        #: Heartbeat (see `alive`): set once the worker starts, cleared when its loop ends.
+        self._started = False
+        self._looping = False
+        self._started_at = datetime.now(UTC)
+        #: When the loop last went round, and when it last wrote its heartbeat (monotonic seconds).
+        self._beat_at: float | None = None
+        self._stored_beat_at: float | None = None
+        self._heartbeat_failing = False
+
+    def start(self) -> asyncio.Task[None]:
+        """Run the worker (`run`) in a task of its own, which is returned. From this call on the worker
+        counts as started: `alive` says whether its loop is going round."""
+        self._started = True
+        self._looping = True
+        self._beat_at = time.monotonic()
+        return asyncio.create_task(self.run(), name="worker")
+
+    @property
+    def started(self) -> bool:
+        """Whether `start` or `run` was called: this process runs this worker (not `serve --no-worker`)."""
+        return self._started
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds without going round its loop after which the worker is not alive."""
+        return STALE_AFTER_POLLS * self.poll_interval
+
+    def since_beat(self) -> float | None:
+        """Seconds since the loop last went round (claimed, or woke from its sleep); None before start."""
+        return None if self._beat_at is None else time.monotonic() - self._beat_at
+
+    def alive(self) -> bool:
+        """Whether the worker runs and its loop went round within `stale_after` seconds.
+
+        The loop goes round at least every `poll_interval` while it runs; one that has not for several
+        is stuck (a claim that never returns, an event loop held up) or gone.
+        """
+        since = self.since_beat()
+        return self._looping and since is not None and since <= self.stale_after
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the worker was started and its loop has ended (`stop()`, or a crash)."""
+        return self._started and not self._looping
 
     def stop(self) -> None:
         """Stop claiming; `run` returns once the jobs already running have finished."""
@@ -169,15 +263,45 @@ class Worker:
             concurrency=self.settings.concurrency,
             pools={pool.name: pool.slots for pool in self.pools},
         )
+        self._started = self._looping = True
+        first_beat = True
         try:
             while not self._stopping.is_set():
+                await self._beat(first=first_beat)
+                first_beat = False
                 claimed = await self._claim_some()
                 if not claimed:
                     await self._sleep()
         finally:
+            self._looping = False
             if self._running:
                 await asyncio.gather(*self._running, return_exceptions=True)
+            await self._sign_off()
             log.info("worker.stopped", worker=self.worker_id)
+
+    async def _beat(self, *, first: bool) -> None:
+        """Note that the loop goes round; write the heartbeat to the database every `HEARTBEAT_EVERY`
+        seconds (where `/readyz` of a process without a worker looks for it)."""
+        now = self._beat_at = time.monotonic()
+        if not first and self._stored_beat_at is not None and now - self._stored_beat_at < HEARTBEAT_EVERY:
+            return
+        self._stored_beat_at = now
+        try:
+            await self.queue.heartbeat(self.worker_id, started_at=self._started_at, first=first)
+        except Exception as exc:  # the database may be briefly unreachable: said once, tried again
+            if not self._heartbeat_failing:
+                log.warning("worker.heartbeat_failed", worker=self.worker_id, error=describe(exc))
+            self._heartbeat_failing = True
+        else:
+            self._heartbeat_failing = False
+
+    async def _sign_off(self) -> None:
+        """Remove the heartbeat, so that nobody counts on this worker any more."""
+        try:
+            async with asyncio.timeout(SIGN_OFF_WITHIN):
+                await self.queue.sign_off(self.worker_id)
+        except Exception as exc:  # it goes stale on its own
+            log.debug("worker.sign_off_failed", worker=self.worker_id, error=describe(exc))
 
     async def _claim_some(self) -> int:
         """Claim jobs for each pool's free slots, within `worker.concurrency` in all; start them.
@@ -238,11 +362,14 @@ class Worker:
             self._dry.clear()
 
     async def _run_one(self, job: JobRecord) -> None:
-        bound = log.bind(job_id=job.id, kind=job.kind, attempt=job.attempts, worker=self.worker_id)
-        try:
-            await self._run_and_record(job, bound)
-        except Exception as exc:  # recording the outcome failed; the lease runs out and the job runs again
-            bound.error("job.outcome_not_recorded", error=describe(exc))
+        # Every line logged while the job runs (in the approvals, the clients) says which job, request
+        # and task it is about. The job runs in a task of its own, so the binding ends with it.
+        with structlog.contextvars.bound_contextvars(**job_context(job)):
+            bound = log.bind(job_id=job.id, kind=job.kind, attempt=job.attempts, worker=self.worker_id)
+            try:
+                await self._run_and_record(job, bound)
+            except Exception as exc:  # recording the outcome failed; the lease runs out and it runs again
+                bound.error("job.outcome_not_recorded", error=describe(exc))
 
     async def _run_and_record(self, job: JobRecord, bound: structlog.stdlib.BoundLogger) -> None:
         heartbeat = asyncio.create_task(self._keep_lease(job))
@@ -275,11 +402,17 @@ class Worker:
 
     async def _retry(self, job: JobRecord, error: str, bound: structlog.stdlib.BoundLogger) -> None:
         delay = retry_delay(job.attempts, self.settings)
+        metrics.JOB_RETRIES.labels(job.kind).inc()
         bound.warning("job.retry", error=error, delay=round(delay, 2))
         run_after = datetime.now(UTC) + timedelta(seconds=delay)
         if await self.queue.retry(job.id, self.worker_id, error=error, run_after=run_after):
             # Look again when it is due, rather than at the next poll: a 50 ms backoff stays 50 ms.
             asyncio.get_running_loop().call_later(delay, self.queue.wake)
+            if self.on_retry is not None:
+                try:
+                    await self.on_retry(job, error, delay)
+                except Exception as exc:  # the retry is scheduled; only its record is missing
+                    bound.warning("job.retry_not_recorded", error=describe(exc))
 
     async def _bury(
         self, job: JobRecord, error: str, bound: structlog.stdlib.BoundLogger, *, because: str

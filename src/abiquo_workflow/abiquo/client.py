@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import http.cookiejar
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Final, Self, TypeVar
@@ -57,6 +58,7 @@ import httpx2
 import stamina
 import structlog
 
+from abiquo_workflow import metrics
 from abiquo_workflow.abiquo import _readers, payload
 from abiquo_workflow.abiquo._representation import (
     JsonRepresentation,
@@ -254,6 +256,13 @@ class AbiquoClient:
             )
         return text
 
+    async def probe(self, *, within: float) -> None:
+        """Whether Abiquo answers and takes the connector's credentials, asked once (`GET /version`, no
+        retries) within `within` seconds: what `/readyz` asks. Raises as `version` does."""
+        url = self.resolve("version")
+        response = await self._send("GET", url, accept="text/plain", retries=0, within=within)
+        self._check(response)
+
     # --- What a task is about ------------------------------------------------------------------------
 
     async def get_vm(self, href: str, *, with_storage: bool = True) -> VirtualMachine:
@@ -313,7 +322,7 @@ class AbiquoClient:
         content = reason.encode("utf-8") if reason is not None else None
         response = await self._send("POST", url, accept=self._media_errors(), content=content)
         if response.is_success:
-            return DeliveryOutcome(DeliveryResult.DONE)
+            return DeliveryOutcome(DeliveryResult.DONE, status=response.status_code)
         if response.status_code not in _REFUSED_AS_DECIDED:
             raise self._error_for(response)
         code, message = error_of(response.content, response.headers.get("content-type"))
@@ -325,7 +334,7 @@ class AbiquoClient:
                 status=response.status_code,
                 url=_safe(url),
             )
-        log.info(
+        log.debug(
             "abiquo.task_already_decided",
             task_id=task.task_id,
             url=_safe(url),
@@ -335,7 +344,11 @@ class AbiquoClient:
             gone=now.gone,
         )
         return DeliveryOutcome(
-            DeliveryResult.ALREADY_DECIDED_OR_GONE, now=now, error_code=code, message=message
+            DeliveryResult.ALREADY_DECIDED_OR_GONE,
+            now=now,
+            error_code=code,
+            message=message,
+            status=response.status_code,
         )
 
     async def _reread(self, task: HeldTask, action_href: str, refused_with: int) -> AbiquoTaskState:
@@ -456,8 +469,13 @@ class AbiquoClient:
         accept: str,
         content: bytes | None = None,
         auth: httpx2.BasicAuth | None = None,
+        retries: int | None = None,
+        within: float | None = None,
     ) -> httpx2.Response:
-        """Send with retries; return the answer (any status below 500) or raise `AbiquoUnavailable`."""
+        """Send with retries (`abiquo.retries` unless given), each attempt within `within` seconds
+        (`abiquo.timeout` unless given); return the answer (any status below 500)
+        or raise `AbiquoUnavailable`. Each attempt's time is observed in
+        `awf_abiquo_request_duration_seconds` (the wait for a free connection slot left out)."""
         if self._http is None:
             raise RuntimeError(
                 "AbiquoClient is not open: use `async with AbiquoClient(settings) as client:`."
@@ -467,18 +485,27 @@ class AbiquoClient:
         headers = {"Accept": accept}
         if content is not None:
             headers["Content-Type"] = "text/plain; charset=utf-8"
-        attempts = self._settings.retries + 1
+        attempts = (self._settings.retries if retries is None else retries) + 1
+        per_request = self._settings.timeout if within is None else within
         try:
             async for attempt in stamina.retry_context(on=_RETRYABLE, attempts=attempts, timeout=None):
                 with attempt:
                     async with self._slots:
-                        response = await http.request(
-                            method,
-                            url,
-                            headers=headers,
-                            content=content,
-                            auth=auth if auth is not None else httpx2.USE_CLIENT_DEFAULT,
-                        )
+                        started, status = time.perf_counter(), None
+                        try:
+                            response = await http.request(
+                                method,
+                                url,
+                                headers=headers,
+                                content=content,
+                                auth=auth if auth is not None else httpx2.USE_CLIENT_DEFAULT,
+                                timeout=per_request,
+                            )
+                            status = response.status_code
+                        finally:
+                            metrics.ABIQUO_REQUESTS.labels(method, metrics.status_class(status)).observe(
+                                time.perf_counter() - started
+                            )
                     log.debug("abiquo.request", method=method, url=_safe(url), status=response.status_code)
                     if response.status_code >= 500:
                         raise _ServerError(response)
@@ -493,7 +520,7 @@ class AbiquoClient:
             ) from None
         except httpx2.TimeoutException as exc:
             raise AbiquoUnavailable(
-                f"Abiquo did not answer {method} {_safe(url)} within {self._settings.timeout:g} s "
+                f"Abiquo did not answer {method} {_safe(url)} within {per_request:g} s "
                 f"{_attempts(attempts)} ({type(exc).__name__}).",
                 url=_safe(url),
             ) from exc

@@ -68,6 +68,8 @@ class TaskResult:
     reason: str | None = None
     delivery: DeliveryState | None = None
     abiquo_state: str | None = None
+    #: When it was decided (None while pending): the settled email and the 410 page say when.
+    decided_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,5 +78,17 @@ class OutcomeNotice:
 
     details: RequestDetails
     requester: User
+    results: Sequence[TaskResult]
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SettledNotice:
+    """One "settled" email: to an approver who was asked about the request but did not decide it, once
+    every task of it is decided (`results`, the rejected ones left out)."""
+
+    details: RequestDetails
+    #: The address the email goes to: an approver the request's approval email went to.
+    recipient: str
     results: Sequence[TaskResult]
     request_id: str = ""

@@ -1,11 +1,12 @@
-"""Approval and outcome emails: Jinja2 templates, inlined CSS, a text and an HTML part.
+"""Approval, outcome and settled emails: Jinja2 templates, inlined CSS, a text and an HTML part.
 
 Templates live in `mail/templates/`; a file of the same name in `mail.templates` (a folder) wins, so a
 site can restyle `base.html` or rewrite `approval.txt` without touching the code. Templates receive
-plain view values (`ApprovalView`, `OutcomeView` below), every user-supplied string already cleaned by
-`display` (on one line, without format characters such as a right-to-left override, capped with "…"),
-so a site's own templates get the same safe text; the HTML templates autoescape, so a VM called `<b>`
-shows as text. Subjects are built from the cleaned values, and every header is flattened again.
+plain view values (`ApprovalView`, `OutcomeView`, `SettledView` below), every user-supplied string
+already cleaned by `display` (on one line, without format characters such as a right-to-left override,
+capped with "…"), so a site's own templates get the same safe text; the HTML templates autoescape, so
+a VM called `<b>` shows as text. Subjects are built from the cleaned values, and every header is
+flattened again.
 
 The HTML is laid out for mail clients: tables, one column, styles inlined into `style=""` attributes
 (css-inline), and only the small-screen `@media` rules left in a `<style>` block (`keep_at_rules`), which
@@ -36,8 +37,8 @@ from abiquo_workflow import display
 from abiquo_workflow.config import MailSettings
 from abiquo_workflow.domain import DecisionState, RequestDetails, User, VmDetails
 from abiquo_workflow.exceptions import ConfigError
-from abiquo_workflow.mail import words
-from abiquo_workflow.mail.model import ActionLinks, ApprovalRequest, OutcomeNotice, TaskResult
+from abiquo_workflow.mail import changes, words
+from abiquo_workflow.mail.model import ActionLinks, ApprovalRequest, OutcomeNotice, SettledNotice, TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,13 @@ class VmRow:
     spec: str = words.UNKNOWN
     #: Its size without volumes, which VMs of one template share; None when its details are unknown.
     size: str | None = None
+    #: A reconfigure's sentence before its sizes: what they are compared with, or that Abiquo does not
+    #: say what changes (mail/changes.py); None for other tasks.
+    note: str | None = None
+    #: A reconfigure's `spec` part by part, each marked when it is a change ("2 → 4 CPUs"); else empty.
+    parts: tuple[changes.Part, ...] = ()
+    #: True when `note` says the change cannot be told (the sizes are the VM's current ones).
+    change_unknown: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -186,6 +194,25 @@ class OutcomeView:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class SettledView:
+    """What the "settled" email to an approver who did not decide says: who settled it, when, how."""
+
+    subject: str
+    #: "Deploy of “Web tier & cache”", as in the approval email.
+    heading: str
+    requester_name: str
+    #: "Settled by Bob Jones on 4 Mar 2025, 10:42 UTC — accepted 3 of 3" (`words.settlement`).
+    sentence: str
+    reasons: tuple[words.GivenReason, ...]
+    more_reasons: int
+    #: "accepted", "declined" or "partly accepted": the colour of the band.
+    outcome: str
+    place: Place
+    request_id: str
+    logo_cid: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class PingView:
     subject: str
     sender: str
@@ -241,7 +268,7 @@ def _vm_row(vm_details: VmDetails, links: ActionLinks | None) -> VmRow:
             links,
             spec="size unknown",
         )
-    return VmRow(
+    row = VmRow(
         task_id=vm_details.task_id,
         name=words.or_unknown(vm.name),
         task_type=task_type,
@@ -253,6 +280,20 @@ def _vm_row(vm_details: VmDetails, links: ActionLinks | None) -> VmRow:
         links=links,
         spec=words.spec_words(vm),
         size=words.spec_words(vm, volumes=False),
+    )
+    change = changes.reconfigure(vm_details)
+    if change is None:
+        return row
+    return dataclasses.replace(
+        row,
+        cpu=change.cpu,
+        ram=change.ram,
+        disks=change.disks,
+        volumes=change.volumes,
+        spec=change.spec,
+        note=change.note,
+        parts=change.parts,
+        change_unknown=not change.changed,
     )
 
 
@@ -399,7 +440,41 @@ def outcome_view(notice: OutcomeNotice, settings: MailSettings, logo_cid: str | 
     )
 
 
+def settled_view(notice: SettledNotice, settings: MailSettings, logo_cid: str | None = None) -> SettledView:
+    """The values the settled templates are rendered with. `ValueError` when a task is still pending."""
+    details = notice.details
+    settled = words.settlement(notice.results)
+    if settled is None:
+        raise ValueError(f"request {notice.request_id} is not settled: a task is still waiting")
+    names = {vm.task_id: words.or_unknown(vm.vm.name) for vm in details.vms if vm.vm is not None}
+    shown_names = [display.name(r.vm_name) or names.get(r.task_id, words.UNKNOWN) for r in notice.results]
+    task_types = words.task_words(result.task_type for result in notice.results)
+    fields = _subject_fields(
+        task_types,
+        shown_names,
+        details,
+        outcome=settled.outcome,
+        accepted=settled.accepted,
+        declined=settled.declined,
+    )
+    return SettledView(
+        subject=words.one_line(words.format_subject(settings.settled_subject, fields)),
+        heading=_heading(task_types, shown_names, details),
+        requester_name=_person(details.requester),
+        sentence=settled.sentence,
+        reasons=settled.reasons,
+        more_reasons=settled.more_reasons,
+        outcome=settled.outcome,
+        place=_place(details),
+        request_id=words.one_line(notice.request_id),
+        logo_cid=logo_cid,
+    )
+
+
 # --- Templates and messages ------------------------------------------------------------------------
+
+#: What a template is rendered with.
+View = ApprovalView | OutcomeView | SettledView | PingView
 
 
 @functools.lru_cache(maxsize=8)
@@ -422,7 +497,7 @@ def _environment(overrides: Path | None) -> jinja2.Environment:
     return environment
 
 
-def _render(settings: MailSettings, name: str, view: ApprovalView | OutcomeView | PingView) -> str:
+def _render(settings: MailSettings, name: str, view: View) -> str:
     context: dict[str, Any] = {field.name: getattr(view, field.name) for field in dataclasses.fields(view)}
     try:
         return _environment(settings.templates).get_template(name).render(context)
@@ -485,7 +560,7 @@ def _cid(logo: _Logo | None) -> str | None:
 def _message(
     settings: MailSettings,
     template: str,
-    view: ApprovalView | OutcomeView | PingView,
+    view: View,
     to: Address | str,
     logo: _Logo | None,
 ) -> EmailMessage:
@@ -525,6 +600,13 @@ def render_outcome(notice: OutcomeNotice, settings: MailSettings) -> EmailMessag
     logo = _logo(settings)
     view = outcome_view(notice, settings, _cid(logo))
     return _message(settings, "outcome", view, _address(view.requester_name, email), logo)
+
+
+def render_settled(notice: SettledNotice, settings: MailSettings) -> EmailMessage:
+    """The short "settled" email to `notice.recipient`, an approver who was asked and did not decide."""
+    logo = _logo(settings)
+    view = settled_view(notice, settings, _cid(logo))
+    return _message(settings, "settled", view, _address("", notice.recipient), logo)
 
 
 def render_test(settings: MailSettings, to: str) -> EmailMessage:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -35,6 +36,7 @@ from typing import Final, Self
 import aiosmtplib
 import structlog
 
+from abiquo_workflow import metrics
 from abiquo_workflow.config import MailSettings
 from abiquo_workflow.exceptions import MailError
 from abiquo_workflow.mail.render import render_test
@@ -133,7 +135,7 @@ class Mailer:
             raise RuntimeError("the Mailer is closed")
         try:
             async with self._slots:
-                refused = await self._send_holding_a_slot(message)
+                refused = await self._timed(message)
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise MailError(self._explain(exc, "send a message"), temporary=_temporary(exc)) from exc
         if refused:
@@ -144,6 +146,20 @@ class Mailer:
                 f"the SMTP relay at {self.relay} refused the recipient(s) {who}",
                 temporary=_may_pass([response.code for response in refused.values()]),
             )
+
+    async def _timed(self, message: EmailMessage) -> dict[str, aiosmtplib.SMTPResponse]:
+        """`_send_holding_a_slot`, its time observed in `awf_smtp_send_duration_seconds` by outcome:
+        sent, refused (a refusal that waiting cannot mend, or a recipient refused) or failed."""
+        started, outcome = time.perf_counter(), "failed"
+        try:
+            refused = await self._send_holding_a_slot(message)
+            outcome = "refused" if refused else "sent"
+            return refused
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            outcome = "failed" if _temporary(exc) else "refused"
+            raise
+        finally:
+            metrics.SMTP_SENDS.labels(outcome).observe(time.perf_counter() - started)
 
     async def _send_holding_a_slot(self, message: EmailMessage) -> dict[str, aiosmtplib.SMTPResponse]:
         """Send on the newest idle session, or on a fresh one; once more on a fresh one if the idle one

@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parseaddr
 
 from abiquo_workflow import display
 from abiquo_workflow.domain import DecidedBy, DecisionState, DeliveryState, VirtualMachine
@@ -27,9 +29,11 @@ _TASK_WORDS = {"DEPLOY": "Deploy", "UNDEPLOY": "Undeploy", "RECONFIGURE": "Recon
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 _SPACES = re.compile(r"\s+")
 #: The space between a number and the unit or noun counted after it ("20 GB", "3 VMs", "1 CPU"), and
-#: between a size and what it measures ("4 GB RAM", "20 GB disk").
+#: between a size and what it measures ("4 GB RAM", "20 GB disk"), and either side of the arrow of a
+#: change ("2 → 4 CPUs", mail/changes.py).
 _NUMBER_AND_UNIT = re.compile(
     r"(?<=\d) (?=(?:[KMGTP]B|CPUs?|VMs?|tasks?)\b)|(?<=\d [KMGTP]B) (?=(?:RAM|disk)\b)"
+    r"|(?<=[\dB]) (?=\u2192 )|(?<=\u2192) (?=\d)"
 )
 
 
@@ -221,6 +225,122 @@ def delivery_note(result: TaskResult) -> str | None:
     if result.delivery is DeliveryState.FAILED:
         return "This decision could not be passed on to Abiquo; an administrator can retry it."
     return None
+
+
+#: At most this many reasons are listed where a request's settlement is told; the rest are counted.
+REASONS_SHOWN = 5
+#: Who an automatic decision (a policy rule, the no-approver default, a deadline) is told as.
+_AUTOMATIC = frozenset({DecidedBy.POLICY, DecidedBy.NO_APPROVER, DecidedBy.DEADLINE, DecidedBy.VERIFICATION})
+
+
+def person_name(actor: str | None) -> str:
+    """Who an approver is, for a sentence: "Bob Jones" out of "Bob Jones <bob.jones@acme.example>",
+    the address when the name is empty, cleaned by `display`."""
+    name, email = parseaddr(actor or "")
+    return display.name(name) or display.name(email) or display.name(actor)
+
+
+def decider_words(result: TaskResult) -> str:
+    """Who decided a task, as the settlement names them: the approver's name, "Abiquo" for a decision
+    taken there, "automatically" for the policy's."""
+    if result.decided_by in _AUTOMATIC:
+        return "automatically"
+    if result.decided_by is DecidedBy.EXTERNAL:
+        return "Abiquo"
+    return person_name(result.actor) or "an approver"
+
+
+@dataclass(frozen=True, slots=True)
+class GivenReason:
+    """A reason given with a decision. `by` names who gave it when several people decided, else None."""
+
+    by: str | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """How a request's tasks were decided, told in one sentence: the settled email and the page a
+    stale link opens say the same."""
+
+    #: "Settled by Bob Jones on 4 Mar 2025, 10:42 UTC — accepted 3 of 3" (no full stop).
+    sentence: str
+    #: The reasons given (each once, at most `REASONS_SHOWN`).
+    reasons: tuple[GivenReason, ...]
+    #: Reasons beyond `REASONS_SHOWN`, not listed.
+    more_reasons: int
+    #: "accepted", "declined" or "partly accepted".
+    outcome: str
+    accepted: int
+    declined: int
+    total: int
+
+
+def _tally(accepted: int, declined: int, total: int) -> str:
+    """ "accepted 3 of 3", "declined 2 of 2", "accepted 2 of 3, declined 1"."""
+    if declined == total:
+        return f"declined {declined:,} of {total:,}"
+    tally = f"accepted {accepted:,} of {total:,}"
+    return f"{tally}, declined {declined:,}" if declined else tally
+
+
+def _what_each_did(groups: Mapping[str, Mapping[bool, int]]) -> str:
+    """ "Alice Smith accepted 2, Bob Jones declined 1", "Bob Jones accepted 2, 1 accepted automatically"."""
+    parts = []
+    for who, counts in groups.items():
+        verbs = [(verb, counts[accepted]) for accepted, verb in ((True, "accepted"), (False, "declined"))]
+        done = [(verb, n) for verb, n in verbs if n]
+        if who == "automatically":
+            parts.append(" and ".join(f"{n:,} {verb} automatically" for verb, n in done))
+        else:
+            parts.append(f"{who} " + " and ".join(f"{verb} {n:,}" for verb, n in done))
+    return ", ".join(parts)
+
+
+def settlement(results: Sequence[TaskResult]) -> Settlement | None:
+    """Who settled these tasks, when (the last decision), what they decided and why; None unless every
+    one of them is accepted or declined.
+
+    One decider: "Settled by Bob Jones on 4 Mar 2025, 10:42 UTC — accepted 3 of 3" (one task: "Accepted
+    by Bob Jones on …"). Several: "Settled on … — accepted 2 of 3 (Alice Smith accepted 2, Bob Jones
+    declined 1)". Automatic decisions are "automatically"; rejected tasks are left to the caller.
+    """
+    decided = [r for r in results if r.decision in (DecisionState.ACCEPTED, DecisionState.DECLINED)]
+    if not decided or len(decided) != len(results):
+        return None
+    groups: dict[str, dict[bool, int]] = {}
+    for result in decided:
+        counts = groups.setdefault(decider_words(result), {True: 0, False: 0})
+        counts[result.decision is DecisionState.ACCEPTED] += 1
+    accepted = sum(counts[True] for counts in groups.values())
+    total = len(decided)
+    declined = total - accepted
+    moments = [r.decided_at for r in decided if r.decided_at is not None]
+    when = f" on {moment_words(max(moments))}" if moments else ""
+    only = next(iter(groups)) if len(groups) == 1 else None
+    by = "automatically" if only == "automatically" else f"by {only}"
+    if total == 1:
+        sentence = f"{'Accepted' if accepted else 'Declined'} {by}{when}"
+    elif only is not None:
+        sentence = f"Settled {by}{when} \u2014 {_tally(accepted, declined, total)}"
+    else:
+        sentence = f"Settled{when} \u2014 {_tally(accepted, declined, total)} ({_what_each_did(groups)})"
+    # A person's own words; an automatic decision's reason is a clause about the policy, not one.
+    given: dict[GivenReason, None] = {}
+    for result in decided:
+        text = display.reason(result.reason)
+        if text and result.decided_by not in _AUTOMATIC:
+            given[GivenReason(None if only else decider_words(result), text)] = None
+    reasons = tuple(given)
+    return Settlement(
+        sentence=sentence,
+        reasons=reasons[:REASONS_SHOWN],
+        more_reasons=max(0, len(reasons) - REASONS_SHOWN),
+        outcome=overall_outcome(decided),
+        accepted=accepted,
+        declined=declined,
+        total=total,
+    )
 
 
 def format_subject(template: str, values: Mapping[str, object]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abiquo_workflow.store.clock import Clock, utc_now
 from abiquo_workflow.store.job_queue import JobQueue
 from abiquo_workflow.store.queue import DEFAULT_MAX_ATTEMPTS
-from abiquo_workflow.store.reads import Reader
+from abiquo_workflow.store.reads import PendingTasks, Reader, WorkerBeats
 from abiquo_workflow.store.records import (
     AuditRecord,
     JobRecord,
@@ -22,7 +22,7 @@ from abiquo_workflow.store.records import (
     TaskRecord,
 )
 from abiquo_workflow.store.schema import migrate
-from abiquo_workflow.store.store import Store, UnitOfWork
+from abiquo_workflow.store.store import SchemaStatus, Store, UnitOfWork
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -33,11 +33,14 @@ __all__ = [
     "JobStatus",
     "NotificationRecord",
     "NotificationStatus",
+    "PendingTasks",
     "Reader",
     "RequestRecord",
+    "SchemaStatus",
     "Store",
     "TaskRecord",
     "UnitOfWork",
+    "WorkerBeats",
     "migrate",
     "utc_now",
 ]

@@ -72,6 +72,20 @@ class JobQueue:
             self.wake()
         return requeued
 
+    async def heartbeat(self, worker_id: str, *, started_at: datetime, first: bool = False) -> None:
+        """Record that `worker_id` (started at `started_at`) is alive now; see `queue.heartbeat`."""
+        async with self._database.transaction(read_only=False) as conn:
+            await queue.heartbeat(conn, self._clock(), worker_id, started_at=started_at, first=first)
+
+    async def sign_off(self, worker_id: str) -> None:
+        """Remove `worker_id`'s heartbeat: it has stopped and counts as alive no more."""
+        async with self._database.transaction(read_only=False) as conn:
+            await queue.sign_off(conn, worker_id)
+
+    def now(self) -> datetime:
+        """The store's time (UTC), as its heartbeats and leases are written."""
+        return self._clock()
+
     def wake(self) -> None:
         """Tell this process's workers that jobs may be due (after a COMMIT, or when a retry falls due)."""
         self._wakeup.set()

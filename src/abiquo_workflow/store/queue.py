@@ -44,6 +44,7 @@ from sqlalchemy import (
     Select,
     Update,
     bindparam,
+    delete,
     insert,
     select,
     text,
@@ -52,7 +53,7 @@ from sqlalchemy import (
 
 from abiquo_workflow.store.connection import Connection, insert_on_conflict_for
 from abiquo_workflow.store.records import JobRecord, JobStatus, from_row
-from abiquo_workflow.store.tables import jobs
+from abiquo_workflow.store.tables import jobs, workers
 
 #: The PostgreSQL NOTIFY channel enqueues are announced on.
 JOBS_CHANNEL = "awf_jobs"
@@ -288,6 +289,37 @@ async def requeue(conn: Connection, now: datetime, job_id: int) -> bool:
     if requeued:
         await notify(conn)
     return requeued
+
+
+#: A heartbeat row older than this belongs to a worker that died without signing off: removed.
+FORGET_WORKERS_AFTER = timedelta(days=1)
+
+
+async def heartbeat(
+    conn: Connection, now: datetime, worker_id: str, *, started_at: datetime, first: bool
+) -> None:
+    """Record that `worker_id` is alive at `now` (one row per worker, written over); on its `first`
+    beat, also forget the workers that stopped beating a day ago."""
+    await conn.execute(
+        _heartbeat_statement(conn.dialect.name),
+        {"worker_id": worker_id, "started_at": started_at, "beat_at": now},
+    )
+    if first:
+        await conn.execute(delete(workers).where(workers.c.beat_at < now - FORGET_WORKERS_AFTER))
+
+
+@functools.cache
+def _heartbeat_statement(dialect: str) -> Executable:
+    """The upsert of a worker's heartbeat, built once per database kind (it runs every second)."""
+    statement = insert_on_conflict_for(dialect, workers)
+    return statement.on_conflict_do_update(
+        index_elements=[workers.c.worker_id], set_={"beat_at": statement.excluded.beat_at}
+    )
+
+
+async def sign_off(conn: Connection, worker_id: str) -> None:
+    """Remove `worker_id`'s heartbeat: it has stopped."""
+    await conn.execute(delete(workers).where(workers.c.worker_id == worker_id))
 
 
 async def _change(

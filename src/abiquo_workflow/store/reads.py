@@ -33,7 +33,7 @@ from abiquo_workflow.store.records import (
     TaskRecord,
     from_row,
 )
-from abiquo_workflow.store.tables import audit, jobs, notifications, requests, tasks
+from abiquo_workflow.store.tables import audit, jobs, notifications, requests, tasks, workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +67,40 @@ class ListedTask:
     requester_id: str | None
     enterprise_id: str | None
     enterprise_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SeenBefore:
+    """A task of an earlier request on the same VM, with that request's triage snapshot (`seen_before`)."""
+
+    task: TaskRecord
+    #: `requests.details` as stored: the JSON of a `RequestDetails`.
+    details: Any
+    #: When that request was triaged, which is when the snapshot was read from Abiquo.
+    seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PendingTasks:
+    """How many tasks wait for a decision, and when the oldest of them was received (`pending_tasks`)."""
+
+    count: int
+    #: None when no task is pending.
+    oldest: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerBeats:
+    """What the workers' heartbeats say (`worker_beats`)."""
+
+    #: Workers that beat at or after the time asked about.
+    alive: int
+    #: The latest beat of any worker; None when no worker is known.
+    latest: datetime | None
+
+
+#: Job states counted by `unfinished_jobs`: those that need something (`done` only ever grows).
+UNFINISHED_JOBS = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.DEAD)
 
 
 def _snapshot(*path: str) -> ColumnElement[str]:
@@ -195,6 +229,36 @@ class Reader(abc.ABC):
         rows = await self._fetch(query.order_by(jobs.c.id).limit(limit).offset(offset))
         return [from_row(JobRecord, row) for row in rows]
 
+    async def pending_tasks(self) -> PendingTasks:
+        """How many tasks are pending and the oldest one's time: one statement over the (decision,
+        created_at) index, cheap enough for every scrape of `/metrics`."""
+        query = select(func.count().label("pending"), func.min(tasks.c.created_at).label("oldest")).where(
+            tasks.c.decision == DecisionState.PENDING
+        )
+        row = (await self._fetch(query))[0]
+        return PendingTasks(int(row["pending"]), row["oldest"])
+
+    async def unfinished_jobs(self) -> dict[tuple[str, JobStatus], int]:
+        """How many jobs are queued, running and dead, by kind and status (only those with any).
+
+        One statement over the status-led index of the claims; done jobs, which only accumulate, are
+        not counted."""
+        query = (
+            select(jobs.c.kind, jobs.c.status, func.count().label("jobs"))
+            .where(jobs.c.status.in_(UNFINISHED_JOBS))
+            .group_by(jobs.c.kind, jobs.c.status)
+        )
+        return {(row["kind"], JobStatus(row["status"])): int(row["jobs"]) for row in await self._fetch(query)}
+
+    async def worker_beats(self, since: datetime) -> WorkerBeats:
+        """How many workers have beaten at or after `since`, and the latest beat of any (`/readyz`)."""
+        query = select(
+            func.count().filter(workers.c.beat_at >= since).label("alive"),
+            func.max(workers.c.beat_at).label("latest"),
+        )
+        row = (await self._fetch(query))[0]
+        return WorkerBeats(int(row["alive"] or 0), row["latest"])
+
     async def audit_log(
         self, *, task_id: str | None = None, request_id: str | None = None
     ) -> list[AuditRecord]:
@@ -213,6 +277,37 @@ class Reader(abc.ABC):
             select(notifications).where(notifications.c.request_id == request_id).order_by(notifications.c.id)
         )
         return [from_row(NotificationRecord, row) for row in rows]
+
+    async def seen_before(
+        self, target_hrefs: Iterable[str], *, besides: str, limit: int = 5
+    ) -> list[SeenBefore]:
+        """The latest triaged requests (other than `besides`) with a verified task on one of
+        `target_hrefs` (a VM as Abiquo links it), newest first, each with its triage snapshot.
+
+        What a reconfigure is compared with (enrichment.py). Only verified tasks count: their target is
+        the one Abiquo gave, never a callback's claim. The tasks' `target_href` has no index: this scans
+        the tasks, once per reconfigure triaged (a rare task, and one VM each).
+        """
+        hrefs = list(dict.fromkeys(target_hrefs))
+        if not hrefs:
+            return []
+        query = (
+            select(tasks, requests.c.details.label("seen_details"), requests.c.triaged_at.label("seen_at"))
+            .join_from(tasks, requests)
+            .where(
+                tasks.c.target_href.in_(hrefs),
+                tasks.c.request_id != besides,
+                tasks.c.verified_at.is_not(None),
+                requests.c.triaged_at.is_not(None),
+                requests.c.details.is_not(None),
+            )
+            .order_by(requests.c.triaged_at.desc(), tasks.c.request_id)
+            .limit(limit)
+        )
+        return [
+            SeenBefore(from_row(TaskRecord, row), row["seen_details"], row["seen_at"])
+            for row in await self._fetch(query)
+        ]
 
 
 def _where_given(query: Select[Any], *filters: tuple[ColumnElement[Any], object]) -> Select[Any]:

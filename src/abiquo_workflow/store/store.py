@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
+import functools
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -26,6 +28,7 @@ from typing import Any, Self
 
 from sqlalchemy import Executable, Result, RowMapping, bindparam, insert, select, text, update
 
+from abiquo_workflow import metrics
 from abiquo_workflow.domain import (
     Callback,
     Channel,
@@ -95,6 +98,8 @@ class UnitOfWork(Reader):
         self._clock = clock
         #: True once a job was enqueued or requeued: the store wakes workers after the COMMIT.
         self.enqueued = False
+        #: Tasks this transaction decided: their time to decision is observed once it commits.
+        self.decided: list[TaskRecord] = []
 
     async def _execute(self, statement: Executable, parameters: Any = None) -> Result[Any]:
         with translated_errors(self._url):
@@ -255,6 +260,7 @@ class UnitOfWork(Reader):
             .returning(*tasks.c)
         )
         changed = {row["task_id"]: from_row(TaskRecord, row) for row in result.mappings()}
+        self.decided.extend(changed.values())
         return [changed[task_id] for task_id in wanted if task_id in changed]
 
     async def set_delivery(
@@ -554,6 +560,8 @@ class Store(Reader):
         async with self._database.transaction(read_only=False) as conn:
             work = UnitOfWork(conn, url=self._url, clock=self._clock)
             yield work
+        for task in work.decided:
+            _observe_decision(task)
         if work.enqueued:
             self.queue.wake()
 
@@ -589,6 +597,42 @@ class Store(Reader):
                 return set()
             raise
 
+    async def schema_status(self) -> SchemaStatus:
+        """Whether the database's schema is this version's (`/readyz`): one query when it is; the
+        migration scripts are read, once per process, only when it is not. Raises StoreError when the
+        database does not answer."""
+        revisions = await self._schema_revisions()
+        if revisions == {schema.HEAD_REVISION}:
+            return SchemaStatus.CURRENT
+        if revisions and not revisions <= await asyncio.to_thread(_known_revisions):
+            return SchemaStatus.NEWER
+        return SchemaStatus.OLDER
+
     async def ping(self) -> None:
         """Raise StoreError unless the database answers a trivial query (for readiness checks)."""
         await self._fetch(text("SELECT 1"))
+
+
+class SchemaStatus(enum.StrEnum):
+    """How the database's schema stands to this version's (`Store.schema_status`)."""
+
+    #: At `schema.HEAD_REVISION`.
+    CURRENT = "current"
+    #: Older, or never migrated: `abiquo-workflow migrate` brings it up to date.
+    OLDER = "older"
+    #: Migrated by a newer release (a rolling upgrade under way): this one keeps working on it.
+    NEWER = "newer"
+
+
+@functools.cache
+def _known_revisions() -> frozenset[str]:
+    """The revisions of this version's migration scripts, read once (they do not change while we run)."""
+    return frozenset(schema.known_revisions())
+
+
+def _observe_decision(task: TaskRecord) -> None:
+    """Count a committed decision in the time-to-decision histogram, by who decided."""
+    if task.decided_at is None:
+        return
+    waited = (task.decided_at - task.created_at).total_seconds()
+    metrics.TIME_TO_DECISION.labels(str(task.decided_by or "unknown")).observe(max(waited, 0.0))

@@ -138,6 +138,8 @@ tasks = Table(
     _one_of("delivery", DeliveryState, nullable=True),
     # A decision comes before its delivery: a pending task has nothing to deliver.
     CheckConstraint("delivery IS NULL OR decision <> 'pending'", name="delivery_after_decision"),
+    # How many tasks are pending and since when (`/metrics`): a range of this index, read in order.
+    Index(None, "decision", "created_at"),
 )
 
 notifications = Table(
@@ -195,4 +197,14 @@ jobs = Table(
     Column("finished_at", UtcDateTime()),
     _one_of("status", JobStatus),
     Index(None, "status", "claim_rank", "id"),
+)
+
+# One row per running worker, its heartbeat: when its loop last went round (worker.py). `/readyz` of a
+# process without a worker of its own (`serve --no-worker`) asks whether any worker beat lately.
+workers = Table(
+    "workers",
+    metadata,
+    Column("worker_id", String(255), primary_key=True),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("beat_at", UtcDateTime(), nullable=False),
 )

@@ -9,9 +9,12 @@ itself is built from: which proxies to believe and where people reach it.
 from __future__ import annotations
 
 import contextlib
+import re
+import uuid
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import structlog
 from fastapi import FastAPI
@@ -45,6 +48,59 @@ SECURITY_HEADERS = {
 }
 
 _PAGE_PATHS = ("/accept", "/decline", "/multiple", "/")
+
+#: An `X-Request-ID` we take as the request's id (a proxy's or a client's): short, and no character
+#: that could forge a log line or a header. Anything else is replaced by an id of our own.
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+#: A task id as Abiquo writes them (the callback parser's rule), bound to the log lines of its pages.
+_TASK_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: Pages about one task, named by `?task=` (the log lines of the request carry it as `task_id`).
+_TASK_PAGES = ("/accept", "/decline")
+
+
+class RequestContext:
+    """Gives each HTTP request an id, `http_request_id` on every log line logged while it is handled
+    and `X-Request-ID` on its answer: the caller's `X-Request-ID` if it looks sane, else a new one. On
+    the pages of one task, the lines carry its `task_id` too.
+
+    The structlog context is put back as it was when the request ends, except after an unhandled
+    error, whose 500 answer is logged outside every middleware (it should carry the id too).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        context: dict[str, object] = {"http_request_id": request_id}
+        if scope["path"] in _TASK_PAGES:
+            task = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"))).get("task")
+            if task and _TASK_ID.fullmatch(task):
+                context["task_id"] = task
+
+        async def with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        before = structlog.contextvars.get_contextvars()
+        structlog.contextvars.bind_contextvars(**context)
+        await self.app(scope, receive, with_id)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**before)
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            given = bytes(value).decode("latin-1")
+            if _SANE_REQUEST_ID.fullmatch(given):
+                return given
+            break
+    return uuid.uuid4().hex
 
 
 class SecurityHeaders:
@@ -149,11 +205,13 @@ def create_app(settings: Settings, *, lifespan: Lifespan) -> FastAPI:
     app.include_router(decisions.router)
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
+    app.state.abiquo_check = health.AbiquoCheck()
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StoreError, _store_unavailable)
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestContext)
     if settings.server.trusted_proxies:
         # Only a peer in server.trusted_proxies may say, in X-Forwarded-For, whom it forwards for.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.server.trusted_proxies))

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from abiquo_workflow import display
-from abiquo_workflow.approvals import details_from_json
+from abiquo_workflow.approvals import details_from_json, task_result
 from abiquo_workflow.domain import Action, Channel, DecisionState, RequestDetails
 from abiquo_workflow.exceptions import AbiquoError, NotAnApprover, TokenError
 from abiquo_workflow.links import MULTIPLE_ACTIONS, Grant, parse_task_list
@@ -236,20 +236,27 @@ def _what(pending: list[TaskRecord], rows: list[TaskRow]) -> str:
     return f"the {operation} of {len(pending)} virtual machines"
 
 
-def _already_message(tasks: list[TaskRecord]) -> str:
+def _already_message(tasks: list[TaskRecord], settled: words.Settlement | None) -> str:
     if len(tasks) == 1:
+        if settled is not None:  # the settlement says how and by whom
+            return "This task was already decided, so nothing was changed."
         return f"This task was already decided: {status_words(tasks[0])}."
     return f"All {len(tasks):,} tasks of this link were already decided; nothing was changed."
 
 
 def _gone(context: dict[str, Any], tasks: list[TaskRecord]) -> dict[str, Any]:
-    """The 410 page's words: what was decided, by whom, why, and that nothing is left to do."""
+    """The 410 page's words: who settled the link's tasks, when, what they decided and why (as the
+    "settled" email says it), and that nothing is left to do."""
+    settled = words.settlement([task_result(t) for t in tasks if t.decision is not DecisionState.REJECTED])
+    one_reason = settled.reasons[0].text if settled and len(settled.reasons) == 1 else None
     context.update(
         title="Already decided",
-        message=_already_message(tasks),
+        message=_already_message(tasks, settled),
+        settled=settled,
         tone="gone",
         next_step=_NEXT_WHEN_GONE,
-        shared_reason=shared_reason(context["rows"]),
+        # Said once, in the notice, rather than again on each row.
+        shared_reason=one_reason or shared_reason(context["rows"]),
     )
     context.setdefault("unknown", [])
     return context

@@ -17,6 +17,7 @@ from abiquo_workflow.approvals import Approvals
 from abiquo_workflow.config import Settings
 from abiquo_workflow.links import LinkSigner
 from abiquo_workflow.store import Store
+from abiquo_workflow.worker import Worker
 
 
 class Services(Protocol):
@@ -33,6 +34,11 @@ class Services(Protocol):
 
     @property
     def signer(self) -> LinkSigner: ...
+
+    @property
+    def worker(self) -> Worker:
+        """This process's worker: running unless `serve --no-worker` (then `started` is False)."""
+        ...
 
 
 #: Opens the Services for as long as the app runs.

@@ -9,12 +9,12 @@ no-break space between number and unit ("20 GB" never splits over two lines on a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from abiquo_workflow import display
-from abiquo_workflow.domain import DecisionState, RequestDetails, VirtualMachine
-from abiquo_workflow.mail import words
+from abiquo_workflow.domain import DecisionState, RequestDetails, VirtualMachine, VmDetails
+from abiquo_workflow.mail import changes, words
 from abiquo_workflow.store.records import TaskRecord
 
 
@@ -30,6 +30,11 @@ class TaskRow:
     status: str
     #: The reason given with the decision, cleaned; None while pending or when none was given.
     reason: str | None = None
+    #: A reconfigure's sentence about its sizes: what "was → now" compares, or that Abiquo does not say
+    #: what changes (mail/changes.py, as in the email); None for other tasks.
+    note: str | None = None
+    #: True when `note` says the change cannot be told.
+    change_unknown: bool = False
 
 
 def _storage(vm: VirtualMachine) -> str:
@@ -48,26 +53,40 @@ def status_words(task: TaskRecord) -> str:
 
 
 def task_rows(tasks: Sequence[TaskRecord], details: RequestDetails | None) -> list[TaskRow]:
-    vms = {vm.task_id: vm.vm for vm in details.vms} if details else {}
+    shown = {vm.task_id: vm for vm in details.vms} if details else {}
     rows = []
     for task in tasks:
-        vm = vms.get(task.task_id)
-        rows.append(
-            TaskRow(
-                task_id=task.task_id,
-                name=words.or_unknown(vm.name if vm else task.vm_name),
-                operation=words.task_word(task.task_type),
-                cpu=str(vm.cpu) if vm and vm.cpu is not None else words.UNKNOWN,
-                ram=words.keep_units(words.size_words(vm.ram_mb)) if vm else words.UNKNOWN,
-                storage=_storage(vm) if vm else words.UNKNOWN,
-                decision=task.decision.value,
-                status=status_words(task),
-                reason=None
-                if task.decision is DecisionState.PENDING
-                else display.reason(task.reason) or None,
-            )
+        vm_details = shown.get(task.task_id)
+        vm = vm_details.vm if vm_details else None
+        row = TaskRow(
+            task_id=task.task_id,
+            name=words.or_unknown(vm.name if vm else task.vm_name),
+            operation=words.task_word(task.task_type),
+            cpu=str(vm.cpu) if vm and vm.cpu is not None else words.UNKNOWN,
+            ram=words.keep_units(words.size_words(vm.ram_mb)) if vm else words.UNKNOWN,
+            storage=_storage(vm) if vm else words.UNKNOWN,
+            decision=task.decision.value,
+            status=status_words(task),
+            reason=None if task.decision is DecisionState.PENDING else display.reason(task.reason) or None,
         )
+        rows.append(_with_change(row, vm_details) if vm_details else row)
     return rows
+
+
+def _with_change(row: TaskRow, vm_details: VmDetails) -> TaskRow:
+    """A reconfigure's row with its sizes as "was → now" and its sentence, as its email shows them."""
+    change = changes.reconfigure(vm_details)
+    if change is None:
+        return row
+    storage = ", ".join(change.disks + change.volumes) or words.UNKNOWN
+    return replace(
+        row,
+        cpu=words.keep_units(change.cpu),
+        ram=words.keep_units(change.ram),
+        storage=words.keep_units(storage),
+        note=change.note.removesuffix(":") + "." if change.changed else change.note,
+        change_unknown=not change.changed,
+    )
 
 
 def shared_reason(rows: Sequence[TaskRow]) -> str | None:
