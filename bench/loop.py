@@ -1,7 +1,7 @@
 """Speed and memory of the approval loop, measured end to end against real `abiquo-workflow serve` processes.
 
-    uv run python bench/loop.py                       every part (about seven minutes)
-    uv run python bench/loop.py --quick               a smoke run: every part, few samples (two minutes)
+    uv run python bench/loop.py                       every part (about six minutes)
+    uv run python bench/loop.py --quick               a smoke run: every part, few samples (about 80 s)
     uv run python bench/loop.py --only ef             some parts only (a, b, c, e, f, g; d comes with any)
     uv run python bench/loop.py --postgres-url URL    the PostgreSQL server for (g) (default:
                                                       $AWF_BENCH_POSTGRES_URL, else $AWF_TEST_POSTGRES_URL)
@@ -34,8 +34,11 @@ measured in the same run, or a percentile over many samples; nothing is asserted
     would say how many). Only answers below 400 count; refusals and requests unanswered within Abiquo's
     10 s read timeout are listed. While callbacks arrive, the worker in the same process triages them
     (Abiquo reads, three emails each): that is how `serve` runs, so it is part of what the rate
-    measures; the report says how far the worker got meanwhile. Reported: the median of the per-round
-    ratios, and the serve process's CPU time per answer in each phase (/proc/<pid>/stat), which shows
+    measures; the report says how far the worker got meanwhile. Each round is followed by the same
+    round against a fresh `serve --no-worker` (the web endpoints alone: the callbacks are stored and
+    nothing triages them), which separates what a callback costs the web side from what the worker
+    takes meanwhile. Reported: the median of the per-round ratios (the figure checked is the serve's
+    own), and the serve process's CPU time per answer in each phase (/proc/<pid>/stat), which shows
     whether the server was saturated (about one core busy) and what each answer costs it.
 (b) Click-to-continue latency, idle: for each of many held tasks (one DEPLOY each, triaged beforehand),
     the form POST of /accept that the approver's confirmation page makes (task + token, the token made
@@ -44,9 +47,10 @@ measured in the same run, or a percentile over many samples; nothing is asserted
     task reaches the simulator's ASGI app (the world process, timestamped at the door, before any
     simulator work). Both ends read `time.perf_counter()`, CLOCK_MONOTONIC on Linux, one clock for the
     whole machine; the run checks that first. Before the next click the bench waits for the emails the
-    click causes (the requester's outcome email; counted after the first click, which also catches any
-    other email a decision sends) and 30 ms more, so each click finds the worker idle, as a person's
-    next click would. Reported: p50 and p99 (nearest rank).
+    click causes (the requester's outcome email, and the "settled" emails to the other approvers: how
+    many one click causes is counted once, half a second after the first click's outcome email) and
+    30 ms more, so each click finds the worker idle, as a person's next click would. Reported: p50 and
+    p99 (nearest rank).
 (c) Callback-to-approver-email time for vApp 2 "Big batch" (100 VMs, so 100 tasks in one callback) with
     20 ms added to every simulated Abiquo API call: from just before this process POSTs the callback
     (the body the simulator rendered for that deploy) to the arrival of the third approval email in the
@@ -62,23 +66,25 @@ measured in the same run, or a percentile over many samples; nothing is asserted
     last was answered), with 20 ms added to every simulated Abiquo API call. Timed from just before the
     first POST to the arrival of the last (the 900th) approval email of the burst in the inbox (the
     inbox's timestamp; only messages whose subject starts as an approval email's, "Approve ", count:
-    not the outcome emails the clicks of (f) cause). Each serve is
-    fresh (its own SQLite file) and first triages one callback of its own (imports, templates, connections
-    opened), then the inbox is emptied and the burst sent. A second after the last email the bench counts
-    the approval emails again: more than 900 would mean a request was triaged twice. The baseline is the
+    not the outcome and "settled" emails the clicks of (f) cause). Each serve is fresh (its own SQLite
+    file) and first triages one callback of its own, without the added latency (imports, templates,
+    connections opened); then the inbox is emptied and the burst sent. A second after the last email the
+    bench counts the approval emails again: more than 900 would mean a request was triaged twice. The
+    baseline is the
     same burst against a `serve` configured one at a time, the way the 2013 tool did it:
     abiquo.max_connections = 1, mail.max_connections = 1, worker.concurrency = 1, abiquo.cache_ttl = 0
     (one job at a time, one API request at a time, every shared resource read again for each request,
     one SMTP session). Reported: the median of several runs against the default serve, the baseline's
     run, baseline ÷ real; with the API calls per callback and the CPU the serve and the world processes
     used meanwhile (a world near one core would mean the stand-in Abiquo, not the connector, set the pace).
-(f) Clicks during that burst: on a fresh default serve, many held tasks are triaged beforehand (one DEPLOY
-    each, posted by the simulator as in (b)); then the burst of (e) is sent, and from 0.1 s after its
-    first POST, every 0.1 s until the burst's last approval email has arrived, an approver confirms one
-    of those tasks: the /accept form POST of (b), each click on its own (they do not wait for each
-    other). Each click is timed as in (b): from just before its POST to its continue reaching the
-    simulator's door. Reported: p50 and p99 over every click of every run, and how long the burst took
-    with the clicks going on.
+(f) Clicks during that burst: on a fresh default serve, 150 held tasks are triaged beforehand (one DEPLOY
+    each, posted by the simulator as in (b), without the added latency); then the burst of (e) is sent
+    with its latency, and from 0.1 s after its first POST, every 0.1 s until the burst's last approval
+    email has arrived, an approver confirms one of those tasks: the /accept form POST of (b), each click
+    on its own (they do not wait for each other). Each click is timed as in (b): from just before its
+    POST to its continue reaching the simulator's door. Reported: p50 and p99 over every click of every
+    run (two runs), and how long the bursts took with the clicks going on; a run whose 150 tasks were all
+    clicked before its burst ended is reported as such.
 (g) The burst of (e) on PostgreSQL: a fresh database per run (CREATE DATABASE, dropped WITH (FORCE)
     after), migrated by `abiquo-workflow migrate` as an operator does (`serve` migrates only SQLite at
     start), then either one `serve` or two `serve` replicas on that database with the default settings
@@ -465,11 +471,17 @@ class RateRound:
 
 @dataclass
 class RateResult:
-    rounds: list[RateRound]
+    rounds: list[RateRound] = field(default_factory=list)
+    #: The same rounds against `serve --no-worker`: what the web endpoints alone cost.
+    web_only: list[RateRound] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
         return statistics.median(r.ratio for r in self.rounds)
+
+    @property
+    def web_only_ratio(self) -> float:
+        return statistics.median(r.ratio for r in self.web_only)
 
 
 @dataclass(frozen=True)
@@ -505,8 +517,9 @@ class Wrk:
         return WrkPhase(summary, serve.child.cpu_seconds() - cpu_before)
 
 
-async def rate_round(serve: Serve, world: World, wrk: Wrk, number: int) -> RateRound:
-    """Warm-up, then /healthz for `plan.phase_seconds`, then as long of callbacks, each for a held task."""
+async def rate_round(serve: Serve, world: World, wrk: Wrk, number: int, *, worker: bool = True) -> RateRound:
+    """Warm-up, then /healthz for `plan.phase_seconds`, then as long of callbacks, each for a held task.
+    `worker`: whether `serve` runs its worker (then the warm-up callbacks are triaged before the phases)."""
     plan = wrk.plan
     warm_up = await world.hold(WARM_UP_CALLBACKS)
     held = await world.hold(plan.phase_seconds * HELD_PER_SECOND, bodies=False)
@@ -528,7 +541,8 @@ async def rate_round(serve: Serve, world: World, wrk: Wrk, number: int) -> RateR
             )
             if response.status_code != 200:
                 raise BenchError(f"a warm-up callback answered {response.status_code}: {response.text[:200]}")
-    await world.wait_for_mail(WARM_UP_CALLBACKS * APPROVERS_PER_REQUEST, within=60)
+    if worker:
+        await world.wait_for_mail(WARM_UP_CALLBACKS * APPROVERS_PER_REQUEST, within=60)
     await world.clear_inbox()
     await wrk.phase(serve, "/healthz", healthz_script, [], 1)  # connections open, the server warm
     hz = await wrk.phase(serve, "/healthz", healthz_script, [], plan.phase_seconds)
@@ -549,24 +563,31 @@ async def callback_rate(
     memory: dict[str, dict[str, int]],
 ) -> RateResult:
     """Rounds of `rate_round`, each against a fresh `serve` (new database): the backlog the worker is
-    left with after a callback phase would take long to drain and would slow the next /healthz phase."""
+    left with after a callback phase would take long to drain and would slow the next /healthz phase.
+    Each round is followed by one against a fresh `serve --no-worker`, which shows what of the rate is
+    the web endpoints' own cost and what the worker (in the same process) takes meanwhile."""
     wrk = Wrk(wrk_program(), folder, plan)
-    rounds: list[RateRound] = []
+    result = RateResult()
     for number in range(1, plan.rounds + 1):
-        serve = start_serve(folder, f"serve-a{number}", address, secret_key)
-        try:
-            result = await rate_round(serve, world, wrk, number)
-            remember_memory(memory, "serve for (a), at the end of its callbacks", serve.child.memory_kib())
-        finally:
-            serve.child.stop()
-        await world.clear_inbox()
-        await world.reset()
-        rounds.append(result)
-        progress(
-            f"  round {number}: /healthz {result.healthz.rate:,.0f}/s, "
-            f"/callback {result.callbacks.rate:,.0f}/s (ratio {result.ratio:.3f})"
-        )
-    return RateResult(rounds)
+        for worker in (True, False):
+            name = f"serve-a{number}" if worker else f"serve-a{number}-no-worker"
+            serve = start_serve(folder, name, address, secret_key, no_worker=not worker)
+            try:
+                one = await rate_round(serve, world, wrk, number, worker=worker)
+                if worker:
+                    where = "serve for (a), at the end of its callbacks"
+                    remember_memory(memory, where, serve.child.memory_kib())
+            finally:
+                serve.child.stop()
+            await world.clear_inbox()
+            await world.reset()
+            (result.rounds if worker else result.web_only).append(one)
+            label = "" if worker else ", serve --no-worker"
+            progress(
+                f"  round {number}{label}: /healthz {one.healthz.rate:,.0f}/s, "
+                f"/callback {one.callbacks.rate:,.0f}/s (ratio {one.ratio:.3f})"
+            )
+    return result
 
 
 # --- (b) click-to-continue latency ------------------------------------------------------------------
@@ -1063,6 +1084,14 @@ def describe_rates(result: RateResult) -> Iterator[str]:
         }
         if not_ok:
             yield "      not acknowledged: " + ", ".join(f"{k}: {v}" for k, v in sorted(not_ok.items()))
+    for number, r in enumerate(result.web_only, start=1):
+        hz, cb = r.healthz, r.callbacks
+        yield (
+            f"    round {number}, serve --no-worker (the web endpoints alone, nothing triaged): /healthz "
+            f"{hz.rate:7,.0f}/s (serve {hz.cpu_share:4.0%} CPU, {hz.cpu_ms_per_request:.3f} ms CPU/request)"
+            f" · /callback {cb.rate:5,.0f}/s (serve {cb.cpu_share:4.0%} CPU, {cb.cpu_ms_per_request:.2f} ms "
+            f"CPU/ack; p99 {cb.wrk.p99_ms:.0f} ms) · ratio {r.ratio:.3f}"
+        )
     hz_cpu = statistics.median(r.healthz.cpu_ms_per_request for r in result.rounds)
     cb_cpu = statistics.median(r.callbacks.cpu_ms_per_request for r in result.rounds)
     hz_share = statistics.median(r.healthz.cpu_share for r in result.rounds)
@@ -1262,6 +1291,9 @@ def report(
         rows.append(
             Row("(a) callback acks/s ÷ /healthz/s, wrk (median)", f"{ratio:.3f}", "≥ 0.5", ratio >= 0.5)
         )
+        if results.rates.web_only:
+            web_only = results.rates.web_only_ratio
+            rows.append(Row("(a) the same, serve --no-worker", f"{web_only:.3f}", "(for comparison)", None))
     if results.clicks is not None:
         lines.extend(describe_clicks(results.clicks))
         p50, p99 = percentile(results.clicks.continue_ms, 0.5), percentile(results.clicks.continue_ms, 0.99)

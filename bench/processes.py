@@ -236,12 +236,15 @@ def start_serve(
     settings: Overrides | None = None,
     database_url: str | None = None,
     run_migrate: bool = False,
+    no_worker: bool = False,
 ) -> Serve:
     """`abiquo-workflow --config <folder>/<name>.toml serve`, and wait until it is ready.
 
     `settings`: TOML keys laid over the bench's configuration (`serve_settings`), for example
     `{"worker": {"concurrency": 1}}`. `database_url`: by default a new SQLite file in the folder, which
     `serve` migrates at start. `run_migrate`: run `migrate` with the same file first (PostgreSQL).
+    `no_worker`: `serve --no-worker`, the web endpoints alone (nothing triages what they store); ready
+    once `/healthz` answers, since its `/readyz` wants a worker's heartbeat in the database.
     """
     port = free_port()
     config = folder / f"{name}.toml"
@@ -258,16 +261,17 @@ def start_serve(
         migrate(config, folder / f"{name}-migrate.log")
     child = Child(
         f"abiquo-workflow serve ({name})",
-        [serve_command(), "--config", str(config), "serve"],
+        [serve_command(), "--config", str(config), "serve", *(["--no-worker"] if no_worker else [])],
         folder / f"{name}.log",
         folder,
     )
     url = f"http://127.0.0.1:{port}"
+    ready = f"{url}/healthz" if no_worker else f"{url}/readyz"
     deadline = time.monotonic() + _READY_TIMEOUT
     while True:
         child.check_alive()
         with contextlib.suppress(httpx2.HTTPError):
-            if httpx2.get(f"{url}/readyz", timeout=2, trust_env=False).status_code == 200:
+            if httpx2.get(ready, timeout=2, trust_env=False).status_code == 200:
                 return Serve(child, url, secret_key, config)
         if time.monotonic() > deadline:
             child.stop()
