@@ -20,7 +20,7 @@ from abiquo_workflow.abiquo.client import AbiquoClient
 from abiquo_workflow.abiquo.payload import parse_callback
 from abiquo_workflow.config import AbiquoSettings, PolicySettings, build_settings
 from abiquo_workflow.directory import ApproverDirectory
-from abiquo_workflow.domain import DecisionState, HeldTask
+from abiquo_workflow.domain import HeldTask
 from abiquo_workflow.enrichment import enrich
 from abiquo_workflow.exceptions import AbiquoNotFound, AbiquoUnavailable, ConfigError
 from abiquo_workflow.simulation import SimulatorServer
@@ -78,34 +78,7 @@ def reads_of(simulator: SimulatorServer, path: str) -> int:
 
 def record_of(task: HeldTask, position: int) -> TaskRecord:
     """A pending task as the store would hand it to triage."""
-    return TaskRecord(
-        task_id=task.task_id,
-        request_id="r1",
-        position=position,
-        task_type=task.task_type,
-        user_id=task.user_id,
-        owner_id=task.owner_id,
-        state=task.state,
-        target_href=task.target_href,
-        user_href=task.user_href,
-        self_href=task.self_href,
-        continue_href=task.continue_href,
-        cancel_href=task.cancel_href,
-        vm_name=None,
-        created_at=datetime.now(UTC),
-        decision=DecisionState.PENDING,
-        decided_by=None,
-        actor=None,
-        decided_at=None,
-        reason=None,
-        channel=None,
-        delivery=None,
-        delivery_detail=None,
-        delivery_attempts=0,
-        delivered_at=None,
-        abiquo_state=None,
-        verified_at=None,
-    )
+    return TaskRecord.arrived(task, request_id="r1", position=position, created_at=datetime.now(UTC))
 
 
 async def hold(

@@ -205,33 +205,9 @@ def test_a_vm_that_could_not_be_read_gets_no_change() -> None:
 
 
 def page_row(vm: VmDetails) -> object:
-    task = TaskRecord(
-        task_id=vm.task_id,
-        request_id="req-1",
-        position=0,
-        task_type="RECONFIGURE",
-        user_id="20",
-        owner_id="2",
-        state="QUEUEING",
-        target_href=None,
-        user_href=None,
-        self_href=None,
-        continue_href="c",
-        cancel_href="x",
-        vm_name="db-02",
-        created_at=SEEN_AT,
-        decision=DecisionState.PENDING,
-        decided_by=None,
-        actor=None,
-        decided_at=None,
-        reason=None,
-        channel=None,
-        delivery=None,
-        delivery_detail=None,
-        delivery_attempts=0,
-        delivered_at=None,
-        abiquo_state=None,
-        verified_at=SEEN_AT,
+    held = HeldTask(vm.task_id, "RECONFIGURE", "20", "2", "QUEUEING", continue_href="c", cancel_href="x")
+    task = TaskRecord.arrived(
+        held, request_id="req-1", position=0, created_at=SEEN_AT, vm_name="db-02", verified_at=SEEN_AT
     )
     details = RequestDetails(JDOE, None, None, None, None, (vm,))
     [row] = task_rows([task], details)

@@ -29,7 +29,7 @@ from abiquo_workflow.abiquo.client import AbiquoClient
 from abiquo_workflow.abiquo.payload import parse_callback
 from abiquo_workflow.approvals import details_from_json
 from abiquo_workflow.config import Settings
-from abiquo_workflow.domain import Action, DecisionState, HeldTask, User
+from abiquo_workflow.domain import Action, HeldTask, User
 from abiquo_workflow.enrichment import enrich
 from abiquo_workflow.exceptions import AbiquoWorkflowError, PayloadError
 from abiquo_workflow.policy import (
@@ -99,34 +99,7 @@ async def _open_existing(settings: Settings) -> Store:
 
 def _unstored(task: HeldTask, position: int) -> TaskRecord:
     """A callback's task as the store would hold it on arrival: pending, unverified."""
-    return TaskRecord(
-        task_id=task.task_id,
-        request_id=_FROM_FILE,
-        position=position,
-        task_type=task.task_type,
-        user_id=task.user_id,
-        owner_id=task.owner_id,
-        state=task.state,
-        target_href=task.target_href,
-        user_href=task.user_href,
-        self_href=task.self_href,
-        continue_href=task.continue_href,
-        cancel_href=task.cancel_href,
-        vm_name=None,
-        created_at=utc_now(),
-        decision=DecisionState.PENDING,
-        decided_by=None,
-        actor=None,
-        decided_at=None,
-        reason=None,
-        channel=None,
-        delivery=None,
-        delivery_detail=None,
-        delivery_attempts=0,
-        delivered_at=None,
-        abiquo_state=None,
-        verified_at=None,
-    )
+    return TaskRecord.arrived(task, request_id=_FROM_FILE, position=position, created_at=utc_now())
 
 
 def _stored_head(request: RequestRecord | None, tasks: Sequence[TaskRecord]) -> list[str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from abiquo_workflow.domain import Channel, DecidedBy, DecisionState, DeliveryState, PayloadFormat
+from abiquo_workflow.domain import Channel, DecidedBy, DecisionState, DeliveryState, HeldTask, PayloadFormat
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -96,6 +96,47 @@ class TaskRecord:
     abiquo_state: str | None
     #: When triage confirmed the task with Abiquo (its hrefs, type and requester are Abiquo's since).
     verified_at: datetime | None
+
+    @classmethod
+    def arrived(
+        cls,
+        task: HeldTask,
+        *,
+        request_id: str,
+        position: int,
+        created_at: datetime,
+        vm_name: str | None = None,
+        verified_at: datetime | None = None,
+    ) -> TaskRecord:
+        """`task` as the store holds it when its callback has just been stored: pending, undelivered."""
+        return cls(
+            task_id=task.task_id,
+            request_id=request_id,
+            position=position,
+            task_type=task.task_type,
+            user_id=task.user_id,
+            owner_id=task.owner_id,
+            state=task.state,
+            target_href=task.target_href,
+            user_href=task.user_href,
+            self_href=task.self_href,
+            continue_href=task.continue_href,
+            cancel_href=task.cancel_href,
+            vm_name=vm_name,
+            created_at=created_at,
+            decision=DecisionState.PENDING,
+            decided_by=None,
+            actor=None,
+            decided_at=None,
+            reason=None,
+            channel=None,
+            delivery=None,
+            delivery_detail=None,
+            delivery_attempts=0,
+            delivered_at=None,
+            abiquo_state=None,
+            verified_at=verified_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)
