@@ -47,7 +47,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import http.cookiejar
+import ssl
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -150,7 +152,7 @@ class AbiquoClient:
         settings = self._settings
         self._http = httpx2.AsyncClient(
             auth=httpx2.BasicAuth(settings.username, settings.password.get_secret_value()),
-            verify=settings.verify_tls,
+            verify=_tls_context(settings.verify_tls),
             timeout=settings.timeout,
             limits=httpx2.Limits(
                 max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections
@@ -608,6 +610,13 @@ def _task_href_of(action_href: str) -> str | None:
     """`…/tasks/{taskId}` from `…/tasks/{taskId}/action/continue` (or `/cancel`)."""
     head, sep, _action = action_href.rstrip("/").rpartition("/action/")
     return head if sep and head else None
+
+
+@functools.cache
+def _tls_context(verify: bool) -> ssl.SSLContext:
+    """The TLS context of every client in this process: building one reads the whole CA bundle, a few
+    tens of milliseconds each time a client opens (each sign-in check, each `check`, each test)."""
+    return httpx2.create_ssl_context(verify=verify)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
