@@ -5,6 +5,7 @@ one reconciliation at a time. The whole loop through `serve` is in test_loop_rec
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -297,6 +298,16 @@ async def test_a_starting_process_queues_a_run_only_when_none_waits(chained: Run
     assert first is not None and again is None
     job = await chained.store.latest_job(Reconcile.kind)
     assert job is not None and job.id == first and job.dedupe_key == "reconcile:after:0"
+
+
+async def test_two_processes_starting_at_once_queue_one_run(
+    chained: Runtime, runtime_factory: RuntimeFactory
+) -> None:
+    async with runtime_factory(start_worker=False, reconcile={"interval": "5m"}) as replica:
+        queued = await asyncio.gather(chained.reconciler.schedule(), replica.reconciler.schedule())
+
+    assert len([job_id for job_id in queued if job_id is not None]) == 1
+    assert len(await chained.store.list_jobs(limit=100)) == 1
 
 
 async def test_each_run_queues_the_next_an_interval_later(chained: Runtime) -> None:
