@@ -6,6 +6,7 @@ one reconciliation at a time. The whole loop through `serve` is in test_loop_rec
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from abiquo_workflow.mail.inbox import Inbox
 from abiquo_workflow.runtime import Runtime
 from abiquo_workflow.simulation import SimulatorServer
 from abiquo_workflow.store.records import JobRecord, JobStatus, TaskRecord
+from abiquo_workflow.task_commands import show_task
 from tests.conftest import RuntimeFactory
 from tests.loop_support import wait_until
 
@@ -230,6 +232,23 @@ async def test_the_approvers_are_told_it_is_settled_and_the_requester_its_outcom
     assert "Declined by Abiquo" in (settled[0].text() or "")
     [outcome] = [m for m in emails if JOHN in m.rcpt_tos]
     assert "Cancelled in Abiquo" in (outcome.text() or "")
+
+
+async def test_tasks_show_says_the_task_was_found_and_closed_by_reconciliation(
+    runtime: Runtime, simulator: SimulatorServer
+) -> None:
+    task = await found_and_triaged(runtime, simulator, vm=1)
+    simulator.simulator.cancel_as_requester(task.task_id)
+    await runtime.reconciler.reconcile()
+
+    shown = "\n".join(await show_task(runtime.settings, task.task_id))
+
+    assert "decision   declined by Abiquo (external) via abiquo" in shown
+    assert "delivery   superseded after 0 attempt(s)" in shown
+    assert re.search(r"received\s+reconciliation 1 task\(s\): DEPLOY", shown)
+    assert re.search(
+        r"decided\s+reconciliation declined \(external\), found by reconciliation: cancelled", shown
+    )
 
 
 async def test_a_task_still_held_is_left_pending(runtime: Runtime, simulator: SimulatorServer) -> None:
