@@ -453,9 +453,10 @@ class ReconcileSettings(_Section):
     @field_validator("interval", mode="before")
     @classmethod
     def _duration(cls, value: object) -> object:
-        """A duration as text ("5m", "90s", "0"), or whole seconds (300, from TOML)."""
+        """A duration as text ("5m", "90s", "0"), or whole seconds (300 in TOML, "300" from the
+        environment)."""
         if isinstance(value, str):
-            return parse_duration(value)
+            return timedelta(seconds=int(value)) if value.strip().isdigit() else parse_duration(value)
         if isinstance(value, int | float) and not isinstance(value, bool):
             if value < 0:
                 raise ValueError("a duration cannot be negative")
