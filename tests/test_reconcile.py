@@ -232,6 +232,7 @@ async def test_the_approvers_are_told_it_is_settled_and_the_requester_its_outcom
     assert "Declined by Abiquo" in (settled[0].text() or "")
     [outcome] = [m for m in emails if JOHN in m.rcpt_tos]
     assert "Cancelled in Abiquo" in (outcome.text() or "")
+    assert "did not apply" not in (outcome.text() or "")  # nothing was ours to deliver
 
 
 async def test_tasks_show_says_the_task_was_found_and_closed_by_reconciliation(

@@ -147,7 +147,7 @@ class Reconciler:
     async def run_job(self, record: JobRecord) -> None:
         """One run, then the next one queued an interval later. Abiquo failing is logged, not raised:
         the next run is the retry (a job retried at once would only ask a failing Abiquo again)."""
-        read(Reconcile, record)
+        read(Reconcile, record)  # a payload this version cannot read fails the job at once (MalformedJob)
         if not self.enabled:
             log.info("reconcile.off", reason="reconcile.interval is 0")
             return
