@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from abiquo_simulator import Simulator
 from abiquo_workflow.config import Settings, build_settings
 from abiquo_workflow.mail.inbox import Inbox
-from abiquo_workflow.runtime import web_lifespan
+from abiquo_workflow.runtime import Runtime, open_runtime, web_lifespan
 from abiquo_workflow.servers import BackgroundServer
 from abiquo_workflow.simulation import SimulatorServer
 from abiquo_workflow.store import Store, migrate
@@ -330,6 +330,8 @@ def connector_settings(
         "abiquo": {"api_url": simulator.api_url, "retries": 2, "timeout": 5},
         "mail": {"smtp_host": "127.0.0.1", "smtp_port": inbox.port, "timeout": 2},
         "worker": {"retry_base_delay": 0.05, "retry_max_delay": 0.3, "max_attempts": 4, "lease": 5},
+        # Off unless a test turns it on: a run at start would read the simulator behind the test's back.
+        "reconcile": {"interval": 0},
     }
     return build_settings(_merge(base, sections), environ={})
 
@@ -444,3 +446,43 @@ async def app(app_factory: AppFactory) -> AsyncIterator[App]:
     """The app with the test defaults (SQLite), its worker running."""
     async with app_factory() as running:
         yield running
+
+
+# --- the composition of `serve` without its web app ---------------------------------------------------
+
+RuntimeFactory = Callable[..., contextlib.AbstractAsyncContextManager[Runtime]]
+
+
+@pytest.fixture
+def runtime_factory(
+    migrated_database_url: str, simulator: SimulatorServer, smtp_inbox: Inbox
+) -> Iterator[RuntimeFactory]:
+    """Open what `serve` opens (runtime.open_runtime: store, Abiquo client, mailer, use cases, and the
+    worker in the test's event loop unless `start_worker=False`) on a migrated store, SQLite and
+    PostgreSQL, with the session's simulator as Abiquo and its inbox as relay: `async with
+    runtime_factory(reconcile={"interval": "5m"}) as runtime:`. Keyword arguments other than
+    `start_worker` are settings sections merged over the test defaults (reconciliation off)."""
+    stamina.set_testing(True, attempts=3, cap=True)
+
+    @contextlib.asynccontextmanager
+    async def start(*, start_worker: bool = True, **sections: Mapping[str, Any]) -> AsyncIterator[Runtime]:
+        settings = connector_settings(
+            port=free_port(),
+            database_url=migrated_database_url,
+            simulator=simulator,
+            inbox=smtp_inbox,
+            sections=sections,
+        )
+        async with open_runtime(settings, start_worker=start_worker) as opened:
+            yield opened
+
+    yield start
+    stamina.set_testing(False)
+
+
+@pytest_asyncio.fixture
+async def runtime(runtime_factory: RuntimeFactory) -> AsyncIterator[Runtime]:
+    """The runtime with the test defaults, its worker running; reconciliation is off, so nothing runs
+    it but the test (`runtime.reconciler.reconcile()`)."""
+    async with runtime_factory() as opened:
+        yield opened

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -371,3 +372,44 @@ def test_check_and_serve_stop_at_start_on_a_bad_rule_naming_it(tmp_path: Path, c
         line.startswith("policy.rules[0] ('production').max_vms: Input should be greater") for line in lines
     )
     assert "Traceback" not in result.output
+
+
+# --- reconcile.interval -------------------------------------------------------------------------------
+
+
+def test_reconciliation_runs_every_five_minutes_by_default() -> None:
+    assert build_settings({}, environ={}).reconcile.interval == timedelta(minutes=5)
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [
+        ("90s", 90),
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("1d12h", 129_600),
+        ("0", 0),
+        (300, 300),
+        (0, 0),
+        ("300", 300),
+    ],
+)
+def test_the_reconcile_interval_is_a_duration_or_whole_seconds(given: object, seconds: int) -> None:
+    settings = build_settings({"reconcile": {"interval": given}}, environ={})
+
+    assert settings.reconcile.interval == timedelta(seconds=seconds)
+
+
+def test_the_reconcile_interval_can_come_from_the_environment() -> None:
+    settings = build_settings({}, environ={"AWF_RECONCILE__INTERVAL": "90s"})
+
+    assert settings.reconcile.interval == timedelta(seconds=90)
+
+
+@pytest.mark.parametrize("given", ["5 minutes", "-5m", -1, "m5", ""])
+def test_a_bad_reconcile_interval_is_one_line_naming_the_key(given: object) -> None:
+    with pytest.raises(ConfigError) as refused:
+        build_settings({"reconcile": {"interval": given}}, environ={})
+
+    [problem] = refused.value.problems
+    assert problem.startswith("reconcile.interval: ")

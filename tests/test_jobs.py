@@ -22,6 +22,7 @@ from abiquo_workflow.jobs import (
     MalformedJob,
     NotifyRequester,
     NotifySettled,
+    Reconcile,
     SendApproval,
     Triage,
     enqueue,
@@ -44,6 +45,7 @@ EXAMPLES: list[Job] = [
     NotifyRequester("r1", 13, "0123456789abcdef"),
     NotifyRequester("r2", None, "fedcba9876543210"),  # a requester without an email address
     NotifySettled("r1", 16, "Zoe@Acme.example"),
+    Reconcile(after=41),
 ]
 
 

@@ -56,6 +56,7 @@ def environment(tmp_path: Path, simulator: SimulatorServer, smtp_inbox: Inbox) -
     return {
         **inherited,
         "AWF_SERVER__BIND": f"127.0.0.1:{port}",
+        "AWF_RECONCILE__INTERVAL": "0",  # off: tests/test_loop_reconcile.py turns it on
         "AWF_SERVER__SECRET_KEY": TEST_SECRET_KEY,
         "AWF_DATABASE__URL": f"sqlite:///{tmp_path / 'restart.db'}",
         "AWF_ABIQUO__API_URL": simulator.api_url,

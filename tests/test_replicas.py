@@ -56,6 +56,7 @@ def environment(database_url: str, port: int, simulator: SimulatorServer, inbox:
     return {
         **inherited,
         "AWF_SERVER__BIND": f"127.0.0.1:{port}",
+        "AWF_RECONCILE__INTERVAL": "0",  # off: tests/test_loop_reconcile.py turns it on
         "AWF_SERVER__SECRET_KEY": TEST_SECRET_KEY,  # shared: a link made by one works on the other
         "AWF_DATABASE__URL": database_url,
         "AWF_ABIQUO__API_URL": simulator.api_url,

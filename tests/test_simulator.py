@@ -600,6 +600,84 @@ def test_unreachable_endpoint_is_reported_and_the_task_stays_held(
     assert control.get("/_sim/tasks").json()[0]["state"] == "QUEUEING"
 
 
+def test_a_lost_callback_holds_the_tasks_and_posts_nothing(
+    api: httpx2.Client, control: httpx2.Client, receiver: CallbackReceiver
+) -> None:
+    answer = control.post(
+        "/_sim/requests",
+        json={"action": "deploy", "vapp": 1, "callback_url": receiver.url, "lost_callback": True},
+    ).json()
+
+    assert answer["callback"]["status"] is None and "lost" in answer["callback"]["error"]
+    assert receiver.received == []
+    pending = api.get("/admin/enterprises/2/action/pendingtasks").json()
+    assert [t["taskId"] for t in pending["collection"]] == [t["task_id"] for t in answer["tasks"]]
+
+
+def test_a_lost_callback_needs_no_callback_url(control: httpx2.Client) -> None:
+    response = control.post("/_sim/requests", json={"action": "deploy", "vm": 1, "lost_callback": True})
+
+    assert response.status_code == 201
+
+
+def test_held_for_makes_the_tasks_that_old(
+    api: httpx2.Client, control: httpx2.Client, receiver: CallbackReceiver
+) -> None:
+    before = time.time()
+    hold(control, receiver, action="deploy", vm=1, held_for=3600)
+
+    [task] = api.get("/admin/enterprises/2/action/pendingtasks").json()["collection"]
+
+    assert before - 3600 - 2 <= task["creationTimestamp"] <= before - 3600 + 2
+
+
+@pytest.mark.parametrize("action", ["continue", "cancel"])
+def test_a_task_decided_in_abiquos_ui_leaves_the_listing_without_an_api_call(
+    api: httpx2.Client, control: httpx2.Client, receiver: CallbackReceiver, action: str
+) -> None:
+    answer, _ = hold(control, receiver, action="deploy", vm=1)
+    task_id = answer["tasks"][0]["task_id"]
+
+    decided = control.post(f"/_sim/tasks/{task_id}/decide", json={"action": action})
+
+    assert decided.status_code == 200
+    assert decided.json()["decision"] == {**decided.json()["decision"], "by": action, "user": "admin"}
+    assert decided.json()["state"] == ("FINISHED_SUCCESSFULLY" if action == "continue" else "CANCELLED")
+    assert api.get("/admin/enterprises/2/action/pendingtasks").json()["totalSize"] == 0
+    assert control.get("/_sim/calls").json() == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status"), [({"action": "approve"}, 400), ({}, 400), ({"action": "continue"}, 409)]
+)
+def test_deciding_in_the_ui_what_cannot_be_is_refused_with_a_sentence(
+    control: httpx2.Client, receiver: CallbackReceiver, body: dict[str, str], status: int
+) -> None:
+    answer, _ = hold(control, receiver, action="deploy", vm=1)
+    task_id = answer["tasks"][0]["task_id"]
+    control.post(f"/_sim/tasks/{task_id}/cancel")  # no longer held: a decision now is TASK-2
+
+    response = control.post(f"/_sim/tasks/{task_id}/decide", json=body)
+
+    assert response.status_code == status
+    assert response.json()["error"].endswith(".")
+
+
+def test_a_task_gone_from_abiquo_answers_task_1(
+    api: httpx2.Client, control: httpx2.Client, receiver: CallbackReceiver
+) -> None:
+    answer, callback = hold(control, receiver, action="deploy", vm=1)
+    task_href = links(callback.json()["collection"][0])["self"]["href"]
+
+    gone = control.delete(f"/_sim/tasks/{answer['tasks'][0]['task_id']}")
+
+    assert gone.status_code == 200
+    response = api.get(task_href, headers={"Accept": "application/vnd.abiquo.task+json"})
+    assert response.status_code == 404
+    assert response.json()["collection"][0]["code"] == "TASK-1"
+    assert control.delete(f"/_sim/tasks/{answer['tasks'][0]['task_id']}").status_code == 404
+
+
 def test_request_without_any_callback_url_answers_409(control: httpx2.Client) -> None:
     response = control.post("/_sim/requests", json={"action": "deploy", "vm": 1})
 
@@ -991,6 +1069,21 @@ def test_page_form_holds_a_task_and_redirects_home(
     assert response.headers["location"] == "/"
     assert receiver.received[0].xml().findtext("task/ownerId") == "2"
     assert "QUEUEING" in control.get("/").text
+
+
+def test_page_forms_lose_a_callback_and_decide_a_task_in_abiquo(
+    control: httpx2.Client, receiver: CallbackReceiver
+) -> None:
+    control.put("/_sim/settings", json={"callback_url": receiver.url})
+
+    held = control.post("/_sim/requests", data={"action": "deploy", "target": "vm:2", "lost_callback": "on"})
+    [task] = control.get("/_sim/tasks").json()
+    assert f'action="/_sim/tasks/{task["task_id"]}/decide"' in control.get("/").text
+    decided = control.post(f"/_sim/tasks/{task['task_id']}/decide", data={"action": "cancel"})
+
+    assert (held.status_code, decided.status_code) == (303, 303)
+    assert receiver.received == []
+    assert control.get("/_sim/tasks").json()[0]["state"] == "CANCELLED"
 
 
 def test_server_reports_the_port_it_bound_and_stops_its_thread() -> None:

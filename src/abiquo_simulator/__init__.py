@@ -57,8 +57,11 @@ The control surface, under /_sim (JSON in and out, no auth)::
                                    (default from settings); for a reconfigure "cpu", "ram" (MB) and "disks"
                                    (MB by sequence; each left out kept, none at all: twice the CPU and RAM),
                                    which the VM shows at once, its old sizes restored if the task is
-                                   cancelled (docs/protocol.md §7.11). Holds QUEUEING tasks (one per VM of a
-                                   vApp) and POSTs the callback before answering 201
+                                   cancelled (docs/protocol.md §7.11); "lost_callback": true holds the tasks
+                                   but never POSTs them (the endpoint was down; no callback URL needed);
+                                   "held_for": seconds the tasks were held already (creationTimestamp).
+                                   Holds QUEUEING tasks (one per VM of a vApp) and POSTs the callback
+                                   before answering 201
                                    {"tasks": [{"task_id", "vm_id", "vm_name", "type"}],
                                     "callback": {"url", "content_type", "status", "error", "elapsed_ms"}}.
                                    400/404 for a request that names nothing real; 409 when no callback URL.
@@ -67,6 +70,10 @@ The control surface, under /_sim (JSON in and out, no auth)::
                                    user, at} (by: continue | cancel | requester-cancel) or null
     POST   /_sim/tasks/{id}/cancel the requester cancels their own held task (optional {"reason"}); 409 if
                                    it is no longer QUEUEING
+    POST   /_sim/tasks/{id}/decide {"action": "continue"|"cancel"}: an administrator decides the held task in
+                                   Abiquo's "Workflow tasks" tab (no call is logged in /_sim/calls); 409 if
+                                   it is no longer QUEUEING
+    DELETE /_sim/tasks/{id}        the task is gone from Abiquo: reading it answers 404 TASK-1
     PUT    /_sim/users/{id}        {"role": "USER"}: an administrator gives the user another role
     GET    /_sim/calls             continue/cancel calls that reached a task, in order: task_id, action,
                                    body (the reason), content_type, status, user, at
@@ -81,8 +88,8 @@ The control surface, under /_sim (JSON in and out, no auth)::
     POST   /_sim/reset             back to the seeded world: no tasks, calls or faults (settings kept)
     GET    /                       an HTML page: request forms, tasks, calls, faults, settings
 
-The page's forms post form-encoded bodies to /_sim/requests, /_sim/tasks/{id}/cancel, /_sim/settings
-(POST) and /_sim/reset, which then redirect back to / (303).
+The page's forms post form-encoded bodies to /_sim/requests, /_sim/tasks/{id}/cancel,
+/_sim/tasks/{id}/decide, /_sim/settings (POST) and /_sim/reset, which then redirect back to / (303).
 """
 
 from __future__ import annotations

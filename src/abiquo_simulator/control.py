@@ -76,6 +76,30 @@ def _sizes(data: dict[str, Any], name: str) -> tuple[int, ...] | None:
     )
 
 
+def _flag(data: dict[str, Any], name: str) -> bool:
+    """A yes/no field: JSON true/false, or a form's checkbox ("on", "true", "1"); absent is False."""
+    value = data.get(name)
+    if value is None or value == "" or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("on", "true", "1", "false", "0"):
+        return value.strip().lower() in ("on", "true", "1")
+    raise SimulatorError(400, f"'{name}' must be true or false, not {value!r}.")
+
+
+def _seconds(data: dict[str, Any], name: str) -> float:
+    """A number of seconds, 0 or more; absent is 0."""
+    value = data.get(name)
+    if value is None or value == "":
+        return 0.0
+    try:
+        seconds = float(value) if not isinstance(value, bool) else -1.0
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise SimulatorError(400, f"'{name}' must be a number of seconds, 0 or more, not {value!r}.")
+    return seconds
+
+
 def _text(data: dict[str, Any], name: str) -> str | None:
     value = data.get(name)
     if value is None or value == "":
@@ -95,7 +119,9 @@ class Control:
             Route("/_sim/world", self.world),
             Route("/_sim/requests", self.create_request, methods=["POST"]),
             Route("/_sim/tasks", self.tasks),
+            Route("/_sim/tasks/{task_id}", self.forget_task, methods=["DELETE"]),
             Route("/_sim/tasks/{task_id}/cancel", self.requester_cancel, methods=["POST"]),
+            Route("/_sim/tasks/{task_id}/decide", self.decide_in_ui, methods=["POST"]),
             Route("/_sim/users/{user_id:int}", self.change_user, methods=["PUT", "POST"]),
             Route("/_sim/calls", self.calls),
             Route("/_sim/api-calls", self.api_calls),
@@ -144,6 +170,8 @@ class Control:
                 cpu=_whole(data, "cpu"),
                 ram=_whole(data, "ram"),
                 disks=_sizes(data, "disks"),
+                lost_callback=_flag(data, "lost_callback"),
+                held_for=_seconds(data, "held_for"),
             )
         except SimulatorError as exc:
             return self._failed(request, exc)
@@ -159,6 +187,24 @@ class Control:
         except SimulatorError as exc:
             return self._failed(request, exc)
         return self._done(request, self.simulator.task_summary(task))
+
+    async def decide_in_ui(self, request: Request) -> Response:
+        try:
+            data = await _read(request)
+            task = self.simulator.decide_in_ui(
+                request.path_params["task_id"], _text(data, "action") or "", _text(data, "reason")
+            )
+        except SimulatorError as exc:
+            return self._failed(request, exc)
+        return self._done(request, self.simulator.task_summary(task))
+
+    async def forget_task(self, request: Request) -> Response:
+        task_id = request.path_params["task_id"]
+        try:
+            self.simulator.forget_task(task_id)
+        except SimulatorError as exc:
+            return self._failed(request, exc)
+        return self._done(request, {"task_id": task_id, "gone": True})
 
     async def change_user(self, request: Request) -> Response:
         try:

@@ -314,9 +314,15 @@ class Simulator:
         cpu: int | None = None,
         ram: int | None = None,
         disks: tuple[int, ...] | None = None,
+        lost_callback: bool = False,
+        held_for: float = 0.0,
     ) -> RequestResult:
         """Hold a deploy, undeploy or reconfigure of a VM (or deploy/undeploy of every VM of a vApp) and
         POST the callback, as Abiquo does when a user asks for one with workflow on.
+
+        `lost_callback` holds the tasks but never POSTs them, as when the endpoint was down: Abiquo does
+        not retry (the user sees WKF-01) and the tasks stay QUEUEING, in its pending-task listings only.
+        `held_for` makes the tasks that many seconds old already (their `creationTimestamp`).
 
         A reconfigure asks for `cpu`, `ram` (MB) and `disks` (sizes in MB by sequence; a disk more is
         added, one fewer removed); each left out stays as it is, and with none given the VM asks for
@@ -349,7 +355,11 @@ class Simulator:
             base = api_url or self.public_api_url or ""
             if not base:
                 raise SimulatorError(400, "Absolute hrefs need the simulator's own URL; run it in a server.")
+        if not math.isfinite(held_for) or held_for < 0:
+            raise SimulatorError(400, f"'held_for' must be a number of seconds, 0 or more, not {held_for!r}.")
         url = _check_url(callback_url) or self.settings.callback_url
+        if url is None and lost_callback:
+            url = ""
         if url is None:
             raise SimulatorError(
                 409, "No callback URL is set: pass 'callback_url' or set one with PUT /_sim/settings."
@@ -359,7 +369,7 @@ class Simulator:
             world = self._state.world
             vms = self._target_vms(world, vm, vapp)
             requester = self._requester(world, user, vms[0])
-            now = time.time()
+            now = time.time() - held_for
             held = [new_task(TaskType(action.upper()), m.id, requester.id, now) for m in vms]
             for task in held:
                 self._state.tasks.add(task)
@@ -369,7 +379,10 @@ class Simulator:
                 Representer(world, base, self.settings.mode), held, style, single=action == "reconfigure"
             )
 
-        outcome = await post_callback(url, body, content_type, self._tls_context(), transport)
+        if lost_callback:
+            outcome = CallbackOutcome(url, content_type, None, "not sent: the callback was lost", 0.0)
+        else:
+            outcome = await post_callback(url, body, content_type, self._tls_context(), transport)
         created = [CreatedTask(t.task_id, t.vm_id, world.vms[t.vm_id].name, t.type.value) for t in held]
         return RequestResult(created, outcome)
 
@@ -491,6 +504,39 @@ class Simulator:
                 return decided
             except AbiquoApiError as exc:
                 raise SimulatorError(exc.status, f"Task {task_id}: {exc.message}.") from None
+
+    def decide_in_ui(self, task_id: str, action: str, reason: str | None = None) -> Task:
+        """An administrator continues or cancels a held task in Abiquo's own "Workflow tasks" tab
+        (docs/protocol.md §5): the task leaves QUEUEING and no continue/cancel call is logged, as none
+        came through the API the connector uses.
+
+        Raises SimulatorError 400 for another action, 404 for an unknown task, 409 when it is no longer
+        QUEUEING.
+        """
+        if action not in ("continue", "cancel"):
+            raise SimulatorError(400, f"'action' must be continue or cancel, not {action!r}.")
+        by = DecidedBy.CONTINUE if action == "continue" else DecidedBy.CANCEL
+        with self._lock:
+            world = self._state.world
+            admin = next(u for u in world.users.values() if world.roles[u.role_id].name == "CLOUD_ADMIN")
+            try:
+                task = self._state.tasks.decide(task_id, by, admin.id, reason, time.time())
+            except AbiquoApiError as exc:
+                raise SimulatorError(exc.status, f"Task {task_id}: {exc.message}.") from None
+            self._apply_vm_state(world, task)
+            self._settle_reconfigure(task)
+            return task
+
+    def forget_task(self, task_id: str) -> None:
+        """The task is gone from Abiquo (its VM deleted with it, say): reading it answers TASK-1.
+
+        Raises SimulatorError 404 for an unknown task."""
+        with self._lock:
+            try:
+                self._state.tasks.remove(task_id)
+            except AbiquoApiError as exc:
+                raise SimulatorError(exc.status, f"Task {task_id}: {exc.message}.") from None
+            self._state.before_reconfigure.pop(task_id, None)
 
     # --- Summaries for the control surface ---------------------------------------------------------------
 

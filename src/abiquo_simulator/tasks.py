@@ -112,6 +112,11 @@ class TaskBook:
         except KeyError:
             raise task_not_found() from None
 
+    def remove(self, task_id: str) -> None:
+        """Forget a task: from now on it does not exist (TASK-1)."""
+        self.get(task_id)
+        del self._tasks[task_id]
+
     def all(self) -> list[Task]:
         return list(self._tasks.values())
 

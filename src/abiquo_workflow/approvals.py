@@ -79,7 +79,7 @@ from abiquo_workflow.policy import (
 from abiquo_workflow.store import Store
 from abiquo_workflow.store.records import JobRecord, JobStatus, NotificationStatus, TaskRecord
 from abiquo_workflow.store.store import UnitOfWork
-from abiquo_workflow.verification import verify
+from abiquo_workflow.verification import CANCELLED_STATES, CONTINUED_STATES, verify
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -94,10 +94,6 @@ SETTLED = "settled"
 _LOGGED_IDS = 10
 
 _details_json = TypeAdapter(RequestDetails)
-
-#: Task states that show Abiquo went ahead with a task (after a continue), and that it dropped it.
-_CONTINUED_STATES = frozenset({"PENDING", "STARTED", "FINISHED_SUCCESSFULLY", "FINISHED_UNSUCCESSFULLY"})
-_CANCELLED_STATES = frozenset({"CANCELLED", "ABORTED"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +182,7 @@ def matches_decision(task: TaskRecord, now: AbiquoTaskState) -> bool:
     """True when Abiquo already shows the task as we decided it (our earlier attempt got through)."""
     if now.gone or now.state is None:
         return False
-    wanted = _CONTINUED_STATES if task.decision is DecisionState.ACCEPTED else _CANCELLED_STATES
+    wanted = CONTINUED_STATES if task.decision is DecisionState.ACCEPTED else CANCELLED_STATES
     return now.state.upper() in wanted
 
 
@@ -608,6 +604,14 @@ class Approvals:
             attempt=settled.delivery_attempts,
             detail=detail,
         )
+
+    async def tell_when_settled(self, request_id: str) -> None:
+        """Queue the emails that follow decisions taken outside the loop, as `deliver` does after a
+        delivery: the other approvers' "settled" emails once every task is decided, the requester's once
+        every task has settled. Reconciliation (reconcile.py) calls it after closing tasks that Abiquo
+        no longer holds; like `deliver`, safe to call more than once."""
+        await self._tell_others_when_decided(request_id)
+        await self._notify_when_settled(request_id)
 
     async def _notify_when_settled(self, request_id: str) -> None:
         """Queue the requester's email once no task of the request is pending or on its way.

@@ -14,6 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,24 @@ ENV_PREFIX = "AWF_"
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+#: A duration's units, in seconds.
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(?:\d+[smhdw])+")
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `15m`, `4h`, `3d`, `2w` or a sum of them (`1d12h`); `0` is no time at all. Raises
+    ValueError with a sentence for anything else."""
+    given = text.strip().lower()
+    if given == "0":
+        return timedelta(0)
+    if not _DURATION.fullmatch(given):
+        raise ValueError(f"{text!r} is not a duration such as 90s, 15m, 4h, 3d or 1d12h")
+    return timedelta(
+        seconds=sum(int(n) * _DURATION_UNITS[unit] for n, unit in re.findall(r"(\d+)([smhdw])", given))
+    )
 
 
 def _split_list(value: object) -> object:
@@ -425,6 +444,26 @@ class WorkerSettings(_Section):
     lease: float = Field(60.0, gt=0, description="seconds a claimed job stays owned")
 
 
+class ReconcileSettings(_Section):
+    interval: timedelta = Field(
+        timedelta(minutes=5),
+        description="how often pending tasks are compared with Abiquo's (a duration, 5m); 0 turns it off",
+    )
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        """A duration as text ("5m", "90s", "0"), or whole seconds (300 in TOML, "300" from the
+        environment)."""
+        if isinstance(value, str):
+            return timedelta(seconds=int(value)) if value.strip().isdigit() else parse_duration(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if value < 0:
+                raise ValueError("a duration cannot be negative")
+            return timedelta(seconds=value)
+        return value
+
+
 class LogSettings(_Section):
     format: Literal["json", "console"] | None = Field(
         None,
@@ -451,6 +490,7 @@ class Settings(_Section):
     policy: PolicySettings = PolicySettings()
     links: LinksSettings = LinksSettings()
     worker: WorkerSettings = WorkerSettings()
+    reconcile: ReconcileSettings = ReconcileSettings()
     log: LogSettings = LogSettings()
 
 

@@ -79,6 +79,8 @@ def _demo_config(data_dir: Path, port: int) -> dict[str, dict[str, Any]]:
         "abiquo": {"api_url": f"http://{HOST}:{port + 1}/api", "retries": 2},
         "mail": {"smtp_host": HOST, "smtp_port": port + 3, "sender": "abiquo-workflow@demo.example"},
         "worker": {"retry_max_delay": 10},
+        # A lost callback tried on the simulator's page is found within half a minute, not five.
+        "reconcile": {"interval": "30s"},
     }
 
 

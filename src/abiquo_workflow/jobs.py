@@ -14,6 +14,8 @@ Priorities, most urgent first (the queue ages them, so none waits for ever; see 
                          sooner than starting more of them would
     3  notify_requester  the outcome, which the requester can already see in Abiquo
     3  notify_settled    telling the approvers who did not decide that nothing is left for them to do
+    4  reconcile         comparing Abiquo's pending tasks with ours (reconcile.py): a background check
+                         that runs every few minutes, so whatever people wait for goes first
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar, Final, TypeAlias, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
@@ -37,6 +40,7 @@ class Priority(enum.IntEnum):
     APPROVAL_EMAIL = 1
     TRIAGE = 2
     REQUESTER_EMAIL = 3
+    RECONCILE = 4
 
 
 class MalformedJob(AbiquoWorkflowError):
@@ -130,11 +134,33 @@ class NotifySettled:
         return f"settled:{self.request_id}:{self.recipient.lower()}"
 
 
-Job: TypeAlias = Triage | SendApproval | Deliver | NotifyRequester | NotifySettled
+@dataclass(frozen=True, slots=True)
+class Reconcile:
+    """Compare every workflow-enabled enterprise's pending tasks in Abiquo with ours (reconcile.py).
+
+    One run at a time, chained through the database: each run queues the next (`after` = its own job
+    id) for `reconcile.interval` later, and a process starting queues one only when none is waiting.
+    """
+
+    kind: ClassVar[str] = "reconcile"
+    priority: ClassVar[Priority] = Priority.RECONCILE
+
+    #: The id of the reconcile job this one follows (0 for the first ever).
+    after: int
+
+    @property
+    def dedupe_key(self) -> str:
+        """One follower per run: a run repeated after a crash, or two processes starting at once, queue
+        the same job, and one gets through."""
+        return f"reconcile:after:{self.after}"
+
+
+Job: TypeAlias = Triage | SendApproval | Deliver | NotifyRequester | NotifySettled | Reconcile
 AnyJob = TypeVar("AnyJob", bound=Job)
 
 _TYPES: Final[Mapping[str, type[Job]]] = {
-    job_type.kind: job_type for job_type in (Triage, SendApproval, Deliver, NotifyRequester, NotifySettled)
+    job_type.kind: job_type
+    for job_type in (Triage, SendApproval, Deliver, NotifyRequester, NotifySettled, Reconcile)
 }
 _ADAPTERS: Final[Mapping[str, TypeAdapter[Any]]] = {kind: TypeAdapter(t) for kind, t in _TYPES.items()}
 
@@ -155,12 +181,16 @@ def to_queue(job: Job) -> Queued:
     return Queued(job.kind, payload, job.dedupe_key, int(job.priority))
 
 
-async def enqueue(tx: UnitOfWork, job: Job, *, max_attempts: int) -> int | None:
-    """Queue `job` in the transaction `tx`; its id, or None when its dedupe key was taken already."""
+async def enqueue(
+    tx: UnitOfWork, job: Job, *, max_attempts: int, run_after: datetime | None = None
+) -> int | None:
+    """Queue `job` in the transaction `tx`, due at `run_after` (now if None); its id, or None when its
+    dedupe key was taken already."""
     queued = to_queue(job)
     return await tx.enqueue(
         queued.kind,
         queued.payload,
+        run_after=run_after,
         dedupe_key=queued.dedupe_key,
         priority=queued.priority,
         max_attempts=max_attempts,

@@ -23,10 +23,11 @@ from abiquo_workflow.abiquo.client import AbiquoClient
 from abiquo_workflow.approvals import Approvals
 from abiquo_workflow.config import Settings
 from abiquo_workflow.directory import ApproverDirectory
-from abiquo_workflow.exceptions import ConfigError
-from abiquo_workflow.jobs import Deliver, NotifyRequester, NotifySettled, SendApproval, Triage
+from abiquo_workflow.exceptions import ConfigError, StoreError
+from abiquo_workflow.jobs import Deliver, NotifyRequester, NotifySettled, Reconcile, SendApproval, Triage
 from abiquo_workflow.links import LinkSigner
 from abiquo_workflow.mail.send import Mailer
+from abiquo_workflow.reconcile import Reconciler
 from abiquo_workflow.store import Store
 from abiquo_workflow.worker import Pool, Worker
 
@@ -42,6 +43,7 @@ class Runtime:
     approvals: Approvals
     signer: LinkSigner
     worker: Worker
+    reconciler: Reconciler
 
 
 #: How to make a good `server.secret_key`, said wherever one is refused.
@@ -99,7 +101,7 @@ def job_pools(settings: Settings) -> tuple[Pool, ...]:
     Deliveries and triage talk to Abiquo, so each may run `abiquo.max_connections` jobs (the client
     still sends no more requests than that at once, in all). Deliveries have slots of their own, so a
     decision never waits for a triage to end; the claim order (jobs.py) only puts them first in line.
-    Emails use SMTP sessions, `mail.max_connections` of them.
+    Emails use SMTP sessions, `mail.max_connections` of them. Reconciliation runs one at a time.
     """
     return (
         Pool("deliveries", (Deliver.kind,), settings.abiquo.max_connections),
@@ -109,6 +111,7 @@ def job_pools(settings: Settings) -> tuple[Pool, ...]:
             (SendApproval.kind, NotifyRequester.kind, NotifySettled.kind),
             settings.mail.max_connections,
         ),
+        Pool("reconcile", (Reconcile.kind,), 1),
     )
 
 
@@ -147,23 +150,35 @@ async def open_runtime(settings: Settings, *, start_worker: bool = True) -> Asyn
                 signer=signer,
                 directory=ApproverDirectory(abiquo, settings.policy),
             )
+            reconciler = Reconciler(settings=settings, store=store, abiquo=abiquo, approvals=approvals)
             worker = Worker(
                 store.queue,
-                approvals.job_handlers(),
+                {**approvals.job_handlers(), **reconciler.job_handlers()},
                 settings=settings.worker,
                 pools=job_pools(settings),
                 on_failed=approvals.job_failed,
                 on_retry=approvals.job_retried,
             )
             running = worker.start() if start_worker else None
+            if start_worker:
+                await _schedule_reconciliation(reconciler)
             try:
-                yield Runtime(settings, store, approvals, signer, worker)
+                yield Runtime(settings, store, approvals, signer, worker, reconciler)
             finally:
                 if running is not None:
                     worker.stop()
                     await running
     finally:
         await store.close()
+
+
+async def _schedule_reconciliation(reconciler: Reconciler) -> None:
+    """Queue a reconciliation run now unless one waits already (reconcile.py); a database that refuses
+    the write is logged, and the next process start (or a running chain) queues it."""
+    try:
+        await reconciler.schedule()
+    except StoreError as exc:
+        log.warning("reconcile.not_scheduled", error=str(exc))
 
 
 def web_lifespan(

@@ -39,6 +39,9 @@ from abiquo_workflow.store.records import TaskRecord
 
 #: The states in which Abiquo holds a task for review (docs/protocol.md §3.5: `QUEUEING`).
 HELD_STATES = frozenset({"QUEUEING"})
+#: Task states that show Abiquo went ahead with a task (after a continue), and that it dropped it (§3.5).
+CONTINUED_STATES = frozenset({"PENDING", "STARTED", "FINISHED_SUCCESSFULLY", "FINISHED_UNSUCCESSFULLY"})
+CANCELLED_STATES = frozenset({"CANCELLED", "ABORTED"})
 #: Tasks being verified at once (the client's own bound, `abiquo.max_connections`, applies within).
 _AT_ONCE = 50
 
@@ -137,8 +140,9 @@ async def _verify_one(client: AbiquoClient, task: TaskRecord) -> HeldTask | Reje
         return Rejection(task.task_id, rejected.reason, rejected.kind)
 
 
-def _request_key(client: AbiquoClient, task: HeldTask) -> tuple[str, str]:
-    """Who asked and for which vApp (or VM), as Abiquo shows it: one of each per callback."""
+def request_key(client: AbiquoClient, task: HeldTask) -> tuple[str, str]:
+    """Who asked and for which vApp (or VM), as Abiquo shows it: one of each per callback (and per
+    request that reconciliation makes of held tasks it finds, reconcile.py)."""
     requester = client.resolve(task.user_href) if task.user_href else ""
     target = _path(client.resolve(task.target_href)) if task.target_href else ""
     vapp, sep, _ = target.partition("/virtualmachines/")
@@ -148,8 +152,8 @@ def _request_key(client: AbiquoClient, task: HeldTask) -> tuple[str, str]:
 def _one_request(client: AbiquoClient, confirmed: list[HeldTask]) -> tuple[list[HeldTask], list[Rejection]]:
     if not confirmed:
         return [], []
-    key = _request_key(client, confirmed[0])
-    kept = [task for task in confirmed if _request_key(client, task) == key]
+    key = request_key(client, confirmed[0])
+    kept = [task for task in confirmed if request_key(client, task) == key]
     mixed = [
         Rejection(
             task.task_id,
@@ -158,7 +162,7 @@ def _one_request(client: AbiquoClient, confirmed: list[HeldTask]) -> tuple[list[
             "mixed",
         )
         for task in confirmed
-        if _request_key(client, task) != key
+        if request_key(client, task) != key
     ]
     return kept, mixed
 

@@ -214,7 +214,10 @@ def verdict(result: TaskResult) -> tuple[str, str | None]:
 
 
 def delivery_note(result: TaskResult) -> str | None:
-    """A sentence when the decision did not simply reach Abiquo."""
+    """A sentence when the decision did not simply reach Abiquo (none for a decision taken in Abiquo
+    itself: there was nothing to pass on)."""
+    if result.decided_by is DecidedBy.EXTERNAL:
+        return None
     if result.delivery is DeliveryState.SUPERSEDED:
         state = display.name(result.abiquo_state)
         shown = f" (Abiquo shows it as {state})" if state else ""

@@ -229,6 +229,11 @@ class Reader(abc.ABC):
         rows = await self._fetch(query.order_by(jobs.c.id).limit(limit).offset(offset))
         return [from_row(JobRecord, row) for row in rows]
 
+    async def latest_job(self, kind: str) -> JobRecord | None:
+        """The job of this kind queued last (the highest id), in whatever status; None if there is none."""
+        rows = await self._fetch(select(jobs).where(jobs.c.kind == kind).order_by(jobs.c.id.desc()).limit(1))
+        return from_row(JobRecord, rows[0]) if rows else None
+
     async def pending_tasks(self) -> PendingTasks:
         """How many tasks are pending and the oldest one's time: one statement over the (decision,
         created_at) index, cheap enough for every scrape of `/metrics`."""
