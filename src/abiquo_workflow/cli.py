@@ -7,7 +7,6 @@ Exit codes: 0 done · 1 a dependency or operation failed · 2 the configuration 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 
 from abiquo_workflow import __version__, logs
-from abiquo_workflow.config import Settings, load_settings
+from abiquo_workflow.config import Settings, duration_seconds, load_settings
 from abiquo_workflow.domain import DecisionState, DeliveryState
 from abiquo_workflow.exceptions import AbiquoWorkflowError, ConfigError
 
@@ -220,23 +219,14 @@ def demo(
 #: The argument of `tasks show` and `tasks retry`.
 TaskIdArgument = Annotated[str, typer.Argument(help="Abiquo task id, or its first 6 or more characters")]
 
-#: A duration's units, in seconds.
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(?:\d+[smhdw])+")
-#: The longest duration taken: further back than any stored task, and far from datetime's limits.
-_LONGEST = timedelta(days=36_525)
-
 
 def parse_duration(text: str) -> timedelta:
     """`90s`, `15m`, `4h`, `3d`, `2w` or a sum of them (`1d12h`): how far back `--older-than` and
     `--newer-than` reach. Raises BadParameter: a usage error, exit 2."""
-    given = text.strip().lower()
-    if not _DURATION.fullmatch(given):
-        raise typer.BadParameter(f"{text!r} is not a duration such as 90s, 15m, 4h, 3d or 1d12h")
-    seconds = sum(int(n) * _DURATION_UNITS[unit] for n, unit in re.findall(r"(\d+)([smhdw])", given))
-    if seconds > _LONGEST.total_seconds():
-        raise typer.BadParameter(f"{text!r} is longer than 100 years")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=duration_seconds(text))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def _answer(

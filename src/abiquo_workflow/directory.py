@@ -90,7 +90,8 @@ class ApproverDirectory:
         email = parseaddr(address)[1].strip().lower()
         if not email:
             return False
-        if approval_rule(self._policy, rule).names(email):
+        approval = approval_rule(self._policy, rule)
+        if approval.names(email) or approval.escalates_to(email):
             return True
         approvers = await self.approvers(enterprise_href, rule)
         return any((user.email or "").lower() == email for user in approvers)
