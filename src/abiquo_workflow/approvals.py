@@ -91,7 +91,7 @@ from abiquo_workflow.policy import (
     request_facts,
     ungated_decision,
 )
-from abiquo_workflow.store import Clock, Store, utc_now
+from abiquo_workflow.store import Clock, Reader, Store, utc_now
 from abiquo_workflow.store.records import (
     ApprovalRecord,
     JobRecord,
@@ -676,7 +676,12 @@ class Approvals:
         asked = [
             n.recipient for n in await self.store.notifications(tasks[0].request_id) if n.kind == APPROVAL
         ]
-        waiting = tuple(dict.fromkeys(r for r in asked if r.lower() not in answered))
+        waiting = tuple(
+            [
+                approver_address(await self._approver_of(self.store, tasks[0].request_id, r))
+                for r in dict.fromkeys(r for r in asked if r.lower() not in answered)
+            ]
+        )
         return Quorum(
             min(len(accepted), details.approvals_needed), details.approvals_needed, accepted, waiting
         )
@@ -803,9 +808,9 @@ class Approvals:
                     detail=f"nobody decided in time; asked {', '.join(escalated)}",
                 )
 
-    async def _approver_of(self, tx: UnitOfWork, request_id: str, recipient: str) -> User:
-        """Whom an approval email went to, as its job named them (their Abiquo name), for a reminder."""
-        record = await tx.job_with_key(SendApproval(request_id, 0, _addressed(recipient), ()).dedupe_key)
+    async def _approver_of(self, reader: Reader, request_id: str, recipient: str) -> User:
+        """Whom an approval email went to, as its job named them (their Abiquo name)."""
+        record = await reader.job_with_key(SendApproval(request_id, 0, _addressed(recipient), ()).dedupe_key)
         try:
             job = from_record(record) if record is not None else None
         except MalformedJob:

@@ -358,9 +358,9 @@ async def _decide(request: Request, asked: Asked, reason: str | None) -> Respons
     result = await service.approvals.decide(
         asked.task_ids, asked.action, actor=grant.approver, reason=reason, channel=Channel.EMAIL
     )
-    if not result.decided and not result.already:
+    if not result.decided and not result.already and not result.waiting:
         raise BadLink(404, "Unknown task", "We have no record of this task. It may have been removed.")
-    shown = list(result.decided) + list(result.already)
+    shown = list(result.decided) + list(result.waiting) + list(result.already)
     details = await _details(service, shown)
     context = request_context(shown, details)
     context["unknown"] = list(result.unknown)
