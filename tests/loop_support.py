@@ -18,8 +18,8 @@ from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import httpx2
 
-from abiquo_workflow.mail.inbox import ReceivedMessage
 from abiquo_workflow.jobs import TIMERS
+from abiquo_workflow.mail.inbox import ReceivedMessage
 from abiquo_workflow.store import Clock, Store, utc_now
 from abiquo_workflow.store.records import JobRecord, JobStatus, TaskRecord
 from tests.conftest import Connector
