@@ -79,6 +79,6 @@ async def test_the_worked_example_asks_production_for_two_approvals_within_three
         "Escalation: after 2d12h, Head of IT <cio@acme.example> asked too, with links of their own." in lines
     )
     assert (
-        "Would ask 4 approvers (one email each; 2 distinct accepts decide a task, and one decline cancels it):"
-        in lines
+        "Would ask 4 approvers (one email each; 2 distinct accepts decide a task, and one decline "
+        "cancels it):" in lines
     )

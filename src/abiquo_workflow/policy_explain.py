@@ -270,9 +270,10 @@ def _evaluation_lines(evaluation: Evaluation, settings: Settings) -> list[str]:
 
 def _timing_lines(timing: Timing) -> list[str]:
     """The rule's quorum, deadline and its action, reminders and escalation, one line each."""
+    outcome = "accepted" if timing.at_deadline == "accept" else "cancelled"
     deadline = (
         f"Deadline: {duration_words(timing.deadline)} after triage; then what is still pending is "
-        f"{'accepted' if timing.at_deadline == 'accept' else 'cancelled'} (at_deadline = {timing.at_deadline})."
+        f"{outcome} (at_deadline = {timing.at_deadline})."
         if timing.deadline is not None
         else "Deadline: none; a request waits for its approvers for as long as it takes."
     )
