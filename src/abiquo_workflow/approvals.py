@@ -619,13 +619,13 @@ class Approvals:
                 )
                 decided = approved.decided
                 counted = approved.waiting + approved.repeated
-                for task_id in approved.waiting:
+                for task in await tx.get_tasks(approved.waiting):
                     await tx.audit(
                         "approved",
                         actor=actor,
                         channel=channel,
-                        task_id=task_id,
-                        request_id=next((t.request_id for t in await tx.get_tasks([task_id])), None),
+                        task_id=task.task_id,
+                        request_id=task.request_id,
                         detail="accepted; more approvals are needed" + (f": {reason}" if reason else ""),
                     )
             else:
@@ -749,30 +749,33 @@ class Approvals:
         for answer in answers:
             answered.setdefault(answer.approver, set()).add(answer.task_id)
         reminded: list[str] = []
-        async with self.store.transaction() as tx:
-            for asked in _asked(await tx.notifications(job.request_id)):
-                waiting = [
-                    t
-                    for t in asked.task_ids or ()
-                    if t in pending and t not in answered.get(asked.recipient.lower(), set())
-                ]
-                if not waiting:
-                    continue
-                approver = await self._approver_of(tx, job.request_id, asked.recipient)
-                notification = await tx.add_notification(
-                    job.request_id, kind=REMINDER, recipient=asked.recipient, task_ids=waiting
-                )
-                queued = SendReminder(job.request_id, notification, approver, tuple(waiting), job.number)
-                if await self._enqueue(tx, queued) is None:
-                    raise _AlreadyQueued  # a run cut off after its commit: the reminders are out already
-                reminded.append(asked.recipient)
-            if reminded:
-                await tx.audit(
-                    "reminded",
-                    channel=Channel.SYSTEM,
-                    request_id=job.request_id,
-                    detail=f"reminder {job.number} to {', '.join(reminded)}",
-                )
+        try:
+            async with self.store.transaction() as tx:
+                for asked in _asked(await tx.notifications(job.request_id)):
+                    waiting = [
+                        t
+                        for t in asked.task_ids or ()
+                        if t in pending and t not in answered.get(asked.recipient.lower(), set())
+                    ]
+                    if not waiting:
+                        continue
+                    approver = await self._approver_of(tx, job.request_id, asked.recipient)
+                    notification = await tx.add_notification(
+                        job.request_id, kind=REMINDER, recipient=asked.recipient, task_ids=waiting
+                    )
+                    queued = SendReminder(job.request_id, notification, approver, tuple(waiting), job.number)
+                    if await self._enqueue(tx, queued) is None:
+                        raise _AlreadyQueued
+                    reminded.append(asked.recipient)
+                if reminded:
+                    await tx.audit(
+                        "reminded",
+                        channel=Channel.SYSTEM,
+                        request_id=job.request_id,
+                        detail=f"reminder {job.number} to {', '.join(reminded)}",
+                    )
+        except _AlreadyQueued:
+            pass  # a run cut off after its commit: the reminders are out already
 
     async def escalate(self, job: Escalate) -> None:
         """Ask the rule's `escalate_to` addresses about the still-pending tasks, with links of their own

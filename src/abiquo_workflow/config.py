@@ -290,6 +290,13 @@ def _email_address(text: str) -> str | None:
     return address.lower()
 
 
+def _address_list(value: object) -> object:
+    """Addresses as a list, or one string of them separated by commas (as the environment gives them)."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return _one_or_more(value)
+
+
 def _checked_addresses(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
     for item in value or ():
         if _email_address(item) is None:
@@ -455,7 +462,7 @@ class PolicySettings(_Section):
     _upper = field_validator("task_types", mode="before")(_task_type_list)
     _deadline = field_validator("deadline", "escalate_after", mode="before")(_duration)
     _reminders = field_validator("reminders", mode="before")(_durations)
-    _escalate_to = field_validator("escalate_to", mode="before")(_one_or_more)
+    _escalate_to = field_validator("escalate_to", mode="before")(_address_list)
     _addresses = field_validator("escalate_to")(_checked_addresses)
 
     @field_validator("rules")
