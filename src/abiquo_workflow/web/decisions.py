@@ -10,8 +10,9 @@ Answers: 200 decided (or, on GET, the confirmation page; or, under a rule of sev
 approval recorded that does not decide yet: "1 of 2 approvals…", nothing sent to Abiquo) · 403 missing,
 forged or expired token · 404 unknown task · 410 already decided (the page says by whom and when).
 `/multiple` decides the tasks still pending and lists the others; it answers 410 only when none was
-left to decide. A POST that the confirmation form could not have sent decides nothing: 400 (no task, unknown action, a reason over the
-textarea's `maxlength`), 413 (a body over `FORM_LIMIT`), 415 (anything but a URL-encoded form).
+left to decide. A POST that the confirmation form could not have sent decides nothing: 400 (no task,
+unknown action, a reason over the textarea's `maxlength`), 413 (a body over `FORM_LIMIT`), 415
+(anything but a URL-encoded form).
 And 503 when the database is not available (app.py answers every StoreError so).
 """
 
