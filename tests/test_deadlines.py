@@ -18,7 +18,7 @@ from abiquo_workflow.domain import DecidedBy, DecisionState, DeliveryState
 from abiquo_workflow.mail.inbox import Inbox
 from abiquo_workflow.simulation import SimulatorServer
 from abiquo_workflow.store import Clock, utc_now
-from abiquo_workflow.store.records import TaskRecord
+from abiquo_workflow.store.records import JobRecord, TaskRecord
 from tests.cli_support import WAIT, CliProcess, free_port, wait_until_answers, write_toml
 from tests.conftest import TEST_SECRET_KEY, AppFactory, ConnectorFactory, MovableClock, Running
 from tests.loop_support import confirm, open_store, task_link, to, wait_for_calls, wait_until, wait_until_idle
@@ -214,3 +214,30 @@ def test_a_real_serve_process_cancels_at_a_three_second_deadline(
     assert waited < 3 + 5  # the deadline, plus at most a few of the worker's one-second polls
     assert "deadline" in ended.stderr
     assert "Traceback" not in ended.stderr
+
+
+@pytest.mark.slow
+async def test_two_replicas_past_the_deadline_decide_it_once(
+    app_factory: AppFactory, migrated_database_url: str
+) -> None:
+    clock = MovableClock()
+    policy = {"deadline": "1h"}
+    async with (
+        app_factory(database_url=migrated_database_url, clock=clock, policy=policy) as one,
+        app_factory(database_url=migrated_database_url, clock=clock, policy=policy) as other,
+    ):
+        task_id = await asked(one)
+
+        clock.advance(HOUR + 1)  # both workers now find the deadline due
+        [call] = await wait_for_calls(one, 1)
+        task, actions = await settled(other, task_id)
+        deadline_jobs = [j for j in await _jobs(other) if j.kind == "deadline"]
+
+    assert call["action"] == "cancel" and len(one.decision_calls()) == 1
+    assert task.decided_by is DecidedBy.DEADLINE and actions.count("decided") == 1
+    assert [(j.status, j.attempts) for j in deadline_jobs] == [("done", 1)]
+
+
+async def _jobs(running: Running) -> list[JobRecord]:
+    async with open_store(running) as store:
+        return list(await store.list_jobs(limit=1000))
