@@ -3,7 +3,8 @@ the test moves (`MovableClock`: the store and the approvals take "now" from it, 
 due without sleeping): the deadline's cancel and accept, delivered and told to everyone; a click before
 it wins and the deadline then does nothing; reminders once each and never to who answered; escalation
 with links that decide. Then time itself: a deadline passed while the connector was down is acted on
-once when it comes back, and one real `serve` process cancels a task at a 3-second deadline."""
+once when it comes back, two replicas past a deadline decide it once, and one real `serve` process
+cancels a task at a 3-second deadline."""
 
 from __future__ import annotations
 
