@@ -357,7 +357,7 @@ class Approvals:
             for approver in approvers:
                 await self._queue_approval_email(tx, request_id, approver, [t.task_id for t in gated])
             if approval is not None:
-                await self._queue_timers(tx, request_id, approval, now)
+                await self._queue_timers(tx, request_id, approval, now, details.deadline_at)
             summary = _triage_summary(verdict, ungated, enriched.problems, approval)
             if evaluation is not None:
                 summary = f"{evaluation.label}: {summary}"  # which policy rule applied
@@ -426,12 +426,18 @@ class Approvals:
         await self._enqueue(tx, SendApproval(request_id, notification, approver, tuple(task_ids)))
 
     async def _queue_timers(
-        self, tx: UnitOfWork, request_id: str, approval: ApprovalRule, now: datetime
+        self,
+        tx: UnitOfWork,
+        request_id: str,
+        approval: ApprovalRule,
+        now: datetime,
+        deadline_at: datetime | None,
     ) -> None:
-        """Queue the rule's deadline, reminders and escalation, each due at its time from now."""
+        """Queue the rule's deadline (at `deadline_at`, what the snapshot announces), reminders and
+        escalation, each due at its time from now."""
         timing = approval.timing
-        if timing.deadline is not None:
-            await self._enqueue(tx, Deadline(request_id, now + timedelta(seconds=timing.deadline)))
+        if deadline_at is not None:
+            await self._enqueue(tx, Deadline(request_id, deadline_at))
         for number, after in enumerate(timing.reminders, start=1):
             await self._enqueue(tx, Remind(request_id, number, now + timedelta(seconds=after)))
         if timing.escalate_after is not None and timing.escalate_to:
