@@ -10,6 +10,7 @@ import shutil
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from abiquo_workflow.mail.inbox import Inbox
 from abiquo_workflow.runtime import Runtime, open_runtime, web_lifespan
 from abiquo_workflow.servers import BackgroundServer
 from abiquo_workflow.simulation import SimulatorServer
-from abiquo_workflow.store import Store, migrate
+from abiquo_workflow.store import Clock, Store, migrate, utc_now
 from abiquo_workflow.store.schema import HEAD_REVISION
 from abiquo_workflow.web.app import create_app
 
@@ -271,6 +272,20 @@ def simulator(_session_simulator: SimulatorServer) -> SimulatorServer:
 SIMULATOR_DEFAULTS: dict[str, object] = {"callback_url": None, "style": "json", "mode": "3.x", "latency": 0.0}
 
 
+class MovableClock:
+    """The wall clock, plus however far a test has moved it on (`advance`): deadlines and reminders fall
+    due without sleeping, while everything else (leases, polls) keeps running in real time."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+
 # --- the connector itself, served for real, wired to the simulator and the inbox -------------------------
 
 TEST_SECRET_KEY = "test-secret-key-not-for-production"
@@ -347,7 +362,9 @@ def connector_factory(
     stamina.set_testing(True, attempts=3, cap=True)  # real retries, no sleeping between them
 
     @contextlib.contextmanager
-    def start(database_url: str | None = None, **sections: Mapping[str, Any]) -> Iterator[Connector]:
+    def start(
+        database_url: str | None = None, clock: Clock = utc_now, **sections: Mapping[str, Any]
+    ) -> Iterator[Connector]:
         port = free_port()
         settings = connector_settings(
             port=port,
@@ -357,7 +374,8 @@ def connector_factory(
             sections=sections,
         )
         simulator.simulator.update_settings({"callback_url": f"http://127.0.0.1:{port}/callback"})
-        with BackgroundServer(create_app(settings, lifespan=web_lifespan(settings)), port=port) as server:
+        app = create_app(settings, lifespan=web_lifespan(settings, clock=clock))
+        with BackgroundServer(app, port=port) as server:
             yield Connector(server.url, settings, simulator, smtp_inbox)
 
     yield start
@@ -425,7 +443,9 @@ def app_factory(
     stamina.set_testing(True, attempts=3, cap=True)
 
     @contextlib.asynccontextmanager
-    async def start(database_url: str | None = None, **sections: Mapping[str, Any]) -> AsyncIterator[App]:
+    async def start(
+        database_url: str | None = None, clock: Clock = utc_now, **sections: Mapping[str, Any]
+    ) -> AsyncIterator[App]:
         settings = connector_settings(
             port=free_port(),
             database_url=database_url or templates.sqlite_copy(tmp_path / f"app-{secrets.token_hex(3)}.db"),
@@ -433,7 +453,7 @@ def app_factory(
             inbox=smtp_inbox,
             sections=sections,
         )
-        app = create_app(settings, lifespan=web_lifespan(settings))
+        app = create_app(settings, lifespan=web_lifespan(settings, clock=clock))
         async with app.router.lifespan_context(app):
             yield App(app, settings, simulator, smtp_inbox)
 

@@ -18,9 +18,10 @@ from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import httpx2
 
+from abiquo_workflow.jobs import TIMERS
 from abiquo_workflow.mail.inbox import ReceivedMessage
-from abiquo_workflow.store import Store
-from abiquo_workflow.store.records import JobStatus, TaskRecord
+from abiquo_workflow.store import Clock, Store, utc_now
+from abiquo_workflow.store.records import JobRecord, JobStatus, TaskRecord
 from tests.conftest import Connector
 
 #: Long enough for a slow CI machine; waits end as soon as their condition holds.
@@ -63,12 +64,20 @@ async def open_store(connector: Connector) -> AsyncIterator[Store]:
         yield store
 
 
-async def wait_until_idle(store: Store) -> None:
-    """Until no job is queued or running: whatever the connector was going to do, it has done."""
+#: The timer jobs (a deadline, a reminder, an escalation): queued for later, they leave the connector idle.
+_TIMERS = frozenset(timer.kind for timer in TIMERS)
+
+
+async def wait_until_idle(store: Store, clock: Clock = utc_now) -> None:
+    """Until no job is queued or running but the timers not due yet by the connector's `clock`: whatever
+    the connector was going to do by now, it has done."""
+
+    def waits(job: JobRecord) -> bool:
+        return job.status is JobStatus.QUEUED and job.kind in _TIMERS and job.run_after > clock()
 
     async def idle() -> bool:
         jobs = await store.list_jobs(limit=10_000)
-        return bool(jobs) and all(j.status in (JobStatus.DONE, JobStatus.DEAD) for j in jobs)
+        return bool(jobs) and all(j.status in (JobStatus.DONE, JobStatus.DEAD) or waits(j) for j in jobs)
 
     await wait_until(idle, "the connector's job queue to be empty")
 

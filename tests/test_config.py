@@ -323,26 +323,83 @@ def test_a_rule_that_could_never_apply_is_refused() -> None:
     assert ungated.startswith("policy.rules[0] ('u').task_types: UNDEPLOY is not in policy.task_types")
 
 
-NOT_YET = ["approvals_needed", "deadline", "at_deadline", "reminders", "escalate_after", "escalate_to"]
+def test_quorum_deadline_reminders_and_escalation_are_read_with_the_default_rule_filling_in() -> None:
+    policy = build_settings(
+        {
+            "policy": {
+                "deadline": "3d",
+                "reminders": ["2d", "1d"],
+                "rules": [
+                    {"name": "production", "enterprise": 2, "approvals_needed": 2, "at_deadline": "accept"},
+                    {"name": "rest", "escalate_after": "12h", "escalate_to": "Boss <boss@acme.example>"},
+                ],
+            }
+        },
+        environ={},
+    ).policy
+    production, rest = (policy.timing(rule) for rule in policy.rules)
+    assert (production.approvals_needed, production.deadline, production.at_deadline) == (
+        2,
+        3 * 86400,
+        "accept",
+    )
+    assert production.reminders == (86400, 2 * 86400)  # in order, whatever order they were written in
+    assert (rest.approvals_needed, rest.at_deadline, rest.escalate_after) == (1, "cancel", 12 * 3600)
+    assert rest.escalate_to == ("Boss <boss@acme.example>",)
+    assert policy.timing(None).deadline == 3 * 86400
 
 
-@pytest.mark.parametrize("key", NOT_YET)
-def test_keys_of_deadlines_reminders_escalation_and_quorum_are_refused_as_not_yet_supported(key: str) -> None:
-    not_yet = "not supported yet by this version of abiquo-workflow"
-    in_rule = problems_of({"policy": {"rules": [{"name": "production", "enterprise": 2, key: "3d"}]}})
-    assert in_rule == [
-        f"policy.rules[0] ('production').{key}: {not_yet} (deadlines, reminders, escalation and "
-        "approvals_needed are not built yet); remove it"
-    ]
-    [in_default] = problems_of({"policy": {key: "3d"}})
-    assert in_default.startswith(f"policy.{key}: {not_yet}")
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        (
+            {"approver_roles": [], "approvers": ["a@x.example", "b@x.example"], "approvals_needed": 3},
+            "policy.rules[0] ('production').approvals_needed: 3 approvals are needed, but the rule names",
+        ),
+        ({"deadline": "3 days"}, "policy.rules[0] ('production').deadline: '3 days' is not a duration"),
+        ({"at_deadline": "accept"}, "policy.rules[0] ('production').at_deadline: there is no deadline"),
+        (
+            {"deadline": "1d", "reminders": ["1d"]},
+            "policy.rules[0] ('production').reminders: 1d is not before the deadline (1d)",
+        ),
+        (
+            {"deadline": "1d", "escalate_after": "2d", "escalate_to": ["x@y.example"]},
+            "policy.rules[0] ('production').escalate_after: 2d is not before the deadline (1d)",
+        ),
+        (
+            {"escalate_to": ["x@y.example"]},
+            "policy.rules[0] ('production').escalate_after: escalate_to is set",
+        ),
+        ({"escalate_after": "1h"}, "policy.rules[0] ('production').escalate_to: escalate_after is set"),
+        (
+            {"escalate_after": "1h", "escalate_to": "nobody"},
+            "policy.rules[0] ('production').escalate_to: 'nobody'",
+        ),
+        ({"decide": "accept", "deadline": "1d"}, "policy.rules[0] ('production'): decide = 'accept' decides"),
+    ],
+)
+def test_a_rule_whose_quorum_or_timing_cannot_work_is_refused_naming_the_rule_and_key(
+    rule: dict[str, object], problem: str
+) -> None:
+    [found] = problems_of({"policy": {"rules": [{"name": "production", "enterprise": 2, **rule}]}})
+    assert found.startswith(problem), found
+
+
+def test_links_shorter_than_a_deadline_are_refused_naming_the_rule_and_both_keys() -> None:
+    [found] = problems_of(
+        {"links": {"ttl": 3600}, "policy": {"rules": [{"name": "production", "deadline": "3d"}]}}
+    )
+    assert found.startswith(
+        "links.ttl: 3600 seconds is shorter than policy.rules[0] ('production').deadline (3d)"
+    ), found
+    assert build_settings({"links": {"ttl": 3 * 86400}, "policy": {"deadline": "3d"}}, environ={})
 
 
 def test_every_bad_rule_gets_its_own_line() -> None:
     problems = problems_of(
         {
             "policy": {
-                "rules": [{"name": "a", "deadline": "1d"}, {"name": "b", "max_cpu": "x"}, {"max_vms": 1}]
+                "rules": [{"name": "a", "deadline": "1 day"}, {"name": "b", "max_cpu": "x"}, {"max_vms": 1}]
             }
         }
     )
@@ -356,7 +413,7 @@ def test_every_bad_rule_gets_its_own_line() -> None:
 @pytest.mark.parametrize("command", ["check", "serve"])
 def test_check_and_serve_stop_at_start_on_a_bad_rule_naming_it(tmp_path: Path, command: str) -> None:
     config = write(
-        tmp_path, "c.toml", '[[policy.rules]]\nname = "production"\ndeadline = "3d"\nmax_vms = -1\n'
+        tmp_path, "c.toml", '[[policy.rules]]\nname = "production"\ndeadline = "3 days"\nmax_vms = -1\n'
     )
 
     result = invoke("--config", str(config), command)
@@ -366,7 +423,8 @@ def test_check_and_serve_stop_at_start_on_a_bad_rule_naming_it(tmp_path: Path, c
     assert lines[0] == "abiquo-workflow: invalid configuration:"
     assert len(lines) == 3
     assert any(
-        line.startswith("policy.rules[0] ('production').deadline: not supported yet") for line in lines
+        line.startswith("policy.rules[0] ('production').deadline: '3 days' is not a duration")
+        for line in lines
     )
     assert any(
         line.startswith("policy.rules[0] ('production').max_vms: Input should be greater") for line in lines

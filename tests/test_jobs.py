@@ -186,8 +186,8 @@ def test_a_payload_without_a_field_its_kind_needs_is_refused_naming_the_field() 
 
 
 def test_a_job_of_a_kind_this_version_does_not_run_is_refused() -> None:
-    with pytest.raises(MalformedJob, match="job 5 is of kind 'remind', which this version does not run"):
-        from_record(record("remind", {"request_id": "r1"}))
+    with pytest.raises(MalformedJob, match="job 5 is of kind 'summon', which this version does not run"):
+        from_record(record("summon", {"request_id": "r1"}))
 
 
 def test_a_job_read_as_another_kind_is_refused() -> None:

@@ -188,6 +188,57 @@ def test_approval_css_is_inlined_and_only_the_small_screen_rules_stay_in_a_style
     assert 'class="button accept"' in html and "padding: 12px 20px" in html
 
 
+#: A request under a rule of two approvals and a deadline, as triage's snapshot keeps it.
+DEADLINE = datetime(2026, 12, 5, 14, 0, tzinfo=UTC)
+
+
+def timed(*vms: VmDetails, at_deadline: str = "cancel") -> RequestDetails:
+    return dataclasses.replace(
+        details(*vms), approvals_needed=2, deadline_at=DEADLINE, at_deadline=at_deadline
+    )
+
+
+@pytest.mark.parametrize("part", [text_of, html_of], ids=["text", "html"])
+@pytest.mark.parametrize(("at_deadline", "outcome"), [("cancel", "cancelled"), ("accept", "accepted")])
+def test_approval_says_the_deadline_and_what_happens_then(
+    part: object, at_deadline: str, outcome: str
+) -> None:
+    request = approval(task(WEB), request_details=timed(task(WEB), at_deadline=at_deadline))
+    body = " ".join(part(render_approval(request, SETTINGS)).split())  # type: ignore[operator]
+
+    assert f"If nobody decides by 5 Dec 2026, 14:00 UTC, it will be {outcome}." in body
+
+
+@pytest.mark.parametrize("part", [text_of, html_of], ids=["text", "html"])
+def test_approval_under_a_quorum_says_how_many_approvals_and_who_gave_them(part: object) -> None:
+    request = dataclasses.replace(
+        approval(task(WEB), request_details=timed(task(WEB))),
+        approved_by=("Bob Jones <bob.jones@acme.example>",),
+    )
+    body = " ".join(part(render_approval(request, SETTINGS)).split())  # type: ignore[operator]
+
+    assert "1 of 2 approvals, from Bob Jones. One decline cancels it." in body
+
+
+def test_approval_of_one_approval_says_nothing_of_a_quorum_or_a_deadline() -> None:
+    body = text_of(render_approval(approval(task(WEB)), SETTINGS))
+
+    assert "approvals" not in body and "If nobody decides" not in body
+
+
+@pytest.mark.parametrize("part", [text_of, html_of], ids=["text", "html"])
+def test_a_reminder_is_marked_as_one_in_its_subject_and_body(part: object) -> None:
+    request = dataclasses.replace(approval(task(WEB), request_details=timed(task(WEB))), reminder=1)
+    message = render_approval(request, SETTINGS)
+    body = " ".join(part(message).split())  # type: ignore[operator]
+
+    assert message["Subject"] == 'Reminder: Approve deploy of "web-01" for John Doe'
+    assert "This is a reminder: you have not decided this request yet." in body.replace(
+        "<strong>", ""
+    ).replace("</strong>", "")
+    assert "Reminder: approval still needed" in body or "REMINDER" in body.upper()
+
+
 @pytest.mark.parametrize("part", [text_of, html_of], ids=["text", "html"])
 def test_approval_names_requester_task_type_and_place(part: object) -> None:
     body = part(render_approval(approval(task(WEB)), SETTINGS))  # type: ignore[operator]

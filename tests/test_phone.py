@@ -25,7 +25,7 @@ import pytest
 import uvicorn
 
 from abiquo_workflow.mail.inbox import Inbox, ReceivedMessage, inbox_app
-from tests.conftest import Connector
+from tests.conftest import Connector, ConnectorFactory, MovableClock
 from tests.loop_support import all_link, confirm, task_link, to, wait_for_calls
 
 if TYPE_CHECKING:
@@ -443,3 +443,39 @@ async def test_the_inbox_pages_fit_a_phone_and_a_desktop(
             await check(page, "inbox-message", width, "button")
     finally:
         await context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_quorum_with_a_deadline_and_its_reminder_fit_a_phone_and_a_desktop(
+    connector_factory: ConnectorFactory, chromium_browser: Browser
+) -> None:
+    """The approval email and the confirmation page say "0 of 2 approvals" and the deadline; the page of
+    an approval that does not decide says who is still awaited; the reminder is marked as one."""
+    clock = MovableClock()
+    policy = {"approvals_needed": 2, "deadline": "3d", "reminders": ["1d"]}
+    with connector_factory(clock=clock, policy=policy) as connector:
+        alice = await approval_to(connector, ALICE, vm=1)
+        await check_email(chromium_browser, alice, "email-approval-quorum", buttons=2)
+        context = await chromium_browser.new_context(viewport={"width": PHONE, "height": HEIGHT})
+        try:
+            page = await context.new_page()
+            await page.goto(task_link(alice, "/accept", html_first_task(alice)).url)
+            said = await page.locator("main").inner_text()
+            assert "0 of 2 approvals" in said and "it will be cancelled" in said
+            for width in PAGE_WIDTHS:
+                await check(page, "page-confirm-quorum", width, "button", expect_buttons=1)
+            await page.get_by_role("button", name="Accept").click()
+            await page.wait_for_selector("main.tone-waiting")
+            said = await page.locator("main").inner_text()
+            assert "1 of 2 approvals, from Alice Smith; still waiting for Bob Jones or Zoë Zimmermann" in said
+            for width in PAGE_WIDTHS:
+                await check(page, "page-approval-recorded", width, "button", expect_buttons=0)
+        finally:
+            await context.close()
+
+        clock.advance(24 * 3600 + 1)
+        messages = await connector.inbox.wait_for(5, timeout=30)
+        [reminder] = to(messages[3:], BOB)
+        assert reminder.subject.startswith("Reminder: ")
+        await check_email(chromium_browser, reminder, "email-reminder", buttons=2)

@@ -139,6 +139,22 @@ def test_asking_when_the_requester_is_the_only_approver_falls_to_no_approver() -
     assert decided.decided_by is DecidedBy.NO_APPROVER
 
 
+def test_a_quorum_the_approvers_can_reach_asks_them_all() -> None:
+    assert verdict(JOHN, [ALICE, BOB], PolicySettings(approvals_needed=2)) == AskApprovers((ALICE, BOB))
+
+
+def test_a_quorum_fewer_approvers_than_needed_could_reach_falls_to_no_approver_saying_why() -> None:
+    """Alice asks: Bob alone is left, and two approvals are needed."""
+    decided = verdict(ALICE, [ALICE, BOB], PolicySettings(approvals_needed=2, when_no_approver="accept"))
+    assert isinstance(decided, AutoDecision)
+    assert (decided.action, decided.decided_by, decided.rule) == (
+        Action.ACCEPT,
+        DecidedBy.NO_APPROVER,
+        "policy.when_no_approver",
+    )
+    assert decided.reason == "only 1 approver(s) can be asked, and 2 approvals are needed"
+
+
 def test_role_names_compare_without_case() -> None:
     assert verdict(JOHN, [ALICE], PolicySettings(approver_role="enterprise_admin")) == AskApprovers((ALICE,))
 

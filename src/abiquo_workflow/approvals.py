@@ -7,6 +7,15 @@
     deliver   job: POST continue|cancel to Abiquo → delivered | superseded; retried until it gets through
     notify    job: once every task of a request has settled, one email to the requester; and once
               every task is decided, one "settled" email to each approver asked who did not decide
+    timers    jobs triage queues with the time they fall due, under a rule with a deadline, reminders
+              or escalation: `deadline` decides what is still pending (`DecidedBy.DEADLINE`), through
+              the same conditional pending→decided as a click, so whichever commits first wins;
+              `remind` queues one reminder per approver who has not answered; `escalate` asks the
+              rule's `escalate_to` addresses
+
+A rule's `approvals_needed` (the quorum) is kept in triage's snapshot; each approver's answer is
+recorded (`UnitOfWork.approve`) and decides a task only when it is a decline (a veto) or the N-th
+distinct accept.
 
 The jobs are the typed values of jobs.py, queued with `jobs.enqueue` and read back by `jobs.runner`.
 Each state change is written in the same transaction as the job that acts on it (the outbox), so a
@@ -24,6 +33,7 @@ import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from email.utils import parseaddr
 from typing import Any
 
@@ -32,7 +42,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from abiquo_workflow import display, metrics
 from abiquo_workflow.abiquo.client import AbiquoClient
-from abiquo_workflow.config import Settings
+from abiquo_workflow.config import Settings, duration_words
 from abiquo_workflow.directory import ApproverDirectory
 from abiquo_workflow.domain import (
     AbiquoTaskState,
@@ -51,12 +61,16 @@ from abiquo_workflow.domain import (
 from abiquo_workflow.enrichment import enrich
 from abiquo_workflow.exceptions import AbiquoError, MailError, NotAnApprover
 from abiquo_workflow.jobs import (
+    Deadline,
     Deliver,
+    Escalate,
     Job,
     MalformedJob,
     NotifyRequester,
     NotifySettled,
+    Remind,
     SendApproval,
+    SendReminder,
     Triage,
     enqueue,
     from_record,
@@ -68,6 +82,7 @@ from abiquo_workflow.mail.model import ActionLinks, ApprovalRequest, OutcomeNoti
 from abiquo_workflow.mail.render import render_approval, render_outcome, render_settled
 from abiquo_workflow.mail.send import Mailer
 from abiquo_workflow.policy import (
+    ApprovalRule,
     AskApprovers,
     AutoDecision,
     approval_rule,
@@ -76,8 +91,15 @@ from abiquo_workflow.policy import (
     request_facts,
     ungated_decision,
 )
-from abiquo_workflow.store import Store
-from abiquo_workflow.store.records import JobRecord, JobStatus, NotificationStatus, TaskRecord
+from abiquo_workflow.store import Clock, Reader, Store, utc_now
+from abiquo_workflow.store.records import (
+    ApprovalRecord,
+    JobRecord,
+    JobStatus,
+    NotificationRecord,
+    NotificationStatus,
+    TaskRecord,
+)
 from abiquo_workflow.store.store import UnitOfWork
 from abiquo_workflow.verification import CANCELLED_STATES, CONTINUED_STATES, verify
 
@@ -90,6 +112,10 @@ NOTIFY_SETTLED = NotifySettled.kind
 
 #: The notification kind of the email telling the approvers who did not decide that a request is settled.
 SETTLED = "settled"
+#: The notification kinds of the emails that ask someone to decide (their links decide).
+APPROVAL = "approval"
+REMINDER = "reminder"
+ASKING_KINDS = frozenset({APPROVAL, REMINDER})
 #: At most this many task ids go into one log line (with the count of them all).
 _LOGGED_IDS = 10
 
@@ -112,6 +138,9 @@ class Decided:
     decided: tuple[TaskRecord, ...]
     already: tuple[TaskRecord, ...]
     unknown: tuple[str, ...]
+    #: Tasks still pending where this approval counted, or had already been counted, but more are
+    #: needed (`approvals_needed`).
+    waiting: tuple[TaskRecord, ...] = ()
 
 
 def held_task(task: TaskRecord) -> HeldTask:
@@ -198,6 +227,7 @@ class Approvals:
         mailer: Mailer,
         signer: LinkSigner,
         directory: ApproverDirectory,
+        clock: Clock = utc_now,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -205,6 +235,8 @@ class Approvals:
         self.mailer = mailer
         self.signer = signer
         self.directory = directory
+        #: Where deadlines and reminders count from; the store's own clock (tests move both).
+        self.clock = clock
 
     def job_handlers(self) -> Mapping[str, Callable[[JobRecord], Awaitable[None]]]:
         """What the worker runs for each kind of job: the record read into its job, then its use case."""
@@ -214,6 +246,10 @@ class Approvals:
             Deliver.kind: runner(Deliver, self.deliver),
             NotifyRequester.kind: runner(NotifyRequester, self.notify_requester),
             NotifySettled.kind: runner(NotifySettled, self.notify_settled),
+            Deadline.kind: runner(Deadline, self.deadline),
+            Remind.kind: runner(Remind, self.remind),
+            Escalate.kind: runner(Escalate, self.escalate),
+            SendReminder.kind: runner(SendReminder, self.send_reminder),
         }
 
     async def _enqueue(self, tx: UnitOfWork, job: Job) -> int | None:
@@ -292,9 +328,15 @@ class Approvals:
             else None
         )
         verdict = evaluation.verdict if evaluation is not None else None
-        details = dataclasses.replace(enriched.details, policy_rule=evaluation.rule if evaluation else None)
-        vm_names = {vm.task_id: vm.vm.name for vm in details.vms if vm.vm is not None}
         approvers = verdict.approvers if isinstance(verdict, AskApprovers) else ()
+        approval = evaluation.approval if evaluation is not None and approvers else None
+        now = self.clock()
+        details = dataclasses.replace(
+            enriched.details,
+            policy_rule=evaluation.rule if evaluation else None,
+            **_quorum_and_deadline(approval, now),
+        )
+        vm_names = {vm.task_id: vm.vm.name for vm in details.vms if vm.vm is not None}
         async with self.store.transaction() as tx:
             await tx.save_triage(
                 request_id,
@@ -310,7 +352,9 @@ class Approvals:
                 await self._decide_automatically(tx, [t.task_id for t in gated], verdict)
             for approver in approvers:
                 await self._queue_approval_email(tx, request_id, approver, [t.task_id for t in gated])
-            summary = _triage_summary(verdict, ungated, enriched.problems)
+            if approval is not None:
+                await self._queue_timers(tx, request_id, approval, now, details.deadline_at)
+            summary = _triage_summary(verdict, ungated, enriched.problems, approval)
             if evaluation is not None:
                 summary = f"{evaluation.label}: {summary}"  # which policy rule applied
             await tx.audit("triaged", channel=Channel.SYSTEM, request_id=request_id, detail=summary)
@@ -373,16 +417,57 @@ class Approvals:
         self, tx: UnitOfWork, request_id: str, approver: User, task_ids: Sequence[str]
     ) -> None:
         notification = await tx.add_notification(
-            request_id, kind="approval", recipient=approver.email or "", task_ids=task_ids
+            request_id, kind=APPROVAL, recipient=approver.email or "", task_ids=task_ids
         )
         await self._enqueue(tx, SendApproval(request_id, notification, approver, tuple(task_ids)))
+
+    async def _queue_timers(
+        self,
+        tx: UnitOfWork,
+        request_id: str,
+        approval: ApprovalRule,
+        now: datetime,
+        deadline_at: datetime | None,
+    ) -> None:
+        """Queue the rule's deadline (at `deadline_at`, what the snapshot announces), reminders and
+        escalation, each due at its time from now."""
+        timing = approval.timing
+        if deadline_at is not None:
+            await self._enqueue(tx, Deadline(request_id, deadline_at))
+        for number, after in enumerate(timing.reminders, start=1):
+            await self._enqueue(tx, Remind(request_id, number, now + timedelta(seconds=after)))
+        if timing.escalate_after is not None and timing.escalate_to:
+            await self._enqueue(tx, Escalate(request_id, now + timedelta(seconds=timing.escalate_after)))
 
     # --- approval emails ---------------------------------------------------------------------------
 
     async def send_approval(self, job: SendApproval) -> None:
         """Write and send one approver's email, with signed links per task and, for all of them, links
         to this email's task list (short, whatever the number of tasks)."""
-        request_id, approver, task_ids = job.request_id, job.approver, job.task_ids
+        await self._ask(job.request_id, job.notification_id, job.approver, job.task_ids, APPROVAL)
+
+    async def send_reminder(self, job: SendReminder) -> None:
+        """The approval email again, marked as reminder `number`, about the tasks still waiting for
+        this approver; nothing when every one of them was decided meanwhile."""
+        tasks = await self.store.get_tasks(job.task_ids)
+        waiting = tuple(t.task_id for t in tasks if t.decision is DecisionState.PENDING)
+        if not waiting:
+            async with self.store.transaction() as tx:
+                await tx.set_notification(
+                    job.notification_id, NotificationStatus.FAILED, error="decided before it was sent"
+                )
+            return
+        await self._ask(job.request_id, job.notification_id, job.approver, waiting, REMINDER, job.number)
+
+    async def _ask(
+        self,
+        request_id: str,
+        notification_id: int,
+        approver: User,
+        task_ids: Sequence[str],
+        kind: str,
+        reminder: int | None = None,
+    ) -> None:
         request = await self.store.get_request(request_id)
         details = details_from_json(request.details if request else None)
         if details is None or approver.email is None:
@@ -397,20 +482,28 @@ class Approvals:
         }
         all_links = (
             ActionLinks(
-                self.signer.notice_url(job.notification_id, Action.ACCEPT, email),
-                self.signer.notice_url(job.notification_id, Action.DECLINE, email),
+                self.signer.notice_url(notification_id, Action.ACCEPT, email),
+                self.signer.notice_url(notification_id, Action.DECLINE, email),
             )
             if len(task_ids) > 1
             else None
         )
         shown = dataclasses.replace(details, vms=tuple(vm for vm in details.vms if vm.task_id in links))
+        approved = await self.store.approvals_of(task_ids)
         message = render_approval(
-            ApprovalRequest(shown, approver, links, all_links, self.signer.expires_at(), request_id),
+            ApprovalRequest(
+                shown,
+                approver,
+                links,
+                all_links,
+                self.signer.expires_at(),
+                request_id,
+                reminder=reminder,
+                approved_by=_accepted_by(approved),
+            ),
             self.settings.mail,
         )
-        await self._send(
-            job.notification_id, message, request_id=request_id, recipient=approver.email, kind="approval"
-        )
+        await self._send(notification_id, message, request_id=request_id, recipient=approver.email, kind=kind)
 
     async def _send(
         self, notification_id: int, message: Any, *, request_id: str, recipient: str, kind: str
@@ -508,17 +601,39 @@ class Approvals:
         """Decide the still-pending tasks among `task_ids` and queue their delivery, atomically.
 
         Of two people deciding the same task at once exactly one wins; the other finds it in `already`.
+        An approver's answer (`DecidedBy.APPROVER`) is recorded, and decides only as the request's quorum
+        says (`approvals_needed`: a decline, or the N-th distinct accept); the tasks it leaves waiting
+        for more approvals are in `waiting`.
         """
         reason = (reason or "").strip() or None
+        state = DecisionState.for_action(action)
+        counted: list[str] = []
         async with self.store.transaction() as tx:
-            decided = await tx.decide(
-                task_ids,
-                DecisionState.for_action(action),
-                decided_by=decided_by,
-                actor=actor,
-                reason=reason,
-                channel=channel,
-            )
+            if decided_by is DecidedBy.APPROVER:
+                approved = await tx.approve(
+                    task_ids,
+                    state,
+                    approver=_email_of(actor),
+                    actor=actor,
+                    reason=reason,
+                    channel=channel,
+                    needed=await self._approvals_needed(tx, task_ids),
+                )
+                decided = approved.decided
+                counted = approved.waiting + approved.repeated
+                for task in await tx.get_tasks(approved.waiting):
+                    await tx.audit(
+                        "approved",
+                        actor=actor,
+                        channel=channel,
+                        task_id=task.task_id,
+                        request_id=task.request_id,
+                        detail="accepted; more approvals are needed" + (f": {reason}" if reason else ""),
+                    )
+            else:
+                decided = await tx.decide(
+                    task_ids, state, decided_by=decided_by, actor=actor, reason=reason, channel=channel
+                )
             await self._queue_deliveries(tx, decided)
             decided_ids = {t.task_id for t in decided}
             others = [t for t in await tx.get_tasks(task_ids) if t.task_id not in decided_ids]
@@ -533,7 +648,45 @@ class Approvals:
             )
         known = decided_ids | {t.task_id for t in others}
         unknown = tuple(t for t in dict.fromkeys(task_ids) if t not in known)
-        return Decided(tuple(decided), tuple(others), unknown)
+        waiting = tuple(t for t in others if t.task_id in counted)
+        already = tuple(t for t in others if t.task_id not in counted)
+        return Decided(tuple(decided), already, unknown, waiting)
+
+    async def _approvals_needed(self, tx: UnitOfWork, task_ids: Sequence[str]) -> int:
+        """The quorum of the request(s) of these tasks, from triage's snapshot (1 before quorums, or
+        for a snapshot this version cannot read). A link's tasks are of one request."""
+        needed = 1
+        for request_id in {t.request_id for t in await tx.get_tasks(task_ids)}:
+            details = _readable_details(await tx.get_request(request_id))
+            if details is not None:
+                needed = max(needed, details.approvals_needed)
+        return needed
+
+    async def quorum(self, task_ids: Sequence[str]) -> Quorum | None:
+        """Where these tasks' quorum stands (None when one approval decides): how many accepted, how
+        many are needed, who accepted and who has not answered yet. For the decision pages."""
+        tasks = await self.store.get_tasks(task_ids)
+        if not tasks:
+            return None
+        request = await self.store.get_request(tasks[0].request_id)
+        details = _readable_details(request)
+        if details is None or details.approvals_needed <= 1:
+            return None
+        answers = await self.store.approvals_of(t.task_id for t in tasks)
+        accepted = _accepted_by(answers)
+        answered = {a.approver for a in answers}
+        asked = [
+            n.recipient for n in await self.store.notifications(tasks[0].request_id) if n.kind == APPROVAL
+        ]
+        waiting = tuple(
+            [
+                approver_address(await self._approver_of(self.store, tasks[0].request_id, r))
+                for r in dict.fromkeys(r for r in asked if r.lower() not in answered)
+            ]
+        )
+        return Quorum(
+            min(len(accepted), details.approvals_needed), details.approvals_needed, accepted, waiting
+        )
 
     async def _queue_deliveries(self, tx: UnitOfWork, decided: Sequence[TaskRecord]) -> None:
         for task in decided:
@@ -547,6 +700,127 @@ class Approvals:
                 task_id=task.task_id,
                 detail=f"{task.decision} ({task.decided_by})" + (f": {task.reason}" if task.reason else ""),
             )
+
+    # --- timers ------------------------------------------------------------------------------------
+
+    async def deadline(self, job: Deadline) -> None:
+        """Decide the request's still-pending tasks as its rule's `at_deadline` says, through the same
+        conditional pending→decided as a click: what an approver decided first stays, and a deadline
+        that runs twice (or on two replicas) decides nothing the second time. Delivered, and the
+        approvers and the requester told, as any decision is."""
+        request = await self.store.get_request(job.request_id)
+        details = _readable_details(request)
+        if details is None:
+            return
+        pending = [
+            t.task_id
+            for t in await self.store.tasks_of_request(job.request_id)
+            if t.decision is DecisionState.PENDING
+        ]
+        if not pending:
+            return
+        action = Action.ACCEPT if details.at_deadline == "accept" else Action.DECLINE
+        approval = approval_rule(self.settings.policy, details.policy_rule)
+        when = words.moment_words(details.deadline_at or job.due)
+        rule = f" of policy rule '{details.policy_rule}'" if details.policy_rule else ""
+        result = await self.decide(
+            pending,
+            action,
+            actor=approval.key("deadline"),
+            reason=f"nobody decided by {when}, the deadline{rule}",
+            channel=Channel.SYSTEM,
+            decided_by=DecidedBy.DEADLINE,
+        )
+        if result.decided:
+            log.info(
+                "request.deadline", request_id=job.request_id, decided=len(result.decided), action=str(action)
+            )
+
+    async def remind(self, job: Remind) -> None:
+        """Queue reminder `number` to each approver asked who has not answered every still-pending task
+        they were asked about; each reminder once per approver (its dedupe key)."""
+        pending = {
+            t.task_id
+            for t in await self.store.tasks_of_request(job.request_id)
+            if t.decision is DecisionState.PENDING
+        }
+        if not pending:
+            return
+        answers = await self.store.approvals_of(pending)
+        answered: dict[str, set[str]] = {}
+        for answer in answers:
+            answered.setdefault(answer.approver, set()).add(answer.task_id)
+        reminded: list[str] = []
+        try:
+            async with self.store.transaction() as tx:
+                for asked in _asked(await tx.notifications(job.request_id)):
+                    waiting = [
+                        t
+                        for t in asked.task_ids or ()
+                        if t in pending and t not in answered.get(asked.recipient.lower(), set())
+                    ]
+                    if not waiting:
+                        continue
+                    approver = await self._approver_of(tx, job.request_id, asked.recipient)
+                    notification = await tx.add_notification(
+                        job.request_id, kind=REMINDER, recipient=asked.recipient, task_ids=waiting
+                    )
+                    queued = SendReminder(job.request_id, notification, approver, tuple(waiting), job.number)
+                    if await self._enqueue(tx, queued) is None:
+                        raise _AlreadyQueued
+                    reminded.append(asked.recipient)
+                if reminded:
+                    await tx.audit(
+                        "reminded",
+                        channel=Channel.SYSTEM,
+                        request_id=job.request_id,
+                        detail=f"reminder {job.number} to {', '.join(reminded)}",
+                    )
+        except _AlreadyQueued:
+            pass  # a run cut off after its commit: the reminders are out already
+
+    async def escalate(self, job: Escalate) -> None:
+        """Ask the rule's `escalate_to` addresses about the still-pending tasks, with links of their own
+        (they may decide, and count towards the quorum); an address already asked is not asked again."""
+        request = await self.store.get_request(job.request_id)
+        details = _readable_details(request)
+        if details is None:
+            return
+        pending = [
+            t.task_id
+            for t in await self.store.tasks_of_request(job.request_id)
+            if t.decision is DecisionState.PENDING
+        ]
+        if not pending:
+            return
+        approval = approval_rule(self.settings.policy, details.policy_rule)
+        async with self.store.transaction() as tx:
+            asked = {
+                n.recipient.lower() for n in await tx.notifications(job.request_id) if n.kind == APPROVAL
+            }
+            escalated: list[str] = []
+            for address in approval.timing.escalate_to:
+                user = _addressed(address)
+                if (user.email or "").lower() in asked:
+                    continue
+                await self._queue_approval_email(tx, job.request_id, user, pending)
+                escalated.append(approver_address(user))
+            if escalated:
+                await tx.audit(
+                    "escalated",
+                    channel=Channel.SYSTEM,
+                    request_id=job.request_id,
+                    detail=f"nobody decided in time; asked {', '.join(escalated)}",
+                )
+
+    async def _approver_of(self, reader: Reader, request_id: str, recipient: str) -> User:
+        """Whom an approval email went to, as its job named them (their Abiquo name)."""
+        record = await reader.job_with_key(SendApproval(request_id, 0, _addressed(recipient), ()).dedupe_key)
+        try:
+            job = from_record(record) if record is not None else None
+        except MalformedJob:
+            job = None
+        return job.approver if isinstance(job, SendApproval) else _addressed(recipient)
 
     # --- deliver -----------------------------------------------------------------------------------
 
@@ -668,7 +942,7 @@ class Approvals:
         emails = await self.store.notifications(request_id)
         if any(n.kind == SETTLED for n in emails):
             return  # told already
-        asked = [n for n in emails if n.kind == "approval" and n.status is not NotificationStatus.FAILED]
+        asked = _asked(emails)
         if not asked:
             return
         tasks = _acted_on(await self.store.tasks_of_request(request_id))
@@ -771,7 +1045,7 @@ class Approvals:
                             task_id=task_id,
                             detail=f"gave up after {_count(failed.delivery_attempts, 'attempt')}: {error}",
                         )
-                case SendApproval() | NotifyRequester() | NotifySettled():
+                case SendApproval() | SendReminder() | NotifyRequester() | NotifySettled():
                     if job.notification_id is not None:
                         await tx.set_notification(job.notification_id, NotificationStatus.FAILED, error=error)
                     await tx.audit(
@@ -780,6 +1054,10 @@ class Approvals:
                 case Triage():
                     await tx.audit(
                         "triage_failed", channel=Channel.SYSTEM, request_id=job.request_id, detail=error
+                    )
+                case Deadline() | Remind() | Escalate():
+                    await tx.audit(
+                        f"{job.kind}_failed", channel=Channel.SYSTEM, request_id=job.request_id, detail=error
                     )
         if failed is not None:
             await self._notify_when_settled(failed.request_id)
@@ -814,9 +1092,66 @@ def _stalls_request(record: JobRecord, request_id: str) -> bool:
     except MalformedJob:
         return False
     return (
-        isinstance(job, Triage | SendApproval | NotifyRequester | NotifySettled)
+        isinstance(
+            job,
+            Triage
+            | SendApproval
+            | SendReminder
+            | NotifyRequester
+            | NotifySettled
+            | Deadline
+            | Remind
+            | Escalate,
+        )
         and job.request_id == request_id
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Quorum:
+    """Where a quorum stands: `accepted` of `needed` approvals, by whom, and who has not answered."""
+
+    accepted: int
+    needed: int
+    approved_by: tuple[str, ...]
+    waiting_for: tuple[str, ...]
+
+
+def _quorum_and_deadline(approval: ApprovalRule | None, now: datetime) -> dict[str, Any]:
+    """What triage's snapshot keeps of the rule's quorum and deadline (nothing when nobody is asked)."""
+    if approval is None:
+        return {}
+    timing = approval.timing
+    deadline_at = now + timedelta(seconds=timing.deadline) if timing.deadline is not None else None
+    return {
+        "approvals_needed": timing.approvals_needed,
+        "deadline_at": deadline_at,
+        "at_deadline": timing.at_deadline if deadline_at is not None else None,
+    }
+
+
+def _addressed(address: str) -> User:
+    """Someone known only by an address (`Carla <carla@x.example>`), as the emails name them."""
+    name, email = parseaddr(address)
+    return User(id="", nick=email.partition("@")[0], name=name, email=email)
+
+
+def _readable_details(request: Any) -> RequestDetails | None:
+    """Triage's snapshot of a request, or None (no request, not triaged, or another version's)."""
+    try:
+        return details_from_json(request.details if request is not None else None)
+    except ValidationError:
+        return None
+
+
+def _accepted_by(answers: Sequence[ApprovalRecord]) -> tuple[str, ...]:
+    """Who accepted (`Name <email>`), each once, in the order they did."""
+    return tuple(dict.fromkeys(a.actor for a in answers if a.action == "accept"))
+
+
+def _asked(emails: Sequence[NotificationRecord]) -> list[NotificationRecord]:
+    """The approval emails of a request that did not fail (their recipients were asked)."""
+    return [n for n in emails if n.kind == APPROVAL and n.status is not NotificationStatus.FAILED]
 
 
 def _acted_on(tasks: Sequence[TaskRecord]) -> list[TaskRecord]:
@@ -876,7 +1211,10 @@ def _delivery_record(task: TaskRecord, outcome: DeliveryOutcome) -> tuple[Delive
 
 
 def _triage_summary(
-    verdict: AutoDecision | AskApprovers | None, ungated: Sequence[TaskRecord], problems: Sequence[str]
+    verdict: AutoDecision | AskApprovers | None,
+    ungated: Sequence[TaskRecord],
+    problems: Sequence[str],
+    approval: ApprovalRule | None = None,
 ) -> str:
     parts: list[str] = []
     if ungated:
@@ -885,6 +1223,12 @@ def _triage_summary(
         parts.append(f"{verdict.action} by {verdict.rule}: {verdict.reason}")
     elif isinstance(verdict, AskApprovers):
         parts.append("asked " + ", ".join(a.email or a.nick for a in verdict.approvers))
+    if approval is not None and approval.timing.approvals_needed > 1:
+        parts.append(f"{approval.timing.approvals_needed} approvals needed")
+    if approval is not None and approval.timing.deadline is not None:
+        parts.append(
+            f"deadline in {duration_words(approval.timing.deadline)}, then {approval.timing.at_deadline}"
+        )
     parts.extend(f"could not read: {p}" for p in problems)
     return "; ".join(parts)
 

@@ -41,24 +41,6 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-#: A duration's units, in seconds.
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(?:\d+[smhdw])+")
-
-
-def parse_duration(text: str) -> timedelta:
-    """`90s`, `15m`, `4h`, `3d`, `2w` or a sum of them (`1d12h`); `0` is no time at all. Raises
-    ValueError with a sentence for anything else."""
-    given = text.strip().lower()
-    if given == "0":
-        return timedelta(0)
-    if not _DURATION.fullmatch(given):
-        raise ValueError(f"{text!r} is not a duration such as 90s, 15m, 4h, 3d or 1d12h")
-    return timedelta(
-        seconds=sum(int(n) * _DURATION_UNITS[unit] for n, unit in re.findall(r"(\d+)([smhdw])", given))
-    )
-
-
 def _split_list(value: object) -> object:
     """Let list keys be written as one string too ("DEPLOY, UNDEPLOY"), as environment values are."""
     if isinstance(value, str):
@@ -200,9 +182,58 @@ DefaultAction = Literal["accept", "cancel"]
 RequesterIsApprover = Literal["ask", "accept", "cancel"]
 
 #: Policy keys of later versions (README "Policy"): refused, in a rule or in `[policy]`, with a sentence
-#: saying so rather than "unknown key", and never accepted to do nothing.
-NOT_YET_SUPPORTED = ("approvals_needed", "deadline", "at_deadline", "reminders")
-NOT_YET_SUPPORTED_PREFIX = "escalate_"
+#: saying so rather than "unknown key", and never accepted to do nothing. None today.
+NOT_YET_SUPPORTED: tuple[str, ...] = ()
+
+#: A duration's units, in seconds: `90s`, `15m`, `4h`, `3d`, `2w`, or a sum such as `1d12h`.
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(?:\d+[smhdw])+")
+#: The longest duration taken (100 years): far from datetime's limits.
+LONGEST_DURATION = 36_525 * 86400
+
+
+def duration_seconds(text: str) -> int:
+    """`90s`, `15m`, `4h`, `3d`, `2w` or a sum of them (`1d12h`) in seconds, `0` for no time at all;
+    ValueError with a sentence otherwise."""
+    given = text.strip().lower()
+    if given == "0":
+        return 0
+    if not _DURATION.fullmatch(given):
+        raise ValueError(f"{text!r} is not a duration such as 90s, 15m, 4h, 3d or 1d12h")
+    seconds = sum(int(n) * _DURATION_UNITS[unit] for n, unit in re.findall(r"(\d+)([smhdw])", given))
+    if seconds > LONGEST_DURATION:
+        raise ValueError(f"{text!r} is longer than 100 years")
+    return seconds
+
+
+def _duration(value: object) -> object:
+    """A policy duration: `"90s"`, `"4h"`, `"3d"` (or a number of seconds) → seconds, at least 1."""
+    if isinstance(value, bool):
+        raise ValueError('expected a duration such as "90s", "4h" or "3d"')
+    if isinstance(value, str):
+        value = duration_seconds(value)
+    if isinstance(value, int) and value < 1:
+        raise ValueError('a duration must be at least one second, such as "90s", "4h" or "3d"')
+    return value
+
+
+def _durations(value: object) -> object:
+    if isinstance(value, str):
+        value = _split_list(value)
+    if isinstance(value, list | tuple):
+        return tuple(_duration(v) for v in value)
+    return value
+
+
+def duration_words(seconds: int) -> str:
+    """`3d`, `4h`, `1d12h`, `90s`: a duration as the configuration writes it."""
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
 
 #: Binary units of a size (`max_ram`, `max_disk`), in megabytes: Abiquo's own unit.
 _SIZE_UNITS = {"": 1, "m": 1, "mb": 1, "mib": 1, "g": 1024, "gb": 1024, "gib": 1024}
@@ -263,6 +294,35 @@ def _email_address(text: str) -> str | None:
     return address.lower()
 
 
+def _address_list(value: object) -> object:
+    """Addresses as a list, or one string of them separated by commas (as the environment gives them)."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return _one_or_more(value)
+
+
+def _checked_addresses(value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    for item in value or ():
+        if _email_address(item) is None:
+            raise ValueError(f"{item!r} is not an email address (alice@example.com or Alice <alice@…>)")
+    return value
+
+
+#: The keys of a rule that asks people (a `decide` rule may have none of them).
+APPROVAL_KEYS = (
+    "approver_roles",
+    "approvers",
+    "when_requester_is_approver",
+    "when_no_approver",
+    "approvals_needed",
+    "deadline",
+    "at_deadline",
+    "reminders",
+    "escalate_after",
+    "escalate_to",
+)
+
+
 class PolicyRule(_Section):
     """One `[[policy.rules]]` entry (README "Policy"): conditions, then `decide` or who approves.
 
@@ -289,10 +349,24 @@ class PolicyRule(_Section):
     approvers: tuple[str, ...] | None = Field(None, description="addresses that approve, Abiquo users or not")
     when_requester_is_approver: RequesterIsApprover | None = None
     when_no_approver: DefaultAction | None = None
+    approvals_needed: int | None = Field(None, ge=1, description="distinct approvals that accept")
+    deadline: int | None = Field(None, description="seconds after triage when at_deadline decides")
+    at_deadline: DefaultAction | None = None
+    reminders: tuple[int, ...] | None = Field(None, description="seconds after the approval email")
+    escalate_after: int | None = Field(None, description="seconds after triage when escalate_to is asked")
+    escalate_to: tuple[str, ...] | None = Field(None, description="addresses asked at escalate_after")
 
     _names = field_validator(
-        "enterprise", "requester_role", "datacenter", "approver_roles", "approvers", mode="before"
+        "enterprise",
+        "requester_role",
+        "datacenter",
+        "approver_roles",
+        "approvers",
+        "escalate_to",
+        mode="before",
     )(_one_or_more)
+    _deadline = field_validator("deadline", "escalate_after", mode="before")(_duration)
+    _reminders = field_validator("reminders", mode="before")(_durations)
     _types = field_validator("task_types", mode="before")(_task_type_list)
     _sizes = field_validator("max_ram", "max_disk", mode="before")(_megabytes)
 
@@ -325,21 +399,11 @@ class PolicyRule(_Section):
             raise ValueError("an empty role name")
         return value
 
-    @field_validator("approvers")
-    @classmethod
-    def _addresses(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        for item in value or ():
-            if _email_address(item) is None:
-                raise ValueError(f"{item!r} is not an email address (alice@example.com or Alice <alice@…>)")
-        return value
+    _addresses = field_validator("approvers", "escalate_to")(_checked_addresses)
 
     @model_validator(mode="after")
     def _consistent(self) -> PolicyRule:
-        asking = [
-            key
-            for key in ("approver_roles", "approvers", "when_requester_is_approver", "when_no_approver")
-            if getattr(self, key) is not None
-        ]
+        asking = [key for key in APPROVAL_KEYS if getattr(self, key) is not None]
         if self.decide is not None and asking:
             raise ValueError(
                 f"decide = {self.decide!r} decides without asking anyone, so {' and '.join(asking)} would do "
@@ -386,12 +450,24 @@ class PolicySettings(_Section):
     when_requester_is_approver: RequesterIsApprover = Field(
         "ask", description="ask the other approvers (separation of duties), accept, or cancel"
     )
+    approvals_needed: int = Field(1, ge=1, description="distinct approvals that accept; a decline vetoes")
+    deadline: int | None = Field(
+        None, description="seconds after triage when at_deadline decides; none waits"
+    )
+    at_deadline: DefaultAction = Field("cancel", description="what the deadline decides")
+    reminders: tuple[int, ...] = Field((), description="seconds after the approval email, one reminder each")
+    escalate_after: int | None = Field(None, description="seconds after triage when escalate_to is asked")
+    escalate_to: tuple[str, ...] = Field((), description="addresses asked at escalate_after")
     rules: tuple[PolicyRule, ...] = Field(
         (),
         description="[[policy.rules]]: tried in order, the first that matches applies; else the keys above",
     )
 
     _upper = field_validator("task_types", mode="before")(_task_type_list)
+    _deadline = field_validator("deadline", "escalate_after", mode="before")(_duration)
+    _reminders = field_validator("reminders", mode="before")(_durations)
+    _escalate_to = field_validator("escalate_to", mode="before")(_address_list)
+    _addresses = field_validator("escalate_to")(_checked_addresses)
 
     @field_validator("rules")
     @classmethod
@@ -422,11 +498,95 @@ class PolicySettings(_Section):
                     f"policy.rules[{index}] ({rule.name!r}) comes after policy.rules[{index - 1}] "
                     f"({self.rules[index - 1].name!r}), which matches every request, so it never applies"
                 )
+        problems = _timing_problems("policy", self, self, self.model_fields_set)
+        for index, rule in enumerate(self.rules):
+            if rule.decide is None:
+                given = {key for key in APPROVAL_KEYS if getattr(rule, key) is not None}
+                problems += _timing_problems(f"policy.rules[{index}] ({rule.name!r})", rule, self, given)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def timing(self, rule: PolicyRule | None) -> Timing:
+        """The deadline, reminders, escalation and quorum of `rule` (the default rule when None), the
+        default rule's keys filling in what the rule leaves out."""
+        return _timing(rule, self)
 
     def rule_named(self, name: str | None) -> PolicyRule | None:
         """The rule of that name, or None (no name, or no such rule any more)."""
         return next((rule for rule in self.rules if name is not None and rule.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """How many approvals a rule needs, and what time does to its requests (README "Rules")."""
+
+    approvals_needed: int
+    deadline: int | None
+    at_deadline: DefaultAction
+    reminders: tuple[int, ...]
+    escalate_after: int | None
+    escalate_to: tuple[str, ...]
+
+
+def _pick(rule: PolicyRule | None, settings: PolicySettings, key: str) -> Any:
+    value = getattr(rule, key) if rule is not None else None
+    return getattr(settings, key) if value is None else value
+
+
+def _timing(rule: PolicyRule | None, settings: PolicySettings) -> Timing:
+    return Timing(
+        approvals_needed=_pick(rule, settings, "approvals_needed"),
+        deadline=_pick(rule, settings, "deadline"),
+        at_deadline=_pick(rule, settings, "at_deadline"),
+        reminders=tuple(sorted(_pick(rule, settings, "reminders"))),
+        escalate_after=_pick(rule, settings, "escalate_after"),
+        escalate_to=_pick(rule, settings, "escalate_to"),
+    )
+
+
+def _timing_problems(
+    where: str, own: PolicyRule | PolicySettings, settings: PolicySettings, given: set[str]
+) -> list[str]:
+    """What cannot work in one rule's quorum and timing (`where` names it), with the default rule's values
+    filling in: a quorum its named approvers could never reach, reminders or an escalation at or after
+    the deadline, half an escalation, an `at_deadline` without a deadline."""
+    rule = own if isinstance(own, PolicyRule) else None
+    timing = _timing(rule, settings)
+    problems: list[str] = []
+    roles = (settings.approver_role,) if rule is None or rule.approver_roles is None else rule.approver_roles
+    named = rule.approvers or () if rule is not None else ()
+    if not roles and len(named) < timing.approvals_needed:
+        problems.append(
+            f"{where}.approvals_needed: {timing.approvals_needed} approvals are needed, but the rule names "
+            f"only {len(named)} approver(s) and no approver_roles, so it could never be reached"
+        )
+    if "at_deadline" in given and timing.deadline is None:
+        problems.append(f"{where}.at_deadline: there is no deadline, so it would never apply; set deadline")
+    if len(set(timing.reminders)) != len(timing.reminders):
+        problems.append(f"{where}.reminders: the same reminder is listed twice")
+    if timing.deadline is not None:
+        late = [duration_words(r) for r in timing.reminders if r >= timing.deadline]
+        if late and {"reminders", "deadline"} & given:
+            problems.append(
+                f"{where}.reminders: {', '.join(late)} is not before the deadline "
+                f"({duration_words(timing.deadline)}), so it would never be sent"
+            )
+        if (
+            timing.escalate_after is not None
+            and timing.escalate_after >= timing.deadline
+            and {"escalate_after", "deadline"} & given
+        ):
+            problems.append(
+                f"{where}.escalate_after: {duration_words(timing.escalate_after)} is not before the deadline "
+                f"({duration_words(timing.deadline)}), so nobody would be escalated to"
+            )
+    if {"escalate_after", "escalate_to"} & given:
+        if timing.escalate_after is None:
+            problems.append(f'{where}.escalate_after: escalate_to is set, so say when (such as "1d")')
+        elif not timing.escalate_to:
+            problems.append(f"{where}.escalate_to: escalate_after is set, so say whom (email addresses)")
+    return problems
 
 
 class LinksSettings(_Section):
@@ -456,7 +616,7 @@ class ReconcileSettings(_Section):
         """A duration as text ("5m", "90s", "0"), or whole seconds (300 in TOML, "300" from the
         environment)."""
         if isinstance(value, str):
-            return timedelta(seconds=int(value)) if value.strip().isdigit() else parse_duration(value)
+            return timedelta(seconds=int(value) if value.strip().isdigit() else duration_seconds(value))
         if isinstance(value, int | float) and not isinstance(value, bool):
             if value < 0:
                 raise ValueError("a duration cannot be negative")
@@ -492,6 +652,29 @@ class Settings(_Section):
     worker: WorkerSettings = WorkerSettings()
     reconcile: ReconcileSettings = ReconcileSettings()
     log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _links_outlive_deadlines(self) -> Settings:
+        """Refuse a `links.ttl` shorter than a deadline: approvers' links would die before it, and the
+        escalated ones too (README "Rules"). The links' expiry does not follow the deadline on purpose:
+        one `links.ttl` is what an administrator reads and audits."""
+        ttl = self.links.ttl
+        problems: list[str] = []
+        for index, rule in [(None, None), *enumerate(self.policy.rules)]:
+            if rule is not None and rule.decide is not None:
+                continue
+            deadline = self.policy.timing(rule).deadline
+            if deadline is None or deadline <= ttl:
+                continue
+            where = "policy" if rule is None else f"policy.rules[{index}] ({rule.name!r})"
+            problems.append(
+                f"links.ttl: {ttl} seconds is shorter than {where}.deadline ({duration_words(deadline)}), so "
+                "the emailed links would stop working before the deadline; raise links.ttl to at least "
+                f"{deadline} or shorten the deadline"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 @dataclass(frozen=True)
@@ -616,23 +799,20 @@ def _key_of(loc: Sequence[str | int], rule_names: Sequence[object]) -> str:
 
 
 def _not_yet(loc: Sequence[str | int]) -> bool:
-    """A key of a later version's policy (`deadline`, `escalate_to`…) in `[policy]` or in a rule."""
+    """A key of a later version's policy (`NOT_YET_SUPPORTED`) in `[policy]` or in a rule."""
     last = str(loc[-1]) if loc else ""
     in_policy = bool(loc) and loc[0] == "policy" and (len(loc) == 2 or (len(loc) == 4 and loc[1] == "rules"))
-    return in_policy and (last in NOT_YET_SUPPORTED or last.startswith(NOT_YET_SUPPORTED_PREFIX))
+    return in_policy and last in NOT_YET_SUPPORTED
 
 
 def _describe(error: Mapping[str, Any], rule_names: Sequence[object] = ()) -> str:
     key = _key_of(error["loc"], rule_names)
     if error["type"] == "extra_forbidden":
         if _not_yet(error["loc"]):
-            return (
-                f"{key}: not supported yet by this version of abiquo-workflow (deadlines, reminders, "
-                "escalation and approvals_needed are not built yet); remove it"
-            )
+            return f"{key}: not supported yet by this version of abiquo-workflow; remove it"
         return f"{key}: unknown key"
     message = str(error["msg"]).removeprefix("Value error, ")
-    if message.startswith((f"{key}.", f"{key}[")):
+    if not key or message.startswith((f"{key}.", f"{key}[")):
         return message  # a whole-section check that names the rule and key itself
     value = error.get("input")
     if error["type"] != "missing" and isinstance(value, str | int | float | bool):

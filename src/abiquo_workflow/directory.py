@@ -82,15 +82,17 @@ class ApproverDirectory:
         """Whether `address` (`Name <email>` or a bare email) approves, now, a request of the enterprise
         to which the policy rule named `rule` applied (the default rule when None).
 
-        An address the rule names (`approvers`) approves as long as the rule, as configured now, still
-        names it: such people need not be Abiquo users, and Abiquo is not asked about them. Anyone else
-        must hold one of the rule's roles in the enterprise now. A rule that is gone from the
-        configuration counts as the default rule (policy.approval_rule).
+        An address the rule names (`approvers`, or `escalate_to`: those are emailed only once the
+        request is escalated) approves as long as the rule, as configured now, still names it: such
+        people need not be Abiquo users, and Abiquo is not asked about them. Anyone else must hold one
+        of the rule's roles in the enterprise now. A rule that is gone from the configuration counts as
+        the default rule (policy.approval_rule).
         """
         email = parseaddr(address)[1].strip().lower()
         if not email:
             return False
-        if approval_rule(self._policy, rule).names(email):
+        approval = approval_rule(self._policy, rule)
+        if approval.names(email) or approval.escalates_to(email):
             return True
         approvers = await self.approvers(enterprise_href, rule)
         return any((user.email or "").lower() == email for user in approvers)

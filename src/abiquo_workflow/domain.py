@@ -306,3 +306,9 @@ class RequestDetails:
     #: The `[[policy.rules]]` rule triage applied to the request, by name; None for the default rule
     #: (or a snapshot of a version without rules). The approver check at decision time reads it.
     policy_rule: str | None = None
+    #: Distinct approvals that accept a task under that rule, as triage found it (a decline vetoes).
+    approvals_needed: int = 1
+    #: When the still-pending tasks are decided by `at_deadline` (None: no deadline, they wait).
+    deadline_at: datetime | None = None
+    #: `accept` or `cancel`: what the deadline decides.
+    at_deadline: str | None = None

@@ -16,6 +16,15 @@ Priorities, most urgent first (the queue ages them, so none waits for ever; see 
     3  notify_settled    telling the approvers who did not decide that nothing is left for them to do
     4  reconcile         comparing Abiquo's pending tasks with ours (reconcile.py): a background check
                          that runs every few minutes, so whatever people wait for goes first
+
+The timers of a request's rule (README "Rules") are jobs too, queued by triage with the time they fall
+due (`due`, the queue's `run_after`), so they live in the database: they survive restarts, are claimed by
+one worker of any number, and one due while every process was down runs when a worker starts again:
+
+    0  deadline          decide the still-pending tasks with `at_deadline`
+    1  remind            queue a reminder to each approver who has not answered yet
+    1  escalate          ask the rule's `escalate_to` addresses
+    1  send_reminder     email one reminder
 """
 
 from __future__ import annotations
@@ -155,12 +164,105 @@ class Reconcile:
         return f"reconcile:after:{self.after}"
 
 
-Job: TypeAlias = Triage | SendApproval | Deliver | NotifyRequester | NotifySettled | Reconcile
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """At `due`, decide the request's still-pending tasks as its rule's `at_deadline` says."""
+
+    kind: ClassVar[str] = "deadline"
+    priority: ClassVar[Priority] = Priority.DELIVERY
+
+    request_id: str
+    due: datetime
+
+    @property
+    def dedupe_key(self) -> str:
+        """One deadline per request."""
+        return f"deadline:{self.request_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Remind:
+    """At `due`, remind each approver asked about the request who has not answered (reminder `number`,
+    counting from 1)."""
+
+    kind: ClassVar[str] = "remind"
+    priority: ClassVar[Priority] = Priority.APPROVAL_EMAIL
+
+    request_id: str
+    number: int
+    due: datetime
+
+    @property
+    def dedupe_key(self) -> str:
+        """Each reminder of a request once."""
+        return f"remind:{self.request_id}:{self.number}"
+
+
+@dataclass(frozen=True, slots=True)
+class Escalate:
+    """At `due`, ask the rule's `escalate_to` addresses about the request's still-pending tasks."""
+
+    kind: ClassVar[str] = "escalate"
+    priority: ClassVar[Priority] = Priority.APPROVAL_EMAIL
+
+    request_id: str
+    due: datetime
+
+    @property
+    def dedupe_key(self) -> str:
+        """One escalation per request."""
+        return f"escalate:{self.request_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class SendReminder:
+    """Email one approver reminder `number` about the tasks (`task_ids`) they have not answered."""
+
+    kind: ClassVar[str] = "send_reminder"
+    priority: ClassVar[Priority] = Priority.APPROVAL_EMAIL
+
+    request_id: str
+    notification_id: int
+    approver: User
+    task_ids: tuple[str, ...]
+    number: int
+
+    @property
+    def dedupe_key(self) -> str:
+        """Each reminder once per approver and request."""
+        return f"reminder:{self.request_id}:{self.number}:{(self.approver.email or '').lower()}"
+
+
+Job: TypeAlias = (
+    Triage
+    | SendApproval
+    | Deliver
+    | NotifyRequester
+    | NotifySettled
+    | Reconcile
+    | Deadline
+    | Remind
+    | Escalate
+    | SendReminder
+)
 AnyJob = TypeVar("AnyJob", bound=Job)
+#: The jobs that fall due at a time of their own (`due`) rather than at once.
+TIMERS: Final = (Deadline, Remind, Escalate)
 
 _TYPES: Final[Mapping[str, type[Job]]] = {
     job_type.kind: job_type
-    for job_type in (Triage, SendApproval, Deliver, NotifyRequester, NotifySettled, Reconcile)
+    for job_type in (
+        Triage,
+        SendApproval,
+        Deliver,
+        NotifyRequester,
+        NotifySettled,
+        Reconcile,
+        Deadline,
+        Remind,
+        Escalate,
+        SendReminder,
+    )
 }
 _ADAPTERS: Final[Mapping[str, TypeAdapter[Any]]] = {kind: TypeAdapter(t) for kind, t in _TYPES.items()}
 
@@ -173,12 +275,16 @@ class Queued:
     payload: Mapping[str, Any]
     dedupe_key: str | None
     priority: int
+    #: When it falls due; None: at once.
+    run_after: datetime | None = None
 
 
 def to_queue(job: Job) -> Queued:
-    """The job as the queue stores it: its kind, its fields as JSON, its dedupe key and priority."""
+    """The job as the queue stores it: its kind, its fields as JSON, its dedupe key, priority and, for
+    a timer, when it falls due."""
     payload = _ADAPTERS[job.kind].dump_python(job, mode="json")
-    return Queued(job.kind, payload, job.dedupe_key, int(job.priority))
+    due = job.due if isinstance(job, Deadline | Remind | Escalate) else None
+    return Queued(job.kind, payload, job.dedupe_key, int(job.priority), due)
 
 
 async def enqueue(
@@ -190,7 +296,7 @@ async def enqueue(
     return await tx.enqueue(
         queued.kind,
         queued.payload,
-        run_after=run_after,
+        run_after=run_after if run_after is not None else queued.run_after,
         dedupe_key=queued.dedupe_key,
         priority=queued.priority,
         max_attempts=max_attempts,

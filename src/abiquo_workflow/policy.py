@@ -29,7 +29,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from email.utils import parseaddr
 
-from abiquo_workflow.config import PolicyRule, PolicySettings
+from abiquo_workflow.config import PolicyRule, PolicySettings, Timing
 from abiquo_workflow.domain import Action, DecidedBy, RequestDetails, User, VirtualMachine
 
 
@@ -123,11 +123,16 @@ class ApprovalRule:
     named: tuple[str, ...]
     when_requester_is_approver: str
     when_no_approver: str
+    #: Quorum, deadline, reminders and escalation under the rule (config.Timing).
+    timing: Timing
 
     def names(self, address: str) -> bool:
         """Whether the rule names `address` (`Name <email>` or a bare email) as an approver."""
-        email = parseaddr(address)[1].strip().lower()
-        return bool(email) and any(parseaddr(n)[1].lower() == email for n in self.named)
+        return _among(address, self.named)
+
+    def escalates_to(self, address: str) -> bool:
+        """Whether `address` is one of the rule's `escalate_to` addresses, who may decide once asked."""
+        return _among(address, self.timing.escalate_to)
 
     def key(self, setting: str) -> str:
         """What a decision made by `setting` of this rule is recorded as (`AutoDecision.rule`)."""
@@ -137,6 +142,11 @@ class ApprovalRule:
     def role_words(self) -> str:
         """`the ENTERPRISE_ADMIN role`, `the ENTERPRISE_ADMIN or VDC_APPROVER role`."""
         return f"the {' or '.join(self.roles)} role" if self.roles else "no role"
+
+
+def _among(address: str, configured: Sequence[str]) -> bool:
+    email = parseaddr(address)[1].strip().lower()
+    return bool(email) and any(parseaddr(n)[1].lower() == email for n in configured)
 
 
 def rule_key(name: str) -> str:
@@ -152,6 +162,7 @@ def _approval_of(rule: PolicyRule | None, settings: PolicySettings) -> ApprovalR
             (),
             settings.when_requester_is_approver,
             settings.when_no_approver,
+            settings.timing(None),
         )
     return ApprovalRule(
         rule.name,
@@ -159,6 +170,7 @@ def _approval_of(rule: PolicyRule | None, settings: PolicySettings) -> ApprovalR
         rule.approvers or (),
         rule.when_requester_is_approver or settings.when_requester_is_approver,
         rule.when_no_approver or settings.when_no_approver,
+        settings.timing(rule),
     )
 
 
@@ -268,6 +280,15 @@ def _ask(requester: User | None, users: Sequence[User], approval: ApprovalRule) 
             why + _suffix(approval),
         )
     approvers = approvers_for(users, requester, approval)
+    needed = approval.timing.approvals_needed
+    if approvers and len(approvers) < needed:
+        return AutoDecision(
+            _action(approval.when_no_approver),
+            DecidedBy.NO_APPROVER,
+            approval.key("when_no_approver"),
+            f"only {len(approvers)} approver(s) can be asked, and {needed} approvals are needed"
+            + _suffix(approval),
+        )
     if approvers:
         return AskApprovers(approvers)
     if not approval.named:

@@ -28,7 +28,7 @@ from abiquo_workflow import display
 from abiquo_workflow.abiquo.client import AbiquoClient
 from abiquo_workflow.abiquo.payload import parse_callback
 from abiquo_workflow.approvals import details_from_json
-from abiquo_workflow.config import Settings
+from abiquo_workflow.config import Settings, Timing, duration_words
 from abiquo_workflow.domain import Action, HeldTask, User
 from abiquo_workflow.enrichment import enrich
 from abiquo_workflow.exceptions import AbiquoWorkflowError, PayloadError
@@ -221,12 +221,16 @@ def _evaluation_lines(evaluation: Evaluation, settings: Settings) -> list[str]:
             f"it names: {named}; when the requester is one: {approval.when_requester_is_approver}; "
             f"when there is none: {approval.when_no_approver}."
         )
+        lines.extend(_timing_lines(approval.timing))
     verdict = evaluation.verdict
     if isinstance(verdict, AskApprovers):
-        lines.append(
-            f"Would ask {_count(len(verdict.approvers), 'approver')} (one email each; the first to decide "
-            "a task decides it):"
+        needed = approval.timing.approvals_needed if approval is not None else 1
+        how = (
+            "the first to decide a task decides it"
+            if needed == 1
+            else f"{needed} distinct accepts decide a task, and one decline cancels it"
         )
+        lines.append(f"Would ask {_count(len(verdict.approvers), 'approver')} (one email each; {how}):")
         lines.extend(f"  {_approver(user, evaluation)}" for user in verdict.approvers)
     elif isinstance(verdict, AutoDecision):
         word = "accept" if verdict.action is Action.ACCEPT else "cancel"
@@ -235,6 +239,31 @@ def _evaluation_lines(evaluation: Evaluation, settings: Settings) -> list[str]:
             f"{verdict.rule!r}): {display.reason(verdict.reason)}."
         )
     return lines
+
+
+def _timing_lines(timing: Timing) -> list[str]:
+    """The rule's quorum, deadline and its action, reminders and escalation, one line each."""
+    outcome = "accepted" if timing.at_deadline == "accept" else "cancelled"
+    deadline = (
+        f"Deadline: {duration_words(timing.deadline)} after triage; then what is still pending is "
+        f"{outcome} (at_deadline = {timing.at_deadline})."
+        if timing.deadline is not None
+        else "Deadline: none; a request waits for its approvers for as long as it takes."
+    )
+    reminders = (
+        "Reminders: " + ", ".join(duration_words(r) for r in timing.reminders) + " after the approval email, "
+        "each once to every approver who has not answered."
+        if timing.reminders
+        else "Reminders: none."
+    )
+    escalation = (
+        f"Escalation: after {duration_words(timing.escalate_after)}, "
+        + ", ".join(display.address(a) for a in timing.escalate_to)
+        + " asked too, with links of their own."
+        if timing.escalate_after is not None
+        else "Escalation: none."
+    )
+    return [f"Approvals needed: {timing.approvals_needed}.", deadline, reminders, escalation]
 
 
 def _approver(user: User, evaluation: Evaluation) -> str:

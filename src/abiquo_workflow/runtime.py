@@ -24,11 +24,20 @@ from abiquo_workflow.approvals import Approvals
 from abiquo_workflow.config import Settings
 from abiquo_workflow.directory import ApproverDirectory
 from abiquo_workflow.exceptions import ConfigError, StoreError
-from abiquo_workflow.jobs import Deliver, NotifyRequester, NotifySettled, Reconcile, SendApproval, Triage
+from abiquo_workflow.jobs import (
+    TIMERS,
+    Deliver,
+    NotifyRequester,
+    NotifySettled,
+    Reconcile,
+    SendApproval,
+    SendReminder,
+    Triage,
+)
 from abiquo_workflow.links import LinkSigner
 from abiquo_workflow.mail.send import Mailer
 from abiquo_workflow.reconcile import Reconciler
-from abiquo_workflow.store import Store
+from abiquo_workflow.store import Clock, Store, utc_now
 from abiquo_workflow.worker import Pool, Worker
 
 log = structlog.stdlib.get_logger(__name__)
@@ -95,6 +104,10 @@ def migrates_at_start(settings: Settings) -> bool:
     return settings.database.url.startswith("sqlite")
 
 
+#: Deadlines, reminders and escalations one worker runs at once (each is a few statements).
+TIMER_SLOTS = 4
+
+
 def job_pools(settings: Settings) -> tuple[Pool, ...]:
     """How many jobs of each kind a worker runs at once: as many as the connections they use.
 
@@ -108,19 +121,23 @@ def job_pools(settings: Settings) -> tuple[Pool, ...]:
         Pool("triage", (Triage.kind,), settings.abiquo.max_connections),
         Pool(
             "emails",
-            (SendApproval.kind, NotifyRequester.kind, NotifySettled.kind),
+            (SendApproval.kind, SendReminder.kind, NotifyRequester.kind, NotifySettled.kind),
             settings.mail.max_connections,
         ),
         Pool("reconcile", (Reconcile.kind,), 1),
+        # Deadlines, reminders and escalations only write to the database (the emails and deliveries
+        # they queue run in the pools above).
+        Pool("timers", tuple(timer.kind for timer in TIMERS), TIMER_SLOTS),
     )
 
 
-async def open_store(settings: Settings) -> Store:
+async def open_store(settings: Settings, clock: Clock = utc_now) -> Store:
     """The store `settings` describe, opened as a running connector opens it (migrating SQLite)."""
     return await Store.open(
         settings.database.url,
         migrate=migrates_at_start(settings),
         busy_timeout=settings.database.busy_timeout,
+        clock=clock,
     )
 
 
@@ -135,11 +152,14 @@ async def prepare_store(settings: Settings) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_runtime(settings: Settings, *, start_worker: bool = True) -> AsyncIterator[Runtime]:
+async def open_runtime(
+    settings: Settings, *, start_worker: bool = True, clock: Clock = utc_now
+) -> AsyncIterator[Runtime]:
     """Everything a connector process needs, open; the worker running too unless `start_worker` is
-    False (`serve --no-worker`, where separate `worker` processes run the jobs)."""
+    False (`serve --no-worker`, where separate `worker` processes run the jobs). `clock` is where the
+    store and the approvals take "now" from (the wall clock; tests move theirs to pass deadlines)."""
     signer = link_signer(settings)
-    store = await open_store(settings)
+    store = await open_store(settings, clock)
     try:
         async with AbiquoClient(settings.abiquo) as abiquo, Mailer(settings.mail) as mailer:
             approvals = Approvals(
@@ -149,6 +169,7 @@ async def open_runtime(settings: Settings, *, start_worker: bool = True) -> Asyn
                 mailer=mailer,
                 signer=signer,
                 directory=ApproverDirectory(abiquo, settings.policy),
+                clock=clock,
             )
             reconciler = Reconciler(settings=settings, store=store, abiquo=abiquo, approvals=approvals)
             worker = Worker(
@@ -182,10 +203,10 @@ async def _schedule_reconciliation(reconciler: Reconciler) -> None:
 
 
 def web_lifespan(
-    settings: Settings, *, start_worker: bool = True
+    settings: Settings, *, start_worker: bool = True, clock: Clock = utc_now
 ) -> Callable[[], AbstractAsyncContextManager[Runtime]]:
     """What `create_app` is handed by `serve` and the demo: opens a Runtime when the server starts."""
-    return functools.partial(open_runtime, settings, start_worker=start_worker)
+    return functools.partial(open_runtime, settings, start_worker=start_worker, clock=clock)
 
 
 async def serve_jobs(settings: Settings) -> None:

@@ -40,6 +40,10 @@ class ApprovalRequest:
         When the links stop working, shown to the approver.
     request_id:
         Our id of the request, printed small at the bottom for support.
+    reminder:
+        The reminder's number (1, 2…) when this email is a reminder; None for the first email.
+    approved_by:
+        Who accepted already (`Name <email>`), under a rule that needs several approvals.
     """
 
     details: RequestDetails
@@ -48,6 +52,8 @@ class ApprovalRequest:
     all_links: ActionLinks | None = None
     expires_at: datetime | None = None
     request_id: str = ""
+    reminder: int | None = None
+    approved_by: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)

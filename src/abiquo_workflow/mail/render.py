@@ -155,6 +155,12 @@ class ApprovalView:
     unlisted: int = 0
     #: True when the tasks are not all of one type (each VM then says its own).
     mixed_types: bool = False
+    #: The reminder's number when this email is one (the subject and the heading say so).
+    reminder: int | None = None
+    #: "If nobody decides by 5 Dec 2026, 14:00 UTC, it will be cancelled." (None: no deadline).
+    deadline: str | None = None
+    #: "1 of 2 approvals, from Alice Smith. …" under a rule that needs several (else None).
+    quorum: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -368,8 +374,13 @@ def approval_view(
     task_types = words.task_words(vm.task_type for vm in details.vms)
     names = [vm.name for vm in vms]
     subject = words.format_subject(settings.approver_subject, _subject_fields(task_types, names, details))
+    if request.reminder is not None:
+        subject = f"Reminder: {subject}"
     approver = request.approver
     return ApprovalView(
+        reminder=request.reminder,
+        deadline=words.deadline_sentence(details.deadline_at, details.at_deadline),
+        quorum=words.quorum_sentence(details.approvals_needed, request.approved_by),
         subject=words.one_line(subject),
         approver_name=_first_name_basis(approver),
         requester_name=_person(details.requester),

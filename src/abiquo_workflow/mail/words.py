@@ -149,6 +149,32 @@ def moment_words(moment: datetime) -> str:
     return f"{moment.day} {moment:%b %Y, %H:%M} UTC"
 
 
+def deadline_sentence(deadline_at: datetime | None, at_deadline: str | None) -> str | None:
+    """ "If nobody decides by 5 Dec 2026, 14:00 UTC, it will be cancelled." (None: no deadline)."""
+    if deadline_at is None:
+        return None
+    outcome = "accepted" if at_deadline == "accept" else "cancelled"
+    return f"If nobody decides by {moment_words(deadline_at)}, it will be {outcome}."
+
+
+def quorum_sentence(needed: int, approved_by: Sequence[str], waiting_for: Sequence[str] = ()) -> str | None:
+    """ "1 of 2 approvals, from Alice Smith; still waiting for Bob Jones or Zoë Zimmermann." (None when one
+    approval decides). A decline by anyone cancels, so only accepts are counted."""
+    if needed <= 1:
+        return None
+    given = min(len(approved_by), needed)
+    sentence = f"{given} of {needed} approvals"
+    if approved_by:
+        sentence += f", from {join_words([person_name(a) for a in approved_by])}"
+    if given < needed and waiting_for:
+        sentence += f"; still waiting for {_or_words([person_name(w) for w in waiting_for])}"
+    return sentence + ". One decline cancels it."
+
+
+def _or_words(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def overall_outcome(results: Sequence[TaskResult]) -> str:
     """ "accepted", "declined" or "partly accepted" (or "pending" while nothing is decided)."""
     accepted = sum(1 for r in results if r.decision is DecisionState.ACCEPTED)

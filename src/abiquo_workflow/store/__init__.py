@@ -22,10 +22,11 @@ from abiquo_workflow.store.records import (
     TaskRecord,
 )
 from abiquo_workflow.store.schema import migrate
-from abiquo_workflow.store.store import SchemaStatus, Store, UnitOfWork
+from abiquo_workflow.store.store import Approved, SchemaStatus, Store, UnitOfWork
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
+    "Approved",
     "AuditRecord",
     "Clock",
     "JobQueue",

@@ -25,6 +25,7 @@ from sqlalchemy import ColumnElement, Executable, RowMapping, Select, and_, func
 
 from abiquo_workflow.domain import DecisionState, DeliveryState
 from abiquo_workflow.store.records import (
+    ApprovalRecord,
     AuditRecord,
     JobRecord,
     JobStatus,
@@ -33,7 +34,7 @@ from abiquo_workflow.store.records import (
     TaskRecord,
     from_row,
 )
-from abiquo_workflow.store.tables import audit, jobs, notifications, requests, tasks, workers
+from abiquo_workflow.store.tables import approvals, audit, jobs, notifications, requests, tasks, workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +272,21 @@ class Reader(abc.ABC):
         query = _where_given(select(audit), (audit.c.task_id, task_id), (audit.c.request_id, request_id))
         rows = await self._fetch(query.order_by(audit.c.id))
         return [from_row(AuditRecord, row) for row in rows]
+
+    async def job_with_key(self, dedupe_key: str) -> JobRecord | None:
+        """The job queued under `dedupe_key`, whatever its status; None when there is none."""
+        rows = await self._fetch(select(jobs).where(jobs.c.dedupe_key == dedupe_key))
+        return from_row(JobRecord, rows[0]) if rows else None
+
+    async def approvals_of(self, task_ids: Iterable[str]) -> list[ApprovalRecord]:
+        """The approvers' answers on these tasks, in the order they were given."""
+        wanted = list(dict.fromkeys(task_ids))
+        if not wanted:
+            return []
+        rows = await self._fetch(
+            select(approvals).where(approvals.c.task_id.in_(wanted)).order_by(approvals.c.id)
+        )
+        return [from_row(ApprovalRecord, row) for row in rows]
 
     async def get_notification(self, notification_id: int) -> NotificationRecord | None:
         rows = await self._fetch(select(notifications).where(notifications.c.id == notification_id))

@@ -60,6 +60,24 @@ class RequestRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ApprovalRecord:
+    """One approver's answer on one task (`approvals`): an accept counts towards the quorum."""
+
+    id: int
+    task_id: str
+    request_id: str
+    #: The approver's email, lower-cased: what makes two answers the same person's.
+    approver: str
+    #: `Name <email>`, as the audit log writes it.
+    actor: str
+    #: `accept` or `decline`.
+    action: str
+    at: datetime
+    channel: Channel | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class TaskRecord:
     """A held task: what Abiquo sent, what we decided, and how the decision reached Abiquo."""
 

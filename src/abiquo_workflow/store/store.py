@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import functools
 import uuid
@@ -26,7 +27,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import Executable, Result, RowMapping, bindparam, insert, select, text, update
+from sqlalchemy import Executable, Result, RowMapping, bindparam, func, insert, select, text, update
 
 from abiquo_workflow import metrics
 from abiquo_workflow.domain import (
@@ -58,7 +59,7 @@ from abiquo_workflow.store.records import (
     from_row,
 )
 from abiquo_workflow.store.sqlite import SQLiteDatabase
-from abiquo_workflow.store.tables import audit, notifications, requests, tasks
+from abiquo_workflow.store.tables import approvals, audit, notifications, requests, tasks
 from abiquo_workflow.store.urls import display_url, parse_url
 
 # Statements on the callback's path, built once and run with parameters: building an INSERT with
@@ -82,6 +83,16 @@ _CONFIRMED_COLUMNS = (
     "cancel_href",
     "verified_at",
 )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Approved:
+    """What one approver's answer did (`UnitOfWork.approve`): the tasks it decided, those where it was
+    counted but more approvals are needed, and those where this approver had already answered so."""
+
+    decided: list[TaskRecord]
+    waiting: list[str]
+    repeated: list[str]
 
 
 class UnitOfWork(Reader):
@@ -211,6 +222,85 @@ class UnitOfWork(Reader):
             channel=channel,
             delivery=delivery,
         )
+
+    async def approve(
+        self,
+        task_ids: Iterable[str],
+        state: DecisionState,
+        *,
+        approver: str,
+        actor: str,
+        reason: str | None,
+        channel: Channel,
+        needed: int,
+    ) -> Approved:
+        """Record one approver's answer on the tasks among `task_ids` still pending, and decide those
+        it settles: a decline at once (a veto), an accept once `needed` distinct approvers accepted.
+
+        The pending tasks are locked first (`FOR UPDATE` on PostgreSQL; SQLite has one writer at a
+        time), so of concurrent answers each counts the ones committed before it: two last accepts
+        cannot both decide, nor can two accepts that are each one short both miss it. A second answer
+        of the same approver (`approver`: the email, lower-cased) counts once.
+        """
+        wanted = sorted(dict.fromkeys(task_ids))
+        if not wanted:
+            return Approved([], [], [])
+        if state not in (DecisionState.ACCEPTED, DecisionState.DECLINED):
+            raise ValueError(f"approve() needs an answer: accepted or declined, not {state}")
+        locked = await self._execute(
+            select(tasks.c.task_id, tasks.c.request_id)
+            .where(tasks.c.task_id.in_(wanted), tasks.c.decision == DecisionState.PENDING)
+            .order_by(tasks.c.task_id)
+            .with_for_update()
+        )
+        pending = {row.task_id: row.request_id for row in locked}
+        if not pending:
+            return Approved([], [], [])
+        action = "accept" if state is DecisionState.ACCEPTED else "decline"
+        now = self._clock()
+        recorded = await self._execute(
+            insert_on_conflict(self._conn, approvals)
+            .values(
+                [
+                    {
+                        "task_id": task_id,
+                        "request_id": request_id,
+                        "approver": approver,
+                        "actor": actor,
+                        "action": action,
+                        "at": now,
+                        "channel": channel,
+                        "reason": reason,
+                    }
+                    for task_id, request_id in pending.items()
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=["task_id", "approver", "action"])
+            .returning(approvals.c.task_id)
+        )
+        new = set(recorded.scalars())
+        if state is DecisionState.DECLINED:
+            settled = list(pending)
+        else:
+            counts = await self._fetch(
+                select(approvals.c.task_id, func.count(approvals.c.approver.distinct()).label("accepts"))
+                .where(approvals.c.task_id.in_(list(pending)), approvals.c.action == "accept")
+                .group_by(approvals.c.task_id)
+            )
+            settled = [row["task_id"] for row in counts if row["accepts"] >= needed]
+        decided = await self._settle_pending(
+            settled,
+            decision=state,
+            decided_by=DecidedBy.APPROVER,
+            actor=actor,
+            reason=reason,
+            channel=channel,
+            delivery=DeliveryState.QUEUED,
+        )
+        decided_ids = {t.task_id for t in decided}
+        waiting = [t for t in pending if t not in decided_ids and t in new]
+        repeated = [t for t in pending if t not in decided_ids and t not in new]
+        return Approved(decided, waiting, repeated)
 
     async def confirm_tasks(self, confirmed: Sequence[HeldTask]) -> list[TaskRecord]:
         """Replace what the callback said of pending tasks with Abiquo's own view of them (`confirmed`,

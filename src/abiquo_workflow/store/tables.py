@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 
 from abiquo_workflow.domain import DecisionState, DeliveryState, PayloadFormat
@@ -197,6 +198,24 @@ jobs = Table(
     Column("finished_at", UtcDateTime()),
     _one_of("status", JobStatus),
     Index(None, "status", "claim_rank", "id"),
+)
+
+# Each approver's answer on a task (migration 0005): an accept counts towards `approvals_needed`, a
+# decline vetoes. One row per task, approver (lower-cased email) and answer, so a second click by the
+# same approver counts once.
+approvals = Table(
+    "approvals",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=True),
+    Column("task_id", String(255), ForeignKey("tasks.task_id"), nullable=False),
+    Column("request_id", String(36), nullable=False, index=True),
+    Column("approver", String(320), nullable=False),
+    Column("actor", Text(), nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("channel", String(16)),
+    Column("reason", Text()),
+    UniqueConstraint("task_id", "approver", "action"),
 )
 
 # One row per running worker, its heartbeat: when its loop last went round (worker.py). `/readyz` of a

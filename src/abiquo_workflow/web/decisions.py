@@ -6,11 +6,13 @@ The POST must come from our own page: a browser's `Sec-Fetch-Site` other than sa
 typed URL), or an `Origin` of another site, is refused with 403, so another site cannot make an
 approver's browser decide (the link's token is then not the only guard).
 
-Answers: 200 decided (or, on GET, the confirmation page) · 403 missing, forged or expired token ·
-404 unknown task · 410 already decided (the page says by whom and when). `/multiple` decides the tasks
-still pending and lists the others; it answers 410 only when none was left to decide. A POST that the
-confirmation form could not have sent decides nothing: 400 (no task, unknown action, a reason over the
-textarea's `maxlength`), 413 (a body over `FORM_LIMIT`), 415 (anything but a URL-encoded form).
+Answers: 200 decided (or, on GET, the confirmation page; or, under a rule of several approvals, an
+approval recorded that does not decide yet: "1 of 2 approvals…", nothing sent to Abiquo) · 403 missing,
+forged or expired token · 404 unknown task · 410 already decided (the page says by whom and when).
+`/multiple` decides the tasks still pending and lists the others; it answers 410 only when none was
+left to decide. A POST that the confirmation form could not have sent decides nothing: 400 (no task,
+unknown action, a reason over the textarea's `maxlength`), 413 (a body over `FORM_LIMIT`), 415
+(anything but a URL-encoded form).
 And 503 when the database is not available (app.py answers every StoreError so).
 """
 
@@ -30,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from abiquo_workflow import display
-from abiquo_workflow.approvals import details_from_json, task_result
+from abiquo_workflow.approvals import ASKING_KINDS, Decided, details_from_json, task_result
 from abiquo_workflow.domain import Action, Channel, DecisionState, RequestDetails
 from abiquo_workflow.exceptions import AbiquoError, NotAnApprover, TokenError
 from abiquo_workflow.links import MULTIPLE_ACTIONS, Grant, parse_task_list
@@ -204,7 +206,7 @@ async def _authorised(service: Services, asked: Asked) -> tuple[Asked, Grant]:
         says_what_to_do = "Abiquo" in message or "Open the link" in message
         raise BadLink(403, "This link cannot be used", message, None if says_what_to_do else "") from None
     email = await service.store.get_notification(notice.notice_id)
-    if email is None or email.kind != "approval" or not email.task_ids:
+    if email is None or email.kind not in ASKING_KINDS or not email.task_ids:
         raise BadLink(
             404,
             "Unknown request",
@@ -295,8 +297,22 @@ async def _show(request: Request, asked: Asked) -> Response:
         approver=display.name(grant.approver),
         expires=words.moment_words(grant.expires_at),
         reason_limit=REASON_LIMIT,
+        **await _time_and_quorum(service, pending, details),
     )
     return page(request, "confirm.html", context)
+
+
+async def _time_and_quorum(
+    service: Services, pending: list[TaskRecord], details: RequestDetails | None
+) -> dict[str, str | None]:
+    """The deadline and what happens then, and where the quorum stands, for the pages (None: not so)."""
+    quorum = await service.approvals.quorum([t.task_id for t in pending])
+    return {
+        "deadline": words.deadline_sentence(details.deadline_at, details.at_deadline) if details else None,
+        "quorum": words.quorum_sentence(quorum.needed, quorum.approved_by, quorum.waiting_for)
+        if quorum is not None
+        else None,
+    }
 
 
 async def _check_approver(service: Services, asked: Asked, grant: Grant) -> None:
@@ -344,12 +360,14 @@ async def _decide(request: Request, asked: Asked, reason: str | None) -> Respons
     result = await service.approvals.decide(
         asked.task_ids, asked.action, actor=grant.approver, reason=reason, channel=Channel.EMAIL
     )
-    if not result.decided and not result.already:
+    if not result.decided and not result.already and not result.waiting:
         raise BadLink(404, "Unknown task", "We have no record of this task. It may have been removed.")
-    shown = list(result.decided) + list(result.already)
+    shown = list(result.decided) + list(result.waiting) + list(result.already)
     details = await _details(service, shown)
     context = request_context(shown, details)
     context["unknown"] = list(result.unknown)
+    if not result.decided and result.waiting:
+        return page(request, "decided.html", await _counted(service, context, result, details))
     if not result.decided:
         return page(request, "decided.html", _gone(context, list(result.already)), status=410)
     done = "Accepted" if asked.action is Action.ACCEPT else "Declined"
@@ -372,6 +390,23 @@ async def _decide(request: Request, asked: Asked, reason: str | None) -> Respons
         next_step="Nothing else is needed from you: you can close this page.",
     )
     return page(request, "decided.html", context)
+
+
+async def _counted(
+    service: Services, context: dict[str, Any], result: Decided, details: RequestDetails | None
+) -> dict[str, Any]:
+    """The page of an approval that counted but did not decide: more approvals are needed, nothing is
+    sent to Abiquo yet. "1 of 2 approvals, from Alice Smith; still waiting for Bob Jones or …"."""
+    extra = await _time_and_quorum(service, list(result.waiting), details)
+    context.update(
+        title="Approval recorded",
+        message=extra["quorum"] or "Your approval is recorded; more approvals are needed.",
+        tone="waiting",
+        deadline=extra["deadline"],
+        next_step="Nothing is sent to Abiquo until enough approvers accept. You will be emailed once it is "
+        "settled; you can close this page.",
+    )
+    return context
 
 
 #: `Sec-Fetch-Site` values of a request our own page (or a typed or pasted URL) can make.
