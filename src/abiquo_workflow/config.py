@@ -410,6 +410,40 @@ class PolicySettings(_Section):
         return next((rule for rule in self.rules if name is not None and rule.name == name), None)
 
 
+class AccessSettings(_Section):
+    admin_roles: tuple[str, ...] = Field(
+        ("CLOUD_ADMIN",), description="Abiquo roles that see and decide every request (dashboard, API)"
+    )
+    login_ttl: float = Field(
+        60.0, gt=0, description="seconds a sign-in checked against Abiquo's /login is trusted again"
+    )
+
+    _split_roles = field_validator("admin_roles", mode="before")(_split_list)
+
+
+class ApiToken(_Section):
+    """One `[[api.tokens]]`: a name (the audit log's actor, `token:<name>`), a scope, the token's hash."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$", description="the actor")
+    scope: Literal["read", "decide"] = Field("read", description="read, or read and decide and retry")
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the token (`abiquo-workflow api-token`)"
+    )
+
+
+class ApiSettings(_Section):
+    tokens: tuple[ApiToken, ...] = Field((), description="[[api.tokens]]: bearer tokens of /api/v1")
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_names(cls, tokens: tuple[ApiToken, ...]) -> tuple[ApiToken, ...]:
+        names = [token.name for token in tokens]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"api.tokens: {', '.join(twice)} named twice; the name is the audit's actor")
+        return tokens
+
+
 class LinksSettings(_Section):
     one_click: bool = Field(False, description="decide on GET, as the 2013 tool did (unsafe)")
     ttl: int = Field(7 * 24 * 3600, gt=0, description="seconds an emailed link stays valid")
@@ -450,6 +484,8 @@ class Settings(_Section):
     mail: MailSettings = MailSettings()
     policy: PolicySettings = PolicySettings()
     links: LinksSettings = LinksSettings()
+    access: AccessSettings = AccessSettings()
+    api: ApiSettings = ApiSettings()
     worker: WorkerSettings = WorkerSettings()
     log: LogSettings = LogSettings()
 

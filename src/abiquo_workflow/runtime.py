@@ -20,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from abiquo_workflow.abiquo.client import AbiquoClient
+from abiquo_workflow.access import Authenticator
 from abiquo_workflow.approvals import Approvals
 from abiquo_workflow.config import Settings
 from abiquo_workflow.directory import ApproverDirectory
@@ -42,6 +43,8 @@ class Runtime:
     approvals: Approvals
     signer: LinkSigner
     worker: Worker
+    #: Signs people in against Abiquo and knows the API tokens (the dashboard and the API).
+    authenticator: Authenticator
 
 
 #: How to make a good `server.secret_key`, said wherever one is refused.
@@ -157,7 +160,7 @@ async def open_runtime(settings: Settings, *, start_worker: bool = True) -> Asyn
             )
             running = worker.start() if start_worker else None
             try:
-                yield Runtime(settings, store, approvals, signer, worker)
+                yield Runtime(settings, store, approvals, signer, worker, Authenticator(abiquo, settings))
             finally:
                 if running is not None:
                     worker.stop()
