@@ -449,6 +449,15 @@ class LinksSettings(_Section):
     ttl: int = Field(7 * 24 * 3600, gt=0, description="seconds an emailed link stays valid")
 
 
+class DashboardSettings(_Section):
+    session_lifetime: int = Field(
+        8 * 3600, gt=0, description="seconds a dashboard sign-in lasts; then the person signs in again"
+    )
+    max_failed_sign_ins: int = Field(
+        5, gt=0, description="wrong passwords for one user name (or 4x from one address) per 15 minutes"
+    )
+
+
 class WorkerSettings(_Section):
     concurrency: int = Field(
         64, gt=0, description="jobs in flight per process at most, within the Abiquo and SMTP bounds"
@@ -486,6 +495,7 @@ class Settings(_Section):
     links: LinksSettings = LinksSettings()
     access: AccessSettings = AccessSettings()
     api: ApiSettings = ApiSettings()
+    dashboard: DashboardSettings = DashboardSettings()
     worker: WorkerSettings = WorkerSettings()
     log: LogSettings = LogSettings()
 
