@@ -4,6 +4,7 @@ mapped to what a person sees and decides, API tokens."""
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,7 @@ from abiquo_workflow.config import Settings, build_settings
 from abiquo_workflow.domain import DecisionState
 from abiquo_workflow.simulation import SimulatorServer
 from abiquo_workflow.store.listing import Scope
+from tests.cli_support import invoke
 
 
 class Clock:
@@ -147,3 +149,27 @@ def test_a_decided_task_is_not_decidable_even_by_an_administrator() -> None:
     admin = Viewer(actor="Cloud Admin <admin@abiquo.example>", role=Role.ADMIN, can_decide=True)
 
     assert not admin.may_decide(Row("2", "20", Task(DecisionState.ACCEPTED)))
+
+
+def test_the_api_token_command_prints_a_token_and_the_lines_that_let_it_in(
+    simulator: SimulatorServer,
+) -> None:
+    result = invoke("api-token", "deploy-bot", "--scope", "decide")
+    token = result.stdout.splitlines()[0].removeprefix("token: ")
+    config = tomllib.loads(result.stdout.split("# add to the configuration file:", 1)[1])
+
+    viewer = Authenticator(
+        AbiquoClient(settings_for(simulator).abiquo), settings_for(simulator, **config)
+    ).token_viewer(token)
+
+    assert result.exit_code == 0
+    assert (
+        token not in result.stdout.split("token: ", 1)[1].split("\n", 1)[1]
+    )  # shown once, never in the config
+    assert viewer == Viewer(actor="token:deploy-bot", role=Role.ADMIN, can_decide=True)
+
+
+def test_the_api_token_command_refuses_an_unknown_scope() -> None:
+    result = invoke("api-token", "x", "--scope", "admin")
+
+    assert result.exit_code == 2 and "--scope must be read or decide" in result.stderr

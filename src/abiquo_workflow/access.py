@@ -104,8 +104,12 @@ class Viewer:
 
     def may_decide(self, item: Owned) -> bool:
         """Whether this viewer may decide it: sees it, may decide at all, and it is still pending (when it
-        is a task's row, `ListedTask`). An approver's check against Abiquo is made again at decision time."""
+        is a task's row, `ListedTask`). An approver never decides their own request (separation of
+        duties: the policy asked the other approvers); an administrator may. An approver's check
+        against Abiquo is made again at decision time."""
         if not (self.can_decide and self.sees(item)):
+            return False
+        if self.role is Role.APPROVER and self.user_id is not None and item.requester_id == self.user_id:
             return False
         task = getattr(item, "task", item)
         decision = getattr(task, "decision", DecisionState.PENDING)

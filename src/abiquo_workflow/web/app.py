@@ -29,7 +29,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from abiquo_workflow import __version__
 from abiquo_workflow.config import Settings
 from abiquo_workflow.exceptions import StoreError
-from abiquo_workflow.web import callback, decisions, health
+from abiquo_workflow.web import api, callback, decisions, health
 from abiquo_workflow.web.state import Lifespan
 from abiquo_workflow.web.templating import error_page, page
 
@@ -204,6 +204,7 @@ def create_app(settings: Settings, *, lifespan: Lifespan) -> FastAPI:
     app.include_router(callback.router)
     app.include_router(decisions.router)
     app.include_router(health.router)
+    app.mount(api.PREFIX, api.create_api(app.state))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.state.abiquo_check = health.AbiquoCheck()
     app.add_exception_handler(HTTPException, _http_error)
