@@ -146,6 +146,7 @@ def _page(
         csrf=keeper.csrf_token(session),
         viewer=viewer,
         viewer_name=words.person_name(viewer.actor) if viewer else "",
+        role_name=views.role_name(viewer) if viewer else "",
         role_words=views.role_words(viewer) if viewer else "",
     )
     response = page(request, name, context, status=status)
@@ -291,6 +292,7 @@ async def request_page(request: Request, request_id: str) -> Response:
     except ValueError:
         log.warning("dashboard.unreadable_details", request_id=request_id)
     context = request_context(timeline.tasks, details)
+    context["rows"] = views.with_delivery(context["rows"], timeline.tasks)
     pending = [t for t in timeline.tasks if t.decision is DecisionState.PENDING]
     may_decide = bool(pending) and viewer.may_decide(timeline)
     failed_deliveries = [t for t in timeline.tasks if t.delivery is DeliveryState.FAILED]

@@ -9,15 +9,17 @@ list reads names from the triage snapshot as stored (a dict), without parsing al
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from abiquo_workflow import display
 from abiquo_workflow.access import Role, Viewer
+from abiquo_workflow.domain import DeliveryState
 from abiquo_workflow.mail import words
 from abiquo_workflow.store.listing import RequestState, RequestSummary
-from abiquo_workflow.store.records import AuditRecord, NotificationRecord, NotificationStatus
+from abiquo_workflow.store.records import AuditRecord, NotificationRecord, NotificationStatus, TaskRecord
+from abiquo_workflow.web.views import TaskRow
 
 #: The lists' tabs: the state each shows ("" for all), and its label.
 TABS: tuple[tuple[str, str], ...] = (
@@ -50,10 +52,12 @@ _STATE_WORDS = {
     RequestState.FAILED: "Delivery failed",
 }
 
+#: What each role is called, and (for the list's first line) what it lets the person do.
+_ROLE_NAMES = {Role.ADMIN: "administrator", Role.APPROVER: "approver", Role.REQUESTER: "requester"}
 _ROLE_WORDS = {
-    Role.ADMIN: "administrator: sees and decides every request",
-    Role.APPROVER: "approver: sees and decides your enterprise's requests",
-    Role.REQUESTER: "sees your own requests, read-only",
+    Role.ADMIN: "see and decide every request",
+    Role.APPROVER: "see and decide your enterprise's requests",
+    Role.REQUESTER: "see the requests you made, read-only: your enterprise's approvers decide them",
 }
 
 #: What each audit action is called on the timeline.
@@ -82,8 +86,37 @@ _NOTIFICATION_KINDS = {
 }
 
 
+def role_name(viewer: Viewer) -> str:
+    return _ROLE_NAMES[viewer.role]
+
+
 def role_words(viewer: Viewer) -> str:
     return _ROLE_WORDS[viewer.role]
+
+
+_DELIVERY_WORDS = {
+    DeliveryState.QUEUED: "Being passed on to Abiquo",
+    DeliveryState.DELIVERED: "Passed on to Abiquo",
+    DeliveryState.SUPERSEDED: "Decided otherwise in Abiquo",
+    DeliveryState.FAILED: "Could not be passed on to Abiquo",
+}
+
+
+def with_delivery(rows: Sequence[TaskRow], tasks: Sequence[TaskRecord]) -> list[TaskRow]:
+    """The task rows with what became of each decision's delivery to Abiquo (the dashboard shows it;
+    the decision pages do not)."""
+    by_id = {task.task_id: task for task in tasks}
+    shown = []
+    for row in rows:
+        task = by_id.get(row.task_id)
+        if task is None or task.delivery is None:
+            shown.append(row)
+            continue
+        note = _DELIVERY_WORDS[task.delivery]
+        if task.delivery is DeliveryState.FAILED and task.delivery_detail:
+            note += f": {display.reason(task.delivery_detail)}"
+        shown.append(replace(row, delivery=task.delivery.value, delivery_note=note))
+    return shown
 
 
 def age_bounds(key: str, now: datetime) -> tuple[datetime | None, datetime | None]:
