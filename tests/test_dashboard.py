@@ -164,6 +164,12 @@ async def test_after_signing_in_a_request_page_link_leads_back_to_it(
     assert response.headers["location"] == f"/requests/{request_id}"
 
 
+async def test_a_wrong_password_keeps_where_sign_in_leads(client: httpx2.AsyncClient) -> None:
+    text = page_text(await sign_in(client, ("asmith", "wrong"), next="/requests/abc"), 401)
+
+    assert 'name="next" value="/requests/abc"' in text
+
+
 async def test_sign_in_never_sends_anyone_to_another_site(client: httpx2.AsyncClient) -> None:
     response = await sign_in(client, ALICE, next="//evil.example/requests/x")
 
@@ -616,3 +622,18 @@ async def test_bad_posts_get_a_page_and_a_sentence(app: App, client: httpx2.Asyn
     assert "not one of this request&#39;s" in page_text(unknown_task, 404)
     assert page_text(not_a_form, 400)
     assert page_text(get_only, 405)
+
+
+async def test_an_approver_decides_from_the_dashboard_on_each_database(
+    app_factory: AppFactory, migrated_database_url: str
+) -> None:
+    async with app_factory(database_url=migrated_database_url) as running, running.client() as client:
+        acme = await held(running, vm=1)
+        await sign_in(client, ALICE)
+        listed = await list_text(client, q="web-01")
+        assert acme["request_id"] in listed
+
+        assert (await decide(client, acme["request_id"], "decline:all", "not now")).status_code == 303
+
+        [call] = await wait_for_calls(running, 1)
+    assert (call["action"], call["status"]) == ("cancel", 204)

@@ -162,9 +162,17 @@ def _refusal_page(request: Request, refused: Refused) -> Response:
 
 
 def _sign_in_page(
-    request: Request, session: Session, *, message: str | None = None, status: int = 200, username: str = ""
+    request: Request,
+    session: Session,
+    *,
+    message: str | None = None,
+    status: int = 200,
+    username: str = "",
+    next_path: str | None = None,
 ) -> Response:
-    context = {"message": message, "username": username, "next": _safe_next(request.query_params.get("next"))}
+    """The sign-in form; `next_path` (else `?next=`) is where it leads once signed in."""
+    target = _safe_next(next_path or request.query_params.get("next"))
+    context = {"message": message, "username": username, "next": target}
     return _page(request, "dashboard/sign_in.html", context, session, status=status)
 
 
@@ -372,6 +380,7 @@ async def sign_in(request: Request) -> Response:
     assert session is not None  # _form checked its CSRF token
     username = fields.get("username", "").strip()[:TEXT_LIMIT]
     password = fields.get("password", "")[:1024]
+    target = _safe_next(fields.get("next"))
     throttle, address = _throttle(request), _address(request)
     wait = throttle.wait(username, address)
     if wait > 0:
@@ -380,21 +389,27 @@ async def sign_in(request: Request) -> Response:
             f"Too many wrong passwords for this user name or from this address. Try again in about "
             f"{words.counted(minutes, 'minute')}."
         )
-        return _sign_in_page(request, session, message=message, status=429, username=username)
+        return _sign_in_page(
+            request, session, message=message, status=429, username=username, next_path=target
+        )
     try:
         viewer = await _authenticator(request).sign_in(username, password)
     except AbiquoError:
         log.warning("dashboard.sign_in_unavailable")
         message = "Abiquo cannot be reached right now to check your password. Try again in a few minutes."
-        return _sign_in_page(request, session, message=message, status=503, username=username)
+        return _sign_in_page(
+            request, session, message=message, status=503, username=username, next_path=target
+        )
     if viewer is None:
         throttle.failed(username, address)
         log.info("dashboard.sign_in_refused")
         message = "Abiquo did not accept that user name and password. Check them and try again."
-        return _sign_in_page(request, session, message=message, status=401, username=username)
+        return _sign_in_page(
+            request, session, message=message, status=401, username=username, next_path=target
+        )
     throttle.succeeded(username)
     log.info("dashboard.signed_in", actor=viewer.actor, role=viewer.role.value)
-    response = RedirectResponse(_safe_next(fields.get("next")), status_code=303)
+    response = RedirectResponse(target, status_code=303)
     keeper.store(response, keeper.new(_session_data(viewer)))
     return response
 
