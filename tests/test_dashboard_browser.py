@@ -57,8 +57,13 @@ async def test_an_approver_signs_in_and_accepts_a_vapp_from_the_dashboard(
         await page.get_by_role("button", name="Sign in").click()
         await expect(page.get_by_role("alert")).to_contain_text("did not accept that user name and password")
         await draw(page, "dashboard-sign-in-refused", expect_buttons=1)
-        await page.get_by_label("Password").fill(ALICE[1])
-        await page.get_by_role("button", name="Sign in").click()
+        # By keyboard alone: the password field has the focus, visibly, and Enter sends the form.
+        password = page.get_by_label("Password")
+        await expect(password).to_be_focused()
+        outline = await password.evaluate("(el) => getComputedStyle(el).outlineStyle")
+        assert outline not in ("", "none")
+        await page.keyboard.type(ALICE[1])
+        await page.keyboard.press("Enter")
 
         await expect(page.get_by_role("heading", level=1)).to_have_text("Requests")
         await expect(page.get_by_text("Signed in as Alice Smith")).to_be_visible()

@@ -51,7 +51,7 @@ from abiquo_workflow.web.sessions import Session, SessionKeeper
 from abiquo_workflow.web.state import services
 from abiquo_workflow.web.templating import page
 from abiquo_workflow.web.throttle import SignInThrottle
-from abiquo_workflow.web.views import request_context
+from abiquo_workflow.web.views import request_context, shared_reason
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -301,6 +301,7 @@ async def request_page(request: Request, request_id: str) -> Response:
         log.warning("dashboard.unreadable_details", request_id=request_id)
     context = request_context(timeline.tasks, details)
     context["rows"] = views.with_delivery(context["rows"], timeline.tasks)
+    context["shared_reason"] = shared_reason(context["rows"])  # said once, not on every row
     pending = [t for t in timeline.tasks if t.decision is DecisionState.PENDING]
     may_decide = bool(pending) and viewer.may_decide(timeline)
     failed_deliveries = [t for t in timeline.tasks if t.delivery is DeliveryState.FAILED]
