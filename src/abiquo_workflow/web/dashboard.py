@@ -444,7 +444,7 @@ def _done(request_id: str, done: str, count: int = 0, noun: str = "task") -> Res
     return RedirectResponse(f"/requests/{request_id}?{urlencode(query)}", status_code=303)
 
 
-def _choice(value: str, pending: set[str]) -> tuple[Action, list[str] | None]:
+def _choice(value: str) -> tuple[Action, list[str] | None]:
     """`accept:all`, `decline:<task id>`… → the action and the tasks (None: every pending one)."""
     verb, _sep, target = value.partition(":")
     action = {"accept": Action.ACCEPT, "decline": Action.DECLINE}.get(verb)
@@ -471,7 +471,7 @@ async def decide(request: Request, request_id: str) -> Response:
                 "for administrators. Nothing was decided.",
             )
         pending = {t.task_id for t in timeline.tasks if t.decision is DecisionState.PENDING}
-        action, chosen = _choice(fields.get("choice", ""), pending)
+        action, chosen = _choice(fields.get("choice", ""))
         task_ids = sorted(pending) if chosen is None else chosen
         if chosen is not None and chosen[0] not in {t.task_id for t in timeline.tasks}:
             _refuse(404, "No such task", "That task is not one of this request's; nothing was decided.")
