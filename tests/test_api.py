@@ -79,6 +79,18 @@ async def test_a_wrong_password_is_401(api: App) -> None:
     assert answer.status_code == 401 and "refused" in answer.json()["error"]
 
 
+async def test_wrong_passwords_past_the_sign_in_brake_are_429_even_with_the_right_one(
+    app_factory: AppFactory,
+) -> None:
+    async with app_factory(api=TOKENS, dashboard={"max_failed_sign_ins": 2}) as app:
+        wrong = [(await get(app, "/me", auth=("asmith", "nope"))).status_code for _ in range(2)]
+        braked = await get(app, "/me", auth=ALICE)
+
+    assert wrong == [401, 401]
+    assert braked.status_code == 429 and int(braked.headers["retry-after"]) > 0
+    assert "Too many wrong passwords" in braked.json()["error"]
+
+
 async def test_an_unknown_token_is_401(api: App) -> None:
     assert (await get(api, "/requests", headers=bearer("awf_guess"))).status_code == 401
 

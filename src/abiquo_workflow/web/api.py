@@ -45,6 +45,7 @@ from abiquo_workflow.store.listing import InvalidCursor, ListingFilter, RequestS
 from abiquo_workflow.store.reads import ListedTask
 from abiquo_workflow.web.decisions import REASON_LIMIT
 from abiquo_workflow.web.state import Services, services
+from abiquo_workflow.web.throttle import SignInThrottle
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -182,8 +183,8 @@ class ViewerOut(BaseModel):
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for these statuses, each an `ErrorBody` (401, 422 and 503 always)."""
-    codes = sorted({401, 422, 503, *statuses})
+    """OpenAPI `responses` for these statuses, each an `ErrorBody` (401, 422, 429 and 503 always)."""
+    codes = sorted({401, 422, 429, 503, *statuses})
     return {code: {"model": ErrorBody, "description": HTTPStatus(code).phrase} for code in codes}
 
 
@@ -241,12 +242,7 @@ async def current_viewer(
     if bearer is not None:
         viewer = service.authenticator.token_viewer(bearer.credentials)
     elif basic is not None:
-        try:
-            viewer = await service.authenticator.sign_in(basic.username, basic.password)
-        except AbiquoError:
-            raise ApiError(
-                503, "Abiquo cannot be reached to check these credentials right now. Try again later."
-            ) from None
+        viewer = await _signed_in(request, service, basic)
     if viewer is None:
         given = "These credentials were refused" if basic or bearer else "Credentials are needed"
         raise ApiError(
@@ -256,6 +252,31 @@ async def current_viewer(
             {"WWW-Authenticate": _CHALLENGE},
         )
     structlog.contextvars.bind_contextvars(api_actor=viewer.actor)
+    return viewer
+
+
+async def _signed_in(request: Request, service: Services, basic: HTTPBasicCredentials) -> Viewer | None:
+    """The viewer of Basic credentials, behind the dashboard's brake on guessing passwords (the same
+    counts: web/throttle.py), so the API is no way around it; 429 while it holds."""
+    throttle: SignInThrottle = request.app.state.sign_in_throttle
+    address = request.client.host if request.client else "unknown"
+    wait = throttle.wait(basic.username, address)
+    if wait > 0:
+        raise ApiError(
+            429,
+            f"Too many wrong passwords for this user name or from this address; try again in {wait:.0f} s.",
+            {"Retry-After": str(max(1, round(wait)))},
+        )
+    try:
+        viewer = await service.authenticator.sign_in(basic.username, basic.password)
+    except AbiquoError:
+        raise ApiError(
+            503, "Abiquo cannot be reached to check these credentials right now. Try again later."
+        ) from None
+    if viewer is None:
+        throttle.failed(basic.username, address)
+    else:
+        throttle.succeeded(basic.username)
     return viewer
 
 
