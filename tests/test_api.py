@@ -295,3 +295,18 @@ async def test_the_openapi_document_describes_the_api_and_its_security(api: App)
     assert set(document["components"]["securitySchemes"]) == {"HTTPBasic", "HTTPBearer"}
     decision = document["paths"]["/tasks/{task_id}/decision"]["post"]
     assert {"200", "401", "403", "404", "409", "410", "422", "503"} <= set(decision["responses"])
+
+
+async def test_the_api_lists_and_decides_on_each_database(
+    app_factory: AppFactory, migrated_database_url: str
+) -> None:
+    async with app_factory(migrated_database_url, api=TOKENS) as app:
+        await app.request(vm=1)
+        await app.inbox.wait_for(3)
+        [item] = (await get(app, "/requests?state=pending", auth=ALICE)).json()["items"]
+        decided = await post(app, f"/requests/{item['id']}/decision", {"action": "accept"}, auth=ALICE)
+        [call] = await wait_for_calls(app, 1)
+        pending = (await get(app, "/requests?state=pending", auth=ALICE)).json()["items"]
+
+    assert decided.status_code == 200 and call["action"] == "continue"
+    assert pending == []
