@@ -99,8 +99,8 @@ async def test_an_approver_signs_in_with_abiquo_credentials(client: httpx2.Async
 
     assert response.status_code == 303 and response.headers["location"] == "/"
     text = page_text(await client.get("/"), 200)
-    assert "Signed in as <strong>Alice Smith</strong>" in text
-    assert "approver" in text
+    assert "Signed in as <strong>Alice Smith</strong> (approver)" in text
+    assert "As an approver, you see and decide your enterprise&#39;s requests." in text
     assert "<h1>Requests</h1>" in text
 
 

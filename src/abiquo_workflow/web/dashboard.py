@@ -147,7 +147,7 @@ def _page(
         viewer=viewer,
         viewer_name=words.person_name(viewer.actor) if viewer else "",
         role_name=views.role_name(viewer) if viewer else "",
-        role_words=views.role_words(viewer) if viewer else "",
+        role_sentence=views.role_sentence(viewer) if viewer else "",
     )
     response = page(request, name, context, status=status)
     if keeper.from_request(request.cookies) != session:

@@ -90,8 +90,11 @@ def role_name(viewer: Viewer) -> str:
     return _ROLE_NAMES[viewer.role]
 
 
-def role_words(viewer: Viewer) -> str:
-    return _ROLE_WORDS[viewer.role]
+def role_sentence(viewer: Viewer) -> str:
+    """ "As an approver, you see and decide your enterprise's requests." """
+    name = _ROLE_NAMES[viewer.role]
+    article = "an" if name[0] in "aeiou" else "a"
+    return f"As {article} {name}, you {_ROLE_WORDS[viewer.role]}."
 
 
 _DELIVERY_WORDS = {
