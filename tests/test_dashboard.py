@@ -637,3 +637,20 @@ async def test_an_approver_decides_from_the_dashboard_on_each_database(
 
         [call] = await wait_for_calls(running, 1)
     assert (call["action"], call["status"]) == ("cancel", 204)
+
+
+async def test_an_approver_s_own_request_is_left_to_the_other_approvers(
+    app: App, client: httpx2.AsyncClient
+) -> None:
+    own = await held(app, vm=1, user=10)  # Alice asks for it herself
+    await sign_in(client, ALICE)
+
+    shown = page_text(await client.get(f"/requests/{own['request_id']}"), 200)
+    refused = await client.post(
+        f"/requests/{own['request_id']}/decide", data={"csrf": csrf_of(shown), "choice": "accept:all"}
+    )
+
+    assert "You asked for this request yourself" in shown
+    assert 'action="/requests/' not in shown
+    assert "its enterprise&#39;s other approvers decide it" in page_text(refused, 403)
+    assert app.decision_calls() == []

@@ -266,6 +266,15 @@ async def dashboard(request: Request) -> Response:
         return _refusal_page(request, refused)
 
 
+def _own(viewer: Viewer, timeline: RequestTimeline) -> bool:
+    """An approver's own request, which the other approvers decide (access.Viewer.may_decide)."""
+    return (
+        viewer.role is Role.APPROVER
+        and viewer.user_id is not None
+        and timeline.requester_id == viewer.user_id
+    )
+
+
 async def _timeline(request: Request, viewer: Viewer, request_id: str) -> RequestTimeline:
     timeline = await services(request).store.request_timeline(request_id)
     if timeline is None or not viewer.sees(timeline):
@@ -332,6 +341,7 @@ async def request_page(request: Request, request_id: str) -> Response:
         failed_deliveries=len(failed_deliveries),
         failed_emails=len(failed_emails),
         read_only=not viewer.can_decide,
+        own_request=_own(viewer, timeline),
         notifications=views.notification_rows(timeline.notifications),
         timeline=views.timeline_rows(timeline.audit),
         reason_limit=REASON_LIMIT,
@@ -467,8 +477,11 @@ async def decide(request: Request, request_id: str) -> Response:
             _refuse(
                 403,
                 "You cannot decide this request",
-                "You can see this request, but deciding it is for the approvers of its enterprise and "
-                "for administrators. Nothing was decided.",
+                "You asked for this request yourself, so its enterprise's other approvers decide it. "
+                "Nothing was decided."
+                if _own(viewer, timeline)
+                else "You can see this request, but deciding it is for the approvers of its enterprise "
+                "and for administrators. Nothing was decided.",
             )
         pending = {t.task_id for t in timeline.tasks if t.decision is DecisionState.PENDING}
         action, chosen = _choice(fields.get("choice", ""))
