@@ -32,7 +32,7 @@ from tests.dashboard_support import (
     held,
     sign_in,
 )
-from tests.loop_support import open_store, wait_for_calls, wait_for_task, wait_until_idle
+from tests.loop_support import open_store, wait_for_calls, wait_for_task, wait_until, wait_until_idle
 
 TRACEBACK_MARKERS = ("Traceback", 'File "', "site-packages")
 
@@ -654,3 +654,32 @@ async def test_an_approver_s_own_request_is_left_to_the_other_approvers(
     assert 'action="/requests/' not in shown
     assert "its enterprise&#39;s other approvers decide it" in page_text(refused, 403)
     assert app.decision_calls() == []
+
+
+async def test_a_failed_email_is_retried_from_the_dashboard(app_factory: AppFactory) -> None:
+    async with app_factory(worker={"max_attempts": 1}) as running, running.client() as client:
+        running.inbox.refuse = True  # the relay answers 451 to everything
+        acme = await held(running, vm=1)
+        async with open_store(running) as store:
+
+            async def all_failed() -> bool:
+                sent = await store.notifications(acme["request_id"])
+                return len(sent) == 3 and all(n.status.value == "failed" for n in sent)
+
+            await wait_until(all_failed, "the three approval emails to fail")
+        await sign_in(client, ADMIN)
+        shown = page_text(await client.get(f"/requests/{acme['request_id']}"), 200)
+        assert "3 emails could not be sent" in shown
+        assert shown.count('<span class="status failed">Failed') == 3
+        running.inbox.refuse = False
+
+        response = await client.post(f"/requests/{acme['request_id']}/retry", data={"csrf": csrf_of(shown)})
+
+        assert "done=retried" in response.headers["location"]
+        assert "Queued again: 3 jobs" in page_text(await client.get(response.headers["location"]), 200)
+        messages = await running.inbox.wait_for(3)
+    assert sorted(address for m in messages for address in m.rcpt_tos) == [
+        "alice.smith@acme.example",
+        "bob.jones@acme.example",
+        "zoe.zimmermann@acme.example",
+    ]

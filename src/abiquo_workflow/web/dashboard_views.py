@@ -242,7 +242,9 @@ def notification_rows(notifications: Sequence[NotificationRecord]) -> list[Notif
         if notice.status is NotificationStatus.SENT and notice.sent_at is not None:
             said = f"Sent {words.moment_words(notice.sent_at)}"
         elif notice.status is NotificationStatus.FAILED:
-            said = f"Failed after {words.counted(notice.attempts, 'attempt')}"
+            said = "Failed" + (
+                f" after {words.counted(notice.attempts, 'attempt')}" if notice.attempts else ""
+            )
         else:
             said = f"{notice.status.value.capitalize()}"
         rows.append(
