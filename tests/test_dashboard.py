@@ -9,6 +9,7 @@ users (tests/dashboard_support.py).
 from __future__ import annotations
 
 import asyncio
+import html
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -433,24 +434,24 @@ async def test_a_task_id_finds_its_request(app: App, client: httpx2.AsyncClient)
     assert vm3["request_id"] in text and vm1["request_id"] not in text
 
 
-async def test_the_list_pages_by_cursor(app: App, client: httpx2.AsyncClient) -> None:
+async def test_the_list_pages_by_cursor(
+    app: App, client: httpx2.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from abiquo_workflow.web import dashboard
 
-    dashboard_page = dashboard.PAGE_SIZE
-    dashboard.PAGE_SIZE = 1
-    try:
-        newer, older = await held(app, vm=1), None
-        older, newer = newer, await held(app, vm=3)
-        await sign_in(client, ADMIN)
-        first = await list_text(client)
-        link = re.search(r'href="(\?[^"]*cursor=[^"]+)" rel="next"', first)
-        assert link is not None
-        second = await list_text(client, **dict(httpx2.URL(link.group(1).replace("&amp;", "&")).params))
-    finally:
-        dashboard.PAGE_SIZE = dashboard_page
+    monkeypatch.setattr(dashboard, "PAGE_SIZE", 1)
+    older = await held(app, vm=1)
+    newer = await held(app, vm=3)
+    await sign_in(client, ADMIN)
+
+    first = await list_text(client)
+    link = re.search(r'href="(\?[^"]*cursor=[^"]+)" rel="next"', first)
+    assert link is not None
+    second = await list_text(client, **dict(httpx2.URL(html.unescape(link.group(1))).params))
 
     assert newer["request_id"] in first and older["request_id"] not in first
     assert older["request_id"] in second and newer["request_id"] not in second
+    assert 'href="?state=pending">First page</a>' in second
 
 
 async def test_a_cursor_we_did_not_make_gets_a_sentence(client: httpx2.AsyncClient) -> None:
