@@ -148,6 +148,22 @@ class RequestTimeline:
     def state(self) -> RequestState:
         return _state_of(self.tasks)
 
+    @property
+    def summary(self) -> RequestSummary:
+        """The request as a row of the requests list shows it (every VM's name, not only the first)."""
+        held = self.tasks
+        return RequestSummary(
+            request=self.request,
+            state=self.state,
+            tasks=len(held),
+            pending=sum(t.decision is DecisionState.PENDING for t in held),
+            failed=sum(t.delivery is DeliveryState.FAILED for t in held),
+            task_types=tuple(dict.fromkeys(t.task_type for t in held)),
+            vm_names=tuple(t.vm_name for t in held),
+            requester_nick=self.requester_nick,
+            enterprise_name=self.enterprise_name,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class _Cursor:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import structlog
 from fastapi import Depends, FastAPI, Path, Query
@@ -48,6 +48,7 @@ from abiquo_workflow.web.state import Services, services
 from abiquo_workflow.web.throttle import SignInThrottle
 
 log = structlog.stdlib.get_logger(__name__)
+T = TypeVar("T")
 
 PREFIX = "/api/v1"
 #: A task id as Abiquo writes them (the callback parser's rule).
@@ -398,7 +399,7 @@ def _request_fields(summary: RequestSummary, viewer: Viewer) -> dict[str, Any]:
     }
 
 
-async def _page(read: Callable[[], Awaitable[Any]]) -> Any:
+async def _page(read: Callable[[], Awaitable[T]]) -> T:
     try:
         return await read()
     except InvalidCursor as exc:
@@ -409,18 +410,7 @@ async def _visible_request(service: Services, viewer: Viewer, request_id: uuid.U
     timeline = await service.store.request_timeline(str(request_id))
     if timeline is None or not viewer.sees(timeline):
         raise ApiError(404, f"There is no request {request_id} that you may see.")
-    held = timeline.tasks
-    summary = RequestSummary(
-        request=timeline.request,
-        state=timeline.state,
-        tasks=len(held),
-        pending=sum(t.decision is DecisionState.PENDING for t in held),
-        failed=sum(t.delivery is DeliveryState.FAILED for t in held),
-        task_types=tuple(dict.fromkeys(t.task_type for t in held)),
-        vm_names=tuple(t.vm_name for t in held),
-        requester_nick=timeline.requester_nick,
-        enterprise_name=timeline.enterprise_name,
-    )
+    held, summary = timeline.tasks, timeline.summary
     names = {"requester_nick": timeline.requester_nick, "enterprise_name": timeline.enterprise_name}
     return RequestDetail(
         **_request_fields(summary, viewer),
