@@ -246,6 +246,34 @@ async def store(migrated_database_url: str) -> AsyncIterator[Store]:
         yield opened
 
 
+#: When a `clocked` store's clock starts.
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+@dataclass
+class SetClock:
+    """A clock the test sets: what the store stamps on the rows it writes."""
+
+    now: datetime = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class ClockedStore:
+    store: Store
+    clock: SetClock
+
+
+@pytest_asyncio.fixture
+async def clocked(migrated_database_url: str) -> AsyncIterator[ClockedStore]:
+    """An open, migrated Store on each database whose clock the test sets."""
+    clock = SetClock()
+    async with await Store.open(migrated_database_url, clock=clock) as opened:
+        yield ClockedStore(opened, clock)
+
+
 # --- abiquo: the simulator, with a fresh seeded world per test -----------------------------------------
 
 

@@ -42,6 +42,7 @@ SECRET_KEY = "cli-test-secret-key-2291-not-for-production"
 
 COMMANDS = (
     *("serve", "worker", "migrate", "check", "send-test-email", "tasks", "policy", "simulate", "demo"),
+    "api-token",
     "version",
 )
 

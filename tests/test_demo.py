@@ -4,6 +4,7 @@ simulator's control surface, the inbox page and the connector's decision pages, 
 from __future__ import annotations
 
 import random
+import re
 import signal
 import socket
 import time
@@ -212,3 +213,36 @@ def test_an_approval_link_still_works_after_the_demo_restarts(tmp_path: Path, st
     assert (data_dir / "secret_key").read_text(encoding="utf-8") == key
     assert (data_dir / "secret_key").stat().st_mode & 0o777 == 0o600
     assert decided.status_code == 200, decided.text
+
+
+def test_the_printed_login_signs_in_to_the_dashboard_and_approves_there(
+    tmp_path: Path, start_demo: StartDemo
+) -> None:
+    """What the README's quick start promises: sign in with the login the demo prints, and approve a
+    simulated deploy from the dashboard."""
+    demo = start_demo(tmp_path / "data")
+    demo.process.wait_for_output("Press Ctrl-C to stop.")
+    login = re.search(r"sign in as (\S+) / (\S+),", demo.process.stdout)
+    assert login is not None, demo.process.stdout
+    assert f"Decide it             {demo.connector}/" in demo.process.stdout
+    request_vapp_deploy(demo)
+    first_accept_link(demo)  # triaged: the approval emails are out
+
+    with httpx2.Client(base_url=demo.connector, timeout=WAIT) as browser:
+        form = parse_page(browser.get("/").text).fields
+        signed_in = browser.post("/sign-in", data={**form, "username": login[1], "password": login[2]})
+        assert signed_in.status_code == 303, signed_in.text
+        listed = browser.get("/")
+        [request_page] = [href for href in parse_page(listed.text).hrefs if href.startswith("/requests/")]
+        page = browser.get(request_page).text
+        token = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert token is not None and "Accept all 3 pending" in page
+        decided = browser.post(f"{request_page}/decide", data={"csrf": token[1], "choice": "accept:all"})
+    deadline = time.monotonic() + WAIT
+    while len(calls := httpx2.get(f"{demo.simulator}/_sim/calls", timeout=WAIT).json()) < 3:
+        assert time.monotonic() < deadline, f"the simulator got {len(calls)} continue calls of 3"
+        time.sleep(0.1)
+    assert demo.stop().returncode == 0
+
+    assert decided.status_code == 303 and "done=accepted" in decided.headers["location"]
+    assert sorted(c["action"] for c in calls) == ["continue"] * 3

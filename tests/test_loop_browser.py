@@ -1,4 +1,5 @@
-"""An approver in a real browser (Debian's Chromium): from the email's link to the decision in Abiquo."""
+"""An approver in a real browser (Debian's Chromium): from the approval email, drawn as HTML, through its
+Accept link and the confirmation page, to the decision in Abiquo."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from abiquo_workflow.domain import DecisionState
 from tests.conftest import Connector
-from tests.loop_support import open_store, task_link, to, wait_for_calls, wait_until_idle
+from tests.loop_support import open_store, to, wait_for_calls, wait_until_idle
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
@@ -27,13 +28,20 @@ async def test_an_approver_accepts_from_the_email_link_in_chromium(
     held = await connector.request(action="deploy", vm=2)
     task_id = held["tasks"][0]["task_id"]
     approvals = await connector.inbox.wait_for(3)
-    link = task_link(to(approvals, ALICE)[0], "/accept", task_id)
+    email = to(approvals, ALICE)[0].html()
+    assert email is not None
 
     context = await chromium_browser.new_context()
     try:
-        page = await context.new_page()
-        opened = await page.goto(link.url)
-        assert opened is not None and opened.status == 200
+        mail = await context.new_page()
+        await mail.set_content(email)  # the email as her mail program shows it
+        # Its links open a new tab (target="_blank"); the tab's first answer is the confirmation page.
+        async with context.expect_page() as opening, context.expect_event("response") as answer:
+            await mail.get_by_role("link", name="Accept", exact=True).click()
+        page = await opening.value
+        opened = await answer.value
+        assert opened.status == 200
+        assert opened.url.startswith(f"{connector.url}/accept?") and f"task={task_id}" in opened.url
         await expect(page.get_by_role("heading", level=1)).to_have_text(f"Accept the deploy of {VM_2}?")
         await expect(page.get_by_role("cell", name=VM_2, exact=True)).to_be_visible()
         assert await page.locator("primary").count() == 0  # the name did not become an element

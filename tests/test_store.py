@@ -8,14 +8,11 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from abiquo_workflow.domain import (
     Callback,
@@ -29,6 +26,7 @@ from abiquo_workflow.domain import (
 from abiquo_workflow.exceptions import AbiquoWorkflowError, StoreError
 from abiquo_workflow.store import JobQueue, NotificationStatus, Reader, Store, UnitOfWork
 from abiquo_workflow.store.reads import ListedTask, TaskFilter
+from tests.conftest import T0, ClockedStore
 
 VM_HREF = "cloud/virtualdatacenters/1/virtualappliances/1/virtualmachines/{}"
 
@@ -136,32 +134,6 @@ async def test_list_tasks_filters_by_decision_and_delivery(store: Store) -> None
 
 
 # --- the operator's listing: filters, keyset pages, counts, id prefixes -----------------------------------
-
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-@dataclass
-class SetClock:
-    """A clock the test sets: what the store stamps on the rows it writes."""
-
-    now: datetime = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-@dataclass
-class ClockedStore:
-    store: Store
-    clock: SetClock
-
-
-@pytest_asyncio.fixture
-async def clocked(migrated_database_url: str) -> AsyncIterator[ClockedStore]:
-    """An open, migrated Store on each database whose clock the test sets."""
-    clock = SetClock()
-    async with await Store.open(migrated_database_url, clock=clock) as opened:
-        yield ClockedStore(opened, clock)
 
 
 def snapshot(nick: str, user_id: str, enterprise_id: str, enterprise: str) -> dict[str, Any]:

@@ -1233,8 +1233,16 @@ def _triage_summary(
     return "; ".join(parts)
 
 
-async def retry_delivery(store: Store, task_id: str, *, max_attempts: int) -> TaskRecord | None:
-    """Queue a failed delivery again (`abiquo-workflow tasks retry ID`); None if it had not failed.
+async def retry_delivery(
+    store: Store,
+    task_id: str,
+    *,
+    max_attempts: int,
+    channel: Channel = Channel.CLI,
+    actor: str | None = None,
+) -> TaskRecord | None:
+    """Queue a failed delivery again (`abiquo-workflow tasks retry ID`, the dashboard's Retry); None if
+    it had not failed. The audit line says who asked (`actor`, none for the CLI) and through `channel`.
 
     Only the store is needed: whichever process runs the worker (`serve` or `worker`) delivers it.
     """
@@ -1249,14 +1257,17 @@ async def retry_delivery(store: Store, task_id: str, *, max_attempts: int) -> Ta
         if task is None:
             return None
         await enqueue(tx, Deliver(task_id), max_attempts=max_attempts)
-        await tx.audit("retried", channel=Channel.CLI, request_id=task.request_id, task_id=task_id)
+        await tx.audit("retried", actor=actor, channel=channel, request_id=task.request_id, task_id=task_id)
     return task
 
 
-async def retry_request_jobs(store: Store, request_id: str) -> list[JobRecord]:
+async def retry_request_jobs(
+    store: Store, request_id: str, *, channel: Channel = Channel.CLI, actor: str | None = None
+) -> list[JobRecord]:
     """Queue again a request's dead jobs: a triage that never finished, emails that never went out.
 
-    Part of `abiquo-workflow tasks retry ID`. Each job gets a fresh set of attempts. Jobs this version
+    Part of `abiquo-workflow tasks retry ID` and of the dashboard's Retry (audited as `retry_delivery`).
+    Each job gets a fresh set of attempts. Jobs this version
     cannot read are left dead: queued again, they would fail the same way.
     """
     dead = [
@@ -1270,6 +1281,10 @@ async def retry_request_jobs(store: Store, request_id: str) -> list[JobRecord]:
             if await tx.requeue(job.id):
                 requeued.append(job)
                 await tx.audit(
-                    "retried", channel=Channel.CLI, request_id=request_id, detail=f"{job.kind} queued again"
+                    "retried",
+                    actor=actor,
+                    channel=channel,
+                    request_id=request_id,
+                    detail=f"{job.kind} queued again",
                 )
     return requeued

@@ -7,6 +7,7 @@ Exit codes: 0 done · 1 a dependency or operation failed · 2 the configuration 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from pathlib import Path
@@ -332,6 +333,31 @@ def policy_explain(
         _answer(typer_ctx, lambda settings: explain_payload(settings, payload))
     elif task_id is not None:
         _answer(typer_ctx, lambda settings: explain_task(settings, task_id))
+
+
+@app.command(name="api-token")
+def api_token(
+    name: Annotated[str, typer.Argument(help="the token's name: the audit log's actor is token:NAME")],
+    scope: Annotated[
+        str, typer.Option("--scope", metavar="read|decide", help="read, or read, decide and retry")
+    ] = "read",
+) -> None:
+    """Print a new random API token and the `[[api.tokens]]` lines that let it in (only its SHA-256 is
+    kept in the configuration; the token is shown once, here)."""
+    from abiquo_workflow.access import new_token, token_digest
+
+    if scope not in ("read", "decide"):
+        fail(f"--scope must be read or decide, not {scope!r}", code=2)
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+        fail(f"the name {name!r} may hold only letters, digits, '.', '_' and '-' (64 at most)", code=2)
+    token = new_token()
+    typer.echo(f"token: {token}")
+    typer.echo("")
+    typer.echo("# add to the configuration file:")
+    typer.echo("[[api.tokens]]")
+    typer.echo(f'name = "{name}"')
+    typer.echo(f'scope = "{scope}"')
+    typer.echo(f'sha256 = "{token_digest(token)}"')
 
 
 def main() -> None:

@@ -589,9 +589,52 @@ def _timing_problems(
     return problems
 
 
+class AccessSettings(_Section):
+    admin_roles: tuple[str, ...] = Field(
+        ("CLOUD_ADMIN",), description="Abiquo roles that see and decide every request (dashboard, API)"
+    )
+    login_ttl: float = Field(
+        60.0, gt=0, description="seconds a sign-in checked against Abiquo's /login is trusted again"
+    )
+
+    _split_roles = field_validator("admin_roles", mode="before")(_split_list)
+
+
+class ApiToken(_Section):
+    """One `[[api.tokens]]`: a name (the audit log's actor, `token:<name>`), a scope, the token's hash."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$", description="the actor")
+    scope: Literal["read", "decide"] = Field("read", description="read, or read and decide and retry")
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the token (`abiquo-workflow api-token`)"
+    )
+
+
+class ApiSettings(_Section):
+    tokens: tuple[ApiToken, ...] = Field((), description="[[api.tokens]]: bearer tokens of /api/v1")
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_names(cls, tokens: tuple[ApiToken, ...]) -> tuple[ApiToken, ...]:
+        names = [token.name for token in tokens]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"api.tokens: {', '.join(twice)} named twice; the name is the audit's actor")
+        return tokens
+
+
 class LinksSettings(_Section):
     one_click: bool = Field(False, description="decide on GET, as the 2013 tool did (unsafe)")
     ttl: int = Field(7 * 24 * 3600, gt=0, description="seconds an emailed link stays valid")
+
+
+class DashboardSettings(_Section):
+    session_lifetime: int = Field(
+        8 * 3600, gt=0, description="seconds a dashboard sign-in lasts; then the person signs in again"
+    )
+    max_failed_sign_ins: int = Field(
+        5, gt=0, description="wrong passwords for one user name (or 4x from one address) per 15 minutes"
+    )
 
 
 class WorkerSettings(_Section):
@@ -649,6 +692,9 @@ class Settings(_Section):
     mail: MailSettings = MailSettings()
     policy: PolicySettings = PolicySettings()
     links: LinksSettings = LinksSettings()
+    access: AccessSettings = AccessSettings()
+    api: ApiSettings = ApiSettings()
+    dashboard: DashboardSettings = DashboardSettings()
     worker: WorkerSettings = WorkerSettings()
     reconcile: ReconcileSettings = ReconcileSettings()
     log: LogSettings = LogSettings()

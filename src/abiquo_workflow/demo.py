@@ -2,14 +2,15 @@
 
 Four servers, all on 127.0.0.1, from the connector's port P (8080 by default):
 
-    P      the connector (SQLite in the data folder), with its worker
+    P      the connector (SQLite in the data folder), with its worker and the dashboard
     P+1    the Abiquo simulator: its page requests deploys and shows the continue/cancel calls it gets
     P+2    the mail inbox page: every email the connector sent, rendered, links clickable
     P+3    the inbox's SMTP port, where the connector sends its mail
 
-The signing key is kept in the data folder, so links in emails still work after a restart. Ctrl-C
-stops everything. Environment variables and config files are ignored on purpose: the demo must behave
-the same on every machine.
+The banner names logins for the dashboard that the simulator's `/login` takes (its seeded people:
+an approver, the administrator and a requester). The signing key is kept in the data folder, so links
+in emails still work after a restart. Ctrl-C stops everything. Environment variables and config files
+are ignored on purpose: the demo must behave the same on every machine.
 
 The demo also writes its settings to `<data folder>/abiquo-workflow.toml` and prints the command line
 that reads them (`abiquo-workflow --config … tasks list`), so `check` and the `tasks` commands can be
@@ -136,24 +137,51 @@ def cli_command(config: Path) -> str:
     return f"{program} --config {shlex.quote(str(config))}"
 
 
-def _banner(port: int, command: str) -> str:
+#: The simulator's seeded people the banner offers for the dashboard: (nick, who they are).
+DASHBOARD_PEOPLE = (
+    ("asmith", "Alice Smith, an approver of Acme"),
+    ("admin", "the cloud administrator: sees and decides every request"),
+    ("jdoe", "John Doe, the requester: sees his own requests, read-only"),
+)
+
+
+def dashboard_logins(simulator: Simulator) -> list[tuple[str, str, str]]:
+    """(user name, password, who) for each of `DASHBOARD_PEOPLE`, as the simulator's world has them, so
+    the banner cannot print a login the simulator's `/login` refuses."""
+    logins = []
+    for nick, who in DASHBOARD_PEOPLE:
+        user = simulator.world.user_by_nick(nick)
+        if user is not None:
+            logins.append((user.nick, user.password, who))
+    return logins
+
+
+def _banner(port: int, command: str, logins: list[tuple[str, str, str]]) -> str:
     simulator, inbox, connector = (f"http://{HOST}:{port + n}/" for n in (1, 2, 0))
+    (nick, password, who), *others = logins
+    also = "\n".join(f"     {name + ' / ' + secret:<20} {role}" for name, secret, role in others)
     return f"""
 abiquo-workflow demo is running.
 
   1. Ask for an approval   {simulator}
      (the simulated Abiquo: as Target pick "vApp 1: Web tier & cache", then press
       "Hold it and POST the callback")
-  2. Read the email        {inbox}
+  2. Decide it             {connector}
+     (the dashboard: sign in as {nick} / {password}, {who};
+      open the request and press "Accept all 3 pending")
+     or from the email     {inbox}
      (the approvers Alice, Bob and Zoë each get one; open it and click Accept or Decline)
   3. See Abiquo get it     {simulator}
      (the "Continue / cancel calls received" list; the requester's outcome email lands in the inbox,
       and a short "Settled" one for each approver who did not decide)
 
+  The dashboard also takes
+{also}
+
   The command line on the demo's data (in another terminal; also check, tasks show ID, tasks retry ID):
      {command} tasks list
 
-  Connector: {connector}   Press Ctrl-C to stop.
+  Connector and dashboard: {connector}   Press Ctrl-C to stop.
 """
 
 
@@ -175,7 +203,7 @@ def run_demo(data_dir: Path, port: int) -> None:
         BackgroundServer(inbox_app(inbox), HOST, port + 2),
         SimulatorServer(simulator, HOST, port + 1),
     ):
-        typer.echo(_banner(port, command))
+        typer.echo(_banner(port, command, dashboard_logins(simulator)))
         serve_in_foreground(
             create_app(settings, lifespan=web_lifespan(settings)), HOST, port, timeout_graceful_shutdown=5
         )

@@ -270,6 +270,8 @@ class Channel(enum.StrEnum):
 
     EMAIL = "email"
     WEB = "web"
+    #: A person signed in to the dashboard (web/dashboard.py).
+    DASHBOARD = "dashboard"
     API = "api"
     CLI = "cli"
     POLICY = "policy"

@@ -20,6 +20,7 @@ from pathlib import Path
 import structlog
 
 from abiquo_workflow.abiquo.client import AbiquoClient
+from abiquo_workflow.access import Authenticator
 from abiquo_workflow.approvals import Approvals
 from abiquo_workflow.config import Settings
 from abiquo_workflow.directory import ApproverDirectory
@@ -53,6 +54,8 @@ class Runtime:
     signer: LinkSigner
     worker: Worker
     reconciler: Reconciler
+    #: Signs people in against Abiquo and knows the API tokens (the dashboard and the API).
+    authenticator: Authenticator
 
 
 #: How to make a good `server.secret_key`, said wherever one is refused.
@@ -184,7 +187,9 @@ async def open_runtime(
             if start_worker:
                 await _schedule_reconciliation(reconciler)
             try:
-                yield Runtime(settings, store, approvals, signer, worker, reconciler)
+                yield Runtime(
+                    settings, store, approvals, signer, worker, reconciler, Authenticator(abiquo, settings)
+                )
             finally:
                 if running is not None:
                     worker.stop()

@@ -57,6 +57,8 @@ class RequestRecord:
     approvers: tuple[str, ...] | None
     triaged_at: datetime | None
     triage_error: str | None
+    #: The enterprise's id as triage read it (the VM's, else the requester's); None until then.
+    enterprise_id: str | None
 
 
 @dataclass(frozen=True, slots=True)

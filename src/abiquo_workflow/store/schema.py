@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 #: The revision of the newest script in `migrations/versions`: what this code expects the database at.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 #: Alembic's record of the revision a database is at (one row; Alembic creates and owns the table).
 alembic_version = table("alembic_version", column("version_num", String))

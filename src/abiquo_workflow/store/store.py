@@ -50,6 +50,7 @@ from abiquo_workflow.store.errors import (
     translated_errors,
 )
 from abiquo_workflow.store.job_queue import JobQueue
+from abiquo_workflow.store.listing import Listing
 from abiquo_workflow.store.reads import Reader
 from abiquo_workflow.store.records import (
     NotificationRecord,
@@ -404,6 +405,7 @@ class UnitOfWork(Reader):
             .where(requests.c.id == request_id)
             .values(
                 details=None if details is None else dict(details),
+                enterprise_id=_enterprise_id(details),
                 approvers=list(approvers),
                 triaged_at=self._clock(),
                 triage_error=error,
@@ -555,7 +557,7 @@ class UnitOfWork(Reader):
         return None if row is None else from_row(NotificationRecord, row)
 
 
-class Store(Reader):
+class Store(Listing):
     """The connector's state, on SQLite (one instance) or PostgreSQL (several).
 
     Open it with `await Store.open(url)` (or `async with await Store.open(url) as store:`) and close it
@@ -726,3 +728,15 @@ def _observe_decision(task: TaskRecord) -> None:
         return
     waited = (task.decided_at - task.created_at).total_seconds()
     metrics.TIME_TO_DECISION.labels(str(task.decided_by or "unknown")).observe(max(waited, 0.0))
+
+
+def _enterprise_id(details: Mapping[str, Any] | None) -> str | None:
+    """The enterprise of a triage snapshot (a `RequestDetails` as JSON): the VM's, else the requester's.
+
+    Kept in `requests.enterprise_id` for the listings' scope; the same paths as `reads._ENTERPRISE_ID`.
+    """
+    for part, key in (("enterprise", "id"), ("requester", "enterprise_id")):
+        value = (details or {}).get(part)
+        if isinstance(value, Mapping) and value.get(key) not in (None, ""):
+            return str(value[key])
+    return None

@@ -100,7 +100,11 @@ requests = Table(
     Column("approvers", _json()),
     Column("triaged_at", UtcDateTime()),
     Column("triage_error", Text()),
+    # The request's enterprise as triage read it (the VM's, else the requester's): the listings' scope.
+    Column("enterprise_id", String(64)),
     _one_of("format", PayloadFormat),
+    Index(None, "received_at", "id"),
+    Index(None, "enterprise_id", "received_at", "id"),
 )
 
 tasks = Table(
@@ -141,6 +145,9 @@ tasks = Table(
     CheckConstraint("delivery IS NULL OR decision <> 'pending'", name="delivery_after_decision"),
     # How many tasks are pending and since when (`/metrics`): a range of this index, read in order.
     Index(None, "decision", "created_at"),
+    # The listings' order, newest first with ties by id, alone and after a decision (store/listing.py).
+    Index(None, "created_at", "task_id"),
+    Index(None, "decision", "created_at", "task_id"),
 )
 
 notifications = Table(

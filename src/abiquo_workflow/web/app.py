@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -29,9 +29,10 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from abiquo_workflow import __version__
 from abiquo_workflow.config import Settings
 from abiquo_workflow.exceptions import StoreError
-from abiquo_workflow.web import callback, decisions, health
+from abiquo_workflow.web import api, callback, dashboard, decisions, health
 from abiquo_workflow.web.state import Lifespan
-from abiquo_workflow.web.templating import error_page, page
+from abiquo_workflow.web.templating import error_page
+from abiquo_workflow.web.throttle import SignInThrottle
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -47,7 +48,9 @@ SECURITY_HEADERS = {
     "cache-control": "no-store",
 }
 
-_PAGE_PATHS = ("/accept", "/decline", "/multiple", "/")
+_PAGE_PATHS = ("/accept", "/decline", "/multiple", "/", "/sign-in", "/sign-out")
+#: Pages under these prefixes too (the dashboard's requests).
+_PAGE_PREFIXES = ("/requests/",)
 
 #: An `X-Request-ID` we take as the request's id (a proxy's or a client's): short, and no character
 #: that could forge a log line or a header. Anything else is replaced by an id of our own.
@@ -129,7 +132,8 @@ class SecurityHeaders:
 
 
 def _wants_page(request: Request) -> bool:
-    return request.url.path in _PAGE_PATHS
+    path = request.url.path
+    return path in _PAGE_PATHS or path.startswith(_PAGE_PREFIXES)
 
 
 def _http_message(request: Request, exc: HTTPException) -> str:
@@ -190,6 +194,7 @@ def create_app(settings: Settings, *, lifespan: Lifespan) -> FastAPI:
     async def open_services(app: FastAPI) -> AsyncIterator[None]:
         async with lifespan() as services:
             app.state.services = services
+            app.state.sessions = dashboard.session_keeper(services.settings)
             log.info("web.started", public_url=settings.server.base_url, database=repr(services.store))
             yield
 
@@ -204,8 +209,11 @@ def create_app(settings: Settings, *, lifespan: Lifespan) -> FastAPI:
     app.include_router(callback.router)
     app.include_router(decisions.router)
     app.include_router(health.router)
+    app.include_router(dashboard.router)
+    app.mount(api.PREFIX, api.create_api(app.state))
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     app.state.abiquo_check = health.AbiquoCheck()
+    app.state.sign_in_throttle = SignInThrottle(settings.dashboard.max_failed_sign_ins)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StoreError, _store_unavailable)
@@ -215,10 +223,4 @@ def create_app(settings: Settings, *, lifespan: Lifespan) -> FastAPI:
     if settings.server.trusted_proxies:
         # Only a peer in server.trusted_proxies may say, in X-Forwarded-For, whom it forwards for.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.server.trusted_proxies))
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index(request: Request) -> Response:
-        context = {"version": __version__, "callback_url": f"{settings.server.base_url}/callback"}
-        return page(request, "index.html", context)
-
     return app

@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parseaddr
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import structlog
 from fastapi import APIRouter
@@ -38,7 +37,8 @@ from abiquo_workflow.exceptions import AbiquoError, NotAnApprover, TokenError
 from abiquo_workflow.links import MULTIPLE_ACTIONS, Grant, parse_task_list
 from abiquo_workflow.mail import words
 from abiquo_workflow.store.records import TaskRecord
-from abiquo_workflow.web.bodies import BodyTooLarge, read_limited
+from abiquo_workflow.web.bodies import BodyTooLarge, NotAForm, TooManyFields, read_form
+from abiquo_workflow.web.origin import from_another_site
 from abiquo_workflow.web.state import Services, services
 from abiquo_workflow.web.templating import page
 from abiquo_workflow.web.views import TaskRow, request_context, shared_reason, status_words
@@ -112,7 +112,7 @@ async def _form_fields(request: Request) -> dict[str, str]:
     is refused rather than parsed.
     """
     try:
-        body = await read_limited(request, FORM_LIMIT)
+        return await read_form(request, FORM_LIMIT, FORM_FIELDS_LIMIT)
     except BodyTooLarge:
         raise BadLink(
             413,
@@ -121,31 +121,20 @@ async def _form_fields(request: Request) -> dict[str, str]:
             "Open the link in the email again.",
             None,
         ) from None
-    if not body.strip():
-        return {}
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type != "application/x-www-form-urlencoded":
+    except NotAForm:
         raise BadLink(
             415,
             "Not the confirmation form",
             "This address only takes the confirmation page's form (application/x-www-form-urlencoded). "
             "Open the link in the email again.",
             None,
-        )
-    try:
-        fields = parse_qsl(
-            body.decode("utf-8", errors="replace"),
-            keep_blank_values=True,
-            errors="replace",
-            max_num_fields=FORM_FIELDS_LIMIT,
-        )
-    except ValueError:
+        ) from None
+    except TooManyFields:
         raise BadLink(
             400,
             "Not the confirmation form",
             "This form has far more fields than the confirmation page sends.",
         ) from None
-    return dict(fields)
 
 
 def _single(action: Action, params: Mapping[str, str]) -> Asked:
@@ -409,27 +398,9 @@ async def _counted(
     return context
 
 
-#: `Sec-Fetch-Site` values of a request our own page (or a typed or pasted URL) can make.
-_OWN_FETCH_SITES = frozenset({"same-origin", "none"})
-
-
-def _origin_of(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower()
-
-
 def _check_same_origin(request: Request, public_url: str) -> None:
-    """Refuse a POST another site made a browser send (see the module docstring).
-
-    Browsers that send neither header (old ones, or scripts) pass: the token still binds the link.
-    `Origin: null` is what a browser sends for our own form under `Referrer-Policy: no-referrer`.
-    """
-    fetch_site = request.headers.get("sec-fetch-site", "").strip().lower()
-    origin = request.headers.get("origin", "").strip().lower()
-    own = {_origin_of(public_url), _origin_of(str(request.base_url))}
-    other_site = fetch_site and fetch_site not in _OWN_FETCH_SITES
-    other_origin = origin not in ("", "null") and origin not in own
-    if other_site or other_origin:
+    """Refuse a POST another site made a browser send (see the module docstring)."""
+    if from_another_site(request, public_url):
         raise BadLink(
             403,
             "Not sent from this site",

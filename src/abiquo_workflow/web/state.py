@@ -13,6 +13,7 @@ from typing import Protocol, cast
 
 from starlette.requests import Request
 
+from abiquo_workflow.access import Authenticator
 from abiquo_workflow.approvals import Approvals
 from abiquo_workflow.config import Settings
 from abiquo_workflow.links import LinkSigner
@@ -34,6 +35,11 @@ class Services(Protocol):
 
     @property
     def signer(self) -> LinkSigner: ...
+
+    @property
+    def authenticator(self) -> Authenticator:
+        """Signs people in against Abiquo (`/login`) and knows the API tokens (access.py)."""
+        ...
 
     @property
     def worker(self) -> Worker:

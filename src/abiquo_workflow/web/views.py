@@ -35,6 +35,9 @@ class TaskRow:
     note: str | None = None
     #: True when `note` says the change cannot be told.
     change_unknown: bool = False
+    #: The decision's delivery state and a sentence about it (the dashboard's rows; None elsewhere).
+    delivery: str | None = None
+    delivery_note: str | None = None
 
 
 def _storage(vm: VirtualMachine) -> str:

@@ -1,0 +1,59 @@
+"""schemathesis against the JSON API's own OpenAPI document, on a real server (uvicorn in a thread)
+with the simulator as Abiquo and held requests in the store: every operation, inputs generated from
+the document (valid ones and invalid ones), and every check schemathesis makes (no 500s; statuses,
+content types and bodies as documented; 401 without credentials…)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import httpx2
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from abiquo_workflow.access import token_digest
+from tests.conftest import ConnectorFactory
+
+TOKEN = "awf_schemathesis-decide-token"
+API_TOKENS = {"tokens": [{"name": "schemathesis", "scope": "decide", "sha256": token_digest(TOKEN)}]}
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+#: Examples generated per operation.
+EXAMPLES = 40
+
+
+def handed_out_cursor(url: str, path: str) -> str:
+    """The `next_cursor` of a one-row page of the list at `path`."""
+    cursor = httpx2.get(f"{url}/api/v1{path}?limit=1", headers=AUTH).json()["next_cursor"]
+    assert isinstance(cursor, str)
+    return cursor
+
+
+def test_the_api_keeps_to_its_openapi_document(connector_factory: ConnectorFactory) -> None:
+    # schemathesis sends wrong Basic credentials many times over to see them refused with 401: the
+    # brake on guessing passwords (429 after a few, tests/test_api.py) is set out of its way.
+    with connector_factory(api=API_TOKENS, dashboard={"max_failed_sign_ins": 1_000_000}) as connector:
+        asyncio.run(connector.request(action="deploy", vm=1))
+        asyncio.run(connector.request(action="deploy", vm=2))
+        cursors = {path: handed_out_cursor(connector.url, path) for path in ("/requests", "/tasks")}
+        schema = schemathesis.openapi.from_url(f"{connector.url}/api/v1/openapi.json")
+        operations = [result.ok() for result in schema.get_all_operations()]
+        assert len(operations) == 9
+
+        for operation, mode in itertools.product(operations, schemathesis.GenerationMode):
+
+            @given(case=operation.as_strategy(mode))
+            @settings(
+                max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None
+            )
+            def keeps_to_it(case: schemathesis.Case) -> None:
+                positive = (
+                    case.meta is None or case.meta.generation.mode is schemathesis.GenerationMode.POSITIVE
+                )
+                if positive and case.query and case.query.get("cursor"):
+                    # Cursors are opaque: a client passes one the API handed out (tests/test_api.py
+                    # checks that any other is refused with 422).
+                    case.query["cursor"] = cursors[case.operation.path]
+                case.call_and_validate(headers=AUTH)
+
+            keeps_to_it()
