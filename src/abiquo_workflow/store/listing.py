@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import ColumnElement, RowMapping, Select, false, func, literal, or_, select
 
 from abiquo_workflow.domain import DecisionState, DeliveryState
-from abiquo_workflow.store.reads import _ENTERPRISE_NAME, _REQUESTER_NICK, ListedTask, Reader
+from abiquo_workflow.store.reads import _ENTERPRISE_NAME, _REQUESTER_NICK, ListedTask, Reader, listed_task
 from abiquo_workflow.store.records import (
     AuditRecord,
     NotificationRecord,
@@ -211,17 +211,9 @@ class Listing(Reader):
             _REQUESTER_NICK.label("listed_requester_nick"),
             _ENTERPRISE_NAME.label("listed_enterprise_name"),
         )
-        query = _scoped(query, scope or Scope())
-        query = _request_filters(query, filters)
-        if cursor is not None:
-            after = decode_cursor("r", cursor)
-            query = query.where(*_before(requests.c.received_at, requests.c.id, after))
-        limit = _page_size(limit)
-        rows = await self._fetch(
-            query.order_by(requests.c.received_at.desc(), requests.c.id.desc()).limit(limit + 1)
-        )
-        more = len(rows) > limit
-        items = await self._summaries(rows[:limit])
+        query = _request_filters(_scoped(query, scope or Scope()), filters)
+        rows, more = await self._keyset_page(query, "r", requests.c.received_at, requests.c.id, cursor, limit)
+        items = await self._summaries(rows)
         last = items[-1].request if more and items else None
         return Page(items, encode_cursor("r", last.received_at, last.id) if last else None)
 
@@ -243,26 +235,9 @@ class Listing(Reader):
             requests.c.enterprise_id.label("listed_enterprise_id"),
             _ENTERPRISE_NAME.label("listed_enterprise_name"),
         ).join_from(tasks, requests)
-        query = _scoped(query, scope or Scope())
-        query = _task_filters(query, filters)
-        if cursor is not None:
-            after = decode_cursor("t", cursor)
-            query = query.where(*_before(tasks.c.created_at, tasks.c.task_id, after))
-        limit = _page_size(limit)
-        rows = await self._fetch(
-            query.order_by(tasks.c.created_at.desc(), tasks.c.task_id.desc()).limit(limit + 1)
-        )
-        more = len(rows) > limit
-        items = [
-            ListedTask(
-                task=from_row(TaskRecord, row),
-                requester_nick=row["listed_requester_nick"],
-                requester_id=row["listed_requester_id"],
-                enterprise_id=row["listed_enterprise_id"],
-                enterprise_name=row["listed_enterprise_name"],
-            )
-            for row in rows[:limit]
-        ]
+        query = _task_filters(_scoped(query, scope or Scope()), filters)
+        rows, more = await self._keyset_page(query, "t", tasks.c.created_at, tasks.c.task_id, cursor, limit)
+        items = [listed_task(row) for row in rows]
         last = items[-1].task if more and items else None
         return Page(items, encode_cursor("t", last.created_at, last.task_id) if last else None)
 
@@ -284,6 +259,23 @@ class Listing(Reader):
             requester_nick=rows[0]["listed_requester_nick"],
             enterprise_name=rows[0]["listed_enterprise_name"],
         )
+
+    async def _keyset_page(
+        self,
+        query: Select[Any],
+        kind: str,
+        at: ColumnElement[datetime],
+        key: ColumnElement[str],
+        cursor: str | None,
+        limit: int,
+    ) -> tuple[Sequence[RowMapping], bool]:
+        """One page of `query`, newest `(at, key)` first, after `cursor` (a `kind` cursor: "r" or "t"),
+        and whether there are more rows after it."""
+        if cursor is not None:
+            query = query.where(*_before(at, key, decode_cursor(kind, cursor)))
+        limit = _page_size(limit)
+        rows = await self._fetch(query.order_by(at.desc(), key.desc()).limit(limit + 1))
+        return rows[:limit], len(rows) > limit
 
     async def _summaries(self, rows: Sequence[RowMapping]) -> list[RequestSummary]:
         """The summaries of the requests in `rows`: their tasks counted in SQL, by request and type (a

@@ -70,6 +70,17 @@ class ListedTask:
     enterprise_name: str | None
 
 
+def listed_task(row: RowMapping) -> ListedTask:
+    """A task row read with the `listed_…` columns a listing selects beside it."""
+    return ListedTask(
+        task=from_row(TaskRecord, row),
+        requester_nick=row["listed_requester_nick"],
+        requester_id=row["listed_requester_id"],
+        enterprise_id=row["listed_enterprise_id"],
+        enterprise_name=row["listed_enterprise_name"],
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class SeenBefore:
     """A task of an earlier request on the same VM, with that request's triage snapshot (`seen_before`)."""
@@ -184,16 +195,7 @@ class Reader(abc.ABC):
         ).join_from(tasks, requests)
         query = _listing_where(query, filters or TaskFilter(), after)
         rows = await self._fetch(query.order_by(*_LISTING_ORDER).limit(limit))
-        return [
-            ListedTask(
-                task=from_row(TaskRecord, row),
-                requester_nick=row["listed_requester_nick"],
-                requester_id=row["listed_requester_id"],
-                enterprise_id=row["listed_enterprise_id"],
-                enterprise_name=row["listed_enterprise_name"],
-            )
-            for row in rows
-        ]
+        return [listed_task(row) for row in rows]
 
     async def count_tasks(self, filters: TaskFilter | None = None, *, after: TaskRecord | None = None) -> int:
         """How many tasks match `filters` (only those after `after` in the listing's order, if given):
