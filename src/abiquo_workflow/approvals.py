@@ -703,22 +703,25 @@ class Approvals:
 
     # --- timers ------------------------------------------------------------------------------------
 
+    async def _still_pending(self, request_id: str) -> tuple[RequestDetails, list[str]] | None:
+        """A timer's request: its triage snapshot and its still-pending task ids; None when it has no
+        readable snapshot or nothing is left pending (the timer then has nothing to do)."""
+        details = _readable_details(await self.store.get_request(request_id))
+        if details is None:
+            return None
+        tasks = await self.store.tasks_of_request(request_id)
+        pending = [t.task_id for t in tasks if t.decision is DecisionState.PENDING]
+        return (details, pending) if pending else None
+
     async def deadline(self, job: Deadline) -> None:
         """Decide the request's still-pending tasks as its rule's `at_deadline` says, through the same
         conditional pending→decided as a click: what an approver decided first stays, and a deadline
         that runs twice (or on two replicas) decides nothing the second time. Delivered, and the
         approvers and the requester told, as any decision is."""
-        request = await self.store.get_request(job.request_id)
-        details = _readable_details(request)
-        if details is None:
+        still = await self._still_pending(job.request_id)
+        if still is None:
             return
-        pending = [
-            t.task_id
-            for t in await self.store.tasks_of_request(job.request_id)
-            if t.decision is DecisionState.PENDING
-        ]
-        if not pending:
-            return
+        details, pending = still
         action = Action.ACCEPT if details.at_deadline == "accept" else Action.DECLINE
         approval = approval_rule(self.settings.policy, details.policy_rule)
         when = words.moment_words(details.deadline_at or job.due)
@@ -782,17 +785,10 @@ class Approvals:
     async def escalate(self, job: Escalate) -> None:
         """Ask the rule's `escalate_to` addresses about the still-pending tasks, with links of their own
         (they may decide, and count towards the quorum); an address already asked is not asked again."""
-        request = await self.store.get_request(job.request_id)
-        details = _readable_details(request)
-        if details is None:
+        still = await self._still_pending(job.request_id)
+        if still is None:
             return
-        pending = [
-            t.task_id
-            for t in await self.store.tasks_of_request(job.request_id)
-            if t.decision is DecisionState.PENDING
-        ]
-        if not pending:
-            return
+        details, pending = still
         approval = approval_rule(self.settings.policy, details.policy_rule)
         async with self.store.transaction() as tx:
             asked = {
