@@ -11,6 +11,8 @@ import itertools
 import httpx2
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.core.parameters import ParameterLocation
+from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from abiquo_workflow.access import token_digest
 from tests.conftest import ConnectorFactory
@@ -30,6 +32,17 @@ def handed_out_cursor(url: str, path: str) -> str:
     return cursor
 
 
+def unsent_negatives(case: schemathesis.Case) -> list[schemathesis.CheckFunction]:
+    """The checks that would judge what never reached the server: the API declares no header
+    parameters, so a case made invalid in its headers is invalid in `Authorization` only, which the
+    test replaces with its own token. schemathesis still judges the header it generated and calls the
+    answer "invalid data accepted" (CI saw it, with a query value that was valid once sent); every
+    other check still runs, and refused credentials are tested in tests/test_api.py."""
+    if case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER):
+        return [negative_data_rejection]
+    return []
+
+
 def test_the_api_keeps_to_its_openapi_document(connector_factory: ConnectorFactory) -> None:
     # schemathesis sends wrong Basic credentials many times over to see them refused with 401: the
     # brake on guessing passwords (429 after a few, tests/test_api.py) is set out of its way.
@@ -40,6 +53,9 @@ def test_the_api_keeps_to_its_openapi_document(connector_factory: ConnectorFacto
         schema = schemathesis.openapi.from_url(f"{connector.url}/api/v1/openapi.json")
         operations = [result.ok() for result in schema.get_all_operations()]
         assert len(operations) == 9
+        declared = httpx2.get(f"{connector.url}/api/v1/openapi.json").json()["paths"].values()
+        locations = {p["in"] for path in declared for op in path.values() for p in op.get("parameters", [])}
+        assert "header" not in locations, "unsent_negatives assumes no header parameters"
 
         for operation, mode in itertools.product(operations, schemathesis.GenerationMode):
 
@@ -55,6 +71,6 @@ def test_the_api_keeps_to_its_openapi_document(connector_factory: ConnectorFacto
                     # Cursors are opaque: a client passes one the API handed out (tests/test_api.py
                     # checks that any other is refused with 422).
                     case.query["cursor"] = cursors[case.operation.path]
-                case.call_and_validate(headers=AUTH)
+                case.call_and_validate(headers=AUTH, excluded_checks=unsent_negatives(case))
 
             keeps_to_it()
