@@ -5,6 +5,7 @@ retries, errors as JSON sentences, and the OpenAPI document."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx2
@@ -14,7 +15,7 @@ from abiquo_simulator.faults import Fault
 from abiquo_workflow.access import token_digest
 from abiquo_workflow.domain import Channel, DecisionState, DeliveryState
 from tests.conftest import App, AppFactory
-from tests.loop_support import open_store, wait_for_calls, wait_for_task
+from tests.loop_support import open_store, wait_for_calls, wait_for_task, wait_until_idle
 
 READ_TOKEN = "awf_read-token-for-tests"
 DECIDE_TOKEN = "awf_decide-token-for-tests"
@@ -152,6 +153,98 @@ async def test_a_request_is_read_with_its_tasks_notifications_and_timeline(api: 
     assert [t["decision"] for t in detail["task_list"]] == ["pending"]
     assert {n["kind"] for n in detail["notifications"]} == {"approval"}
     assert {"received", "triaged"} <= {line["action"] for line in detail["timeline"]}
+
+
+async def test_a_request_one_approval_decides_has_no_quorum_and_no_deadline(api: App) -> None:
+    request_id = (await only_request(api))["id"]
+
+    detail = (await get(api, f"/requests/{request_id}", auth=ALICE)).json()
+
+    assert (detail["approvals_needed"], detail["quorum"]) == (1, None)
+    assert (detail["deadline_at"], detail["at_deadline"]) == (None, None)
+
+
+# --- quorums and deadlines -----------------------------------------------------------------------------
+
+BOB = ("bjones", "bjones")  # another approver of Acme
+QUORUM_AND_DEADLINE = {"approvals_needed": 2, "deadline": "3d", "at_deadline": "cancel"}
+
+
+@pytest_asyncio.fixture
+async def quorum(app_factory: AppFactory) -> AsyncIterator[App]:
+    """The app under a rule of 2 approvals and a 3-day deadline, with one held deploy of VM 1, triaged."""
+    async with app_factory(api=TOKENS, policy=QUORUM_AND_DEADLINE) as app:
+        await app.request(vm=1)
+        await app.inbox.wait_for(3)
+        yield app
+
+
+async def test_a_request_says_how_many_approvals_it_needs_who_was_asked_and_its_deadline(
+    quorum: App,
+) -> None:
+    request = await only_request(quorum)
+
+    detail = (await get(quorum, f"/requests/{request['id']}", auth=ALICE)).json()
+
+    assert detail["approvals_needed"] == 2
+    assert detail["quorum"] == {
+        "needed": 2,
+        "accepted": 0,
+        "approved_by": [],
+        "waiting_for": [
+            "Alice Smith <alice.smith@acme.example>",
+            "Bob Jones <bob.jones@acme.example>",
+            "Zoë Zimmermann <zoe.zimmermann@acme.example>",
+        ],
+    }
+    received = datetime.fromisoformat(request["received_at"])
+    deadline = datetime.fromisoformat(detail["deadline_at"])
+    assert timedelta(days=3) <= deadline - received < timedelta(days=3, minutes=1)
+    assert detail["at_deadline"] == "cancel"
+
+
+async def test_an_approval_short_of_the_quorum_is_202_counted_and_sends_nothing(quorum: App) -> None:
+    [task] = (await get(quorum, "/tasks", auth=ALICE)).json()["items"]
+
+    answer = await post(quorum, f"/tasks/{task['task_id']}/decision", {"action": "accept"}, auth=ALICE)
+
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {"decided": [], "already_decided": [], "counted": [task["task_id"]]}
+    detail = (await get(quorum, f"/requests/{task['request_id']}", auth=ALICE)).json()
+    assert detail["quorum"]["accepted"] == 1
+    assert detail["quorum"]["approved_by"] == ["Alice Smith <alice.smith@acme.example>"]
+    assert "Alice Smith <alice.smith@acme.example>" not in detail["quorum"]["waiting_for"]
+    assert [t["decision"] for t in detail["task_list"]] == ["pending"]
+    assert "approved" in [line["action"] for line in detail["timeline"]]
+    async with open_store(quorum) as store:
+        await wait_until_idle(store)
+    assert quorum.decision_calls() == []
+
+
+async def test_the_second_distinct_approval_decides_and_abiquo_is_told(quorum: App) -> None:
+    [task] = (await get(quorum, "/tasks", auth=ALICE)).json()["items"]
+    path = f"/tasks/{task['task_id']}/decision"
+    assert (await post(quorum, path, {"action": "accept"}, auth=ALICE)).status_code == 202
+
+    again = await post(quorum, path, {"action": "accept"}, auth=ALICE)
+    second = await post(quorum, path, {"action": "accept"}, auth=BOB)
+
+    assert again.status_code == 202 and again.json()["counted"] == [task["task_id"]]  # not a 2nd vote
+    assert second.status_code == 200, second.text
+    [decided] = second.json()["decided"]
+    assert (decided["decision"], decided["actor"]) == ("accepted", "Bob Jones <bob.jones@acme.example>")
+    [call] = await wait_for_calls(quorum, 1)
+    assert (call["task_id"], call["action"]) == (task["task_id"], "continue")
+
+
+async def test_a_decided_request_no_longer_shows_a_quorum(quorum: App) -> None:
+    request_id = (await only_request(quorum))["id"]
+    await post(quorum, f"/requests/{request_id}/decision", {"action": "decline"}, auth=ALICE)
+
+    detail = (await get(quorum, f"/requests/{request_id}", auth=ALICE)).json()
+
+    assert [t["decision"] for t in detail["task_list"]] == ["declined"]  # one decline vetoes
+    assert detail["quorum"] is None and detail["approvals_needed"] == 2
 
 
 async def test_task_pages_follow_next_cursor(app_factory: AppFactory) -> None:

@@ -20,7 +20,7 @@ import pytest_asyncio
 
 from abiquo_simulator.faults import Fault
 from abiquo_workflow.domain import Channel, DecisionState, DeliveryState
-from tests.conftest import App, AppFactory
+from tests.conftest import App, AppFactory, MovableClock
 from tests.dashboard_support import (
     ADMIN,
     ALICE,
@@ -684,3 +684,94 @@ async def test_a_failed_email_is_retried_from_the_dashboard(app_factory: AppFact
         "bob.jones@acme.example",
         "zoe.zimmermann@acme.example",
     ]
+
+
+# --- quorums, deadlines, reminders and escalation ------------------------------------------------------
+
+BOB = ("bjones", "bjones")  # another approver of Acme
+HOUR = 3600
+
+
+async def test_a_request_page_says_how_many_approvals_are_needed_and_the_deadline(
+    app_factory: AppFactory,
+) -> None:
+    policy = {"approvals_needed": 2, "deadline": "3d", "at_deadline": "cancel"}
+    async with app_factory(policy=policy) as running, running.client() as client:
+        acme = await held(running, vm=1)
+        await sign_in(client, ALICE)
+
+        text = html.unescape(page_text(await client.get(f"/requests/{acme['request_id']}"), 200))
+
+    assert "0 of 2 approvals; still waiting for Alice Smith, Bob Jones or Zoë Zimmermann." in text
+    assert "One decline cancels it." in text
+    assert re.search(r"If nobody decides by [^<]+ UTC, it will be cancelled\.", text)
+
+
+async def test_an_approval_short_of_the_quorum_is_counted_and_the_second_approver_decides(
+    app_factory: AppFactory,
+) -> None:
+    async with app_factory(policy={"approvals_needed": 2}) as running:
+        acme = await held(running, vm=1)
+        async with running.client() as alice:
+            await sign_in(alice, ALICE)
+            counted = await decide(alice, acme["request_id"], "accept:all")
+            assert "done=counted" in counted.headers["location"]
+            shown = html.unescape(page_text(await alice.get(counted.headers["location"]), 200))
+        async with open_store(running) as store:
+            await wait_until_idle(store)
+        assert running.decision_calls() == []
+        async with running.client() as bob:
+            await sign_in(bob, BOB)
+            decided = await decide(bob, acme["request_id"], "accept:all")
+        [call] = await wait_for_calls(running, 1)
+
+    assert "Your approval of 1 task is recorded. More approvals are needed" in shown
+    assert "1 of 2 approvals, from Alice Smith; still waiting for Bob Jones or Zoë Zimmermann." in shown
+    assert "Approval counted" in shown  # on the timeline
+    assert "done=accepted" in decided.headers["location"]
+    assert call["action"] == "continue"
+
+
+async def test_reminders_and_escalation_are_on_the_request_page(app_factory: AppFactory) -> None:
+    clock = MovableClock()
+    policy = {
+        "deadline": "3d",
+        "reminders": ["1d"],
+        "escalate_after": "2d",
+        "escalate_to": ["The Boss <boss@acme.example>"],
+    }
+    async with app_factory(clock=clock, policy=policy) as running, running.client() as client:
+        acme = await held(running, vm=1)
+        await running.inbox.wait_for(3)
+        clock.advance(24 * HOUR + 1)
+        await running.inbox.wait_for(6)  # a reminder to each of the three
+        clock.advance(24 * HOUR)
+        await running.inbox.wait_for(7)  # and the boss asked
+        async with open_store(running) as store:
+            await wait_until_idle(store, clock)
+        await sign_in(client, ADMIN)
+
+        text = html.unescape(page_text(await client.get(f"/requests/{acme['request_id']}"), 200))
+
+    assert text.count("Reminder sent") == 1  # one timeline line for the round of reminders
+    assert text.count(">Reminder<") == 3  # the three emails, each listed
+    assert "Escalated" in text and "boss@acme.example" in text
+    assert text.count(">Approval request<") == 4  # the three approvers and the boss
+
+
+async def test_a_task_cancelled_at_its_deadline_says_why_on_the_page(app_factory: AppFactory) -> None:
+    clock = MovableClock()
+    async with app_factory(clock=clock, policy={"deadline": "1h"}) as running, running.client() as client:
+        acme = await held(running, vm=1)
+        clock.advance(HOUR + 1)
+        [call] = await wait_for_calls(running, 1)
+        async with open_store(running) as store:
+            await wait_until_idle(store, clock)
+        await sign_in(client, ALICE)
+
+        text = html.unescape(page_text(await client.get(f"/requests/{acme['request_id']}"), 200))
+
+    assert call["action"] == "cancel"
+    assert "Cancelled at its deadline on" in text
+    assert "nobody decided by" in text  # the reason, on the row
+    assert "If nobody decides by" not in text  # nothing is pending: no deadline line

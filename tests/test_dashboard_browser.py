@@ -190,3 +190,31 @@ async def test_the_dashboard_with_very_long_names_fits_a_phone_and_a_desktop(
         await draw(page, "dashboard-request-long-names", expect_buttons=9)
     finally:
         await context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_quorum_and_a_deadline_show_on_the_request_page_before_and_after_an_approval(
+    connector_factory: ConnectorFactory, chromium_browser: Browser
+) -> None:
+    from playwright.async_api import expect
+
+    policy = {"approvals_needed": 2, "deadline": "3d"}
+    with connector_factory(policy=policy) as connector:
+        acme = await held(connector, vm=1)
+        context, page = await signed_in(chromium_browser, connector, ALICE)
+        try:
+            await page.goto(f"{connector.url}/requests/{acme['request_id']}")
+            await expect(page.locator(".quorum")).to_contain_text("0 of 2 approvals")
+            await expect(page.locator(".deadline")).to_contain_text("it will be cancelled")
+            await draw(page, "dashboard-request-quorum", expect_buttons=3)
+
+            await page.get_by_role("button", name="Accept", exact=True).click()
+
+            await expect(page.get_by_role("status")).to_contain_text("Your approval of 1 task is recorded")
+            await expect(page.locator(".quorum")).to_contain_text("1 of 2 approvals, from Alice Smith")
+            await draw(page, "dashboard-request-quorum-counted", expect_buttons=3)
+        finally:
+            await context.close()
+
+    assert connector.decision_calls() == []

@@ -113,7 +113,7 @@ async def test_the_link_of_a_task_cancelled_in_abiquo_answers_410_with_that_stor
 
     assert page.status_code == 410
     text = page_text(page.text)
-    assert "Declined by Abiquo" in text
+    assert "Cancelled in Abiquo on" in text
     assert "cancelled in Abiquo, by its requester or in Abiquo's Workflow tasks tab" in text
 
 

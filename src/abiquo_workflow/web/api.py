@@ -8,7 +8,9 @@ Who is asking (access.py): HTTP Basic with Abiquo credentials, checked against A
 trusted for `access.login_ttl`; or `Authorization: Bearer <token>` for a token of `[[api.tokens]]`.
 What a viewer may not see is answered 404, as if it did not exist. A decision goes the path an emailed
 link's does (`Approvals.check_approver` for approvers, then `Approvals.decide`), on channel `api`, with
-the viewer's `actor` in the audit log; a retry is what `tasks retry` does.
+the viewer's `actor` in the audit log; a retry is what `tasks retry` does. Under a rule that needs more
+than one approval, an accept that does not complete the quorum is answered 202 with the tasks it
+`counted`, and a request's detail says where its `quorum` stands and its `deadline_at`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
 from fastapi import Depends, FastAPI, Path, Query
@@ -31,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 
 from abiquo_workflow import __version__
 from abiquo_workflow.access import Role, Viewer
-from abiquo_workflow.approvals import retry_delivery, retry_request_jobs
+from abiquo_workflow.approvals import details_from_json, retry_delivery, retry_request_jobs
 from abiquo_workflow.domain import Action, Channel, DecidedBy, DecisionState, DeliveryState
 from abiquo_workflow.exceptions import AbiquoError, NotAnApprover, StoreError
 from abiquo_workflow.store import (
@@ -149,10 +151,23 @@ class AuditOut(BaseModel):
     detail: str | None
 
 
+class QuorumOut(BaseModel):
+    """Where the approvals of a request that needs more than one stand (a decline by anyone cancels)."""
+
+    needed: int = Field(description="distinct approvals needed (the rule's `approvals_needed`)")
+    accepted: int = Field(description="approvals given so far")
+    approved_by: list[str] = Field(description="who has approved")
+    waiting_for: list[str] = Field(description="who was asked and has not answered")
+
+
 class RequestDetail(RequestOut):
     """A request with its tasks, the notifications sent and its timeline (the audit log)."""
 
     approvers: list[str] | None
+    approvals_needed: int = Field(description="distinct approvals that decide it (1 unless a rule says more)")
+    quorum: QuorumOut | None = Field(description="where the approvals stand; None when one approval decides")
+    deadline_at: datetime | None = Field(description="when the rule decides what is still pending")
+    at_deadline: Literal["accept", "cancel"] | None = Field(description="what happens at the deadline")
     task_list: list[TaskOut]
     notifications: list[NotificationOut]
     timeline: list[AuditOut]
@@ -164,8 +179,14 @@ class DecisionIn(BaseModel):
 
 
 class DecisionOut(BaseModel):
+    """200 when the call decided tasks; 202 when it only counted an approval towards a quorum."""
+
     decided: list[TaskOut] = Field(description="the tasks this call decided")
     already_decided: list[str] = Field(description="ids of tasks decided before this call")
+    counted: list[str] = Field(
+        description="ids of tasks where this approval was recorded but more approvals are needed "
+        "(nothing is sent to Abiquo yet)"
+    )
 
 
 class RetryOut(BaseModel):
@@ -187,6 +208,11 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for these statuses, each an `ErrorBody` (401, 422, 429 and 503 always)."""
     codes = sorted({401, 422, 429, 503, *statuses})
     return {code: {"model": ErrorBody, "description": HTTPStatus(code).phrase} for code in codes}
+
+
+def _counted() -> dict[int | str, dict[str, Any]]:
+    """The 202 of a decision that only counted an approval towards a quorum (`DecisionOut.counted`)."""
+    return {202: {"model": DecisionOut, "description": "Approval counted; more approvals are needed"}}
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -412,13 +438,36 @@ async def _visible_request(service: Services, viewer: Viewer, request_id: uuid.U
         raise ApiError(404, f"There is no request {request_id} that you may see.")
     held, summary = timeline.tasks, timeline.summary
     names = {"requester_nick": timeline.requester_nick, "enterprise_name": timeline.enterprise_name}
+    try:
+        details = details_from_json(timeline.request.details)
+    except ValueError:
+        details = None  # a snapshot this version cannot read: the rest of the request still answers
+    pending = [t.task_id for t in held if t.decision is DecisionState.PENDING]
+    quorum = await service.approvals.quorum(pending) if pending else None
     return RequestDetail(
         **_request_fields(summary, viewer),
         approvers=list(timeline.request.approvers) if timeline.request.approvers is not None else None,
+        approvals_needed=details.approvals_needed if details is not None else 1,
+        quorum=QuorumOut(
+            needed=quorum.needed,
+            accepted=quorum.accepted,
+            approved_by=list(quorum.approved_by),
+            waiting_for=list(quorum.waiting_for),
+        )
+        if quorum is not None
+        else None,
+        deadline_at=details.deadline_at if details is not None else None,
+        at_deadline=_at_deadline(details.at_deadline) if details is not None else None,
         task_list=[_task_out(t, timeline.request, viewer, **names) for t in held],
         notifications=[_notification_out(n) for n in timeline.notifications],
         timeline=[_audit_out(line) for line in timeline.audit],
     )
+
+
+def _at_deadline(value: str | None) -> Literal["accept", "cancel"] | None:
+    if value == "accept":
+        return "accept"
+    return "cancel" if value is not None else None
 
 
 def _notification_out(n: NotificationRecord) -> NotificationOut:
@@ -494,12 +543,20 @@ async def _decide(
     decided = await service.approvals.decide(
         task_ids, body.action, actor=viewer.actor, reason=body.reason, channel=Channel.API
     )
-    if not decided.decided:
+    if not decided.decided and not decided.waiting:
         raise _not_decidable(decided.already[0] if decided.already else pending[0])
     return DecisionOut(
         decided=[_task_out(t, owner, viewer) for t in decided.decided],
         already_decided=[t.task_id for t in decided.already],
+        counted=[t.task_id for t in decided.waiting],
     )
+
+
+def _decision_status(response: Response, decision: DecisionOut) -> DecisionOut:
+    """202 for an approval that only counted towards a quorum: recorded, but nothing is decided yet."""
+    if not decision.decided:
+        response.status_code = HTTPStatus.ACCEPTED
+    return decision
 
 
 async def _retry(service: Services, viewer: Viewer, request_id: str, task_ids: Sequence[str]) -> RetryOut:
@@ -582,16 +639,18 @@ def create_api(state: State) -> FastAPI:
     @api.post(
         "/requests/{request_id}/decision",
         response_model=DecisionOut,
-        responses=_errors(403, 404, 409, 410),
+        responses=_counted() | _errors(403, 404, 409, 410),
         summary="Accept or decline every pending task of a request",
     )
     async def decide_request(
-        viewer: CurrentViewer, service: Service, request_id: RequestId, body: DecisionIn
+        viewer: CurrentViewer, service: Service, request_id: RequestId, body: DecisionIn, response: Response
     ) -> DecisionOut:
         timeline = await service.store.request_timeline(str(request_id))
         if timeline is None or not viewer.sees(timeline) or not timeline.tasks:
             raise ApiError(404, f"There is no request {request_id} that you may see.")
-        return await _decide(service, viewer, timeline.request, timeline.tasks, body)
+        return _decision_status(
+            response, await _decide(service, viewer, timeline.request, timeline.tasks, body)
+        )
 
     @api.post(
         "/requests/{request_id}/retry",
@@ -623,14 +682,14 @@ def create_api(state: State) -> FastAPI:
     @api.post(
         "/tasks/{task_id}/decision",
         response_model=DecisionOut,
-        responses=_errors(403, 404, 409, 410),
+        responses=_counted() | _errors(403, 404, 409, 410),
         summary="Accept or decline one task",
     )
     async def decide_task(
-        viewer: CurrentViewer, service: Service, task_id: TaskId, body: DecisionIn
+        viewer: CurrentViewer, service: Service, task_id: TaskId, body: DecisionIn, response: Response
     ) -> DecisionOut:
         task, request = await _visible_task(service, viewer, task_id)
-        return await _decide(service, viewer, request, [task], body)
+        return _decision_status(response, await _decide(service, viewer, request, [task], body))
 
     @api.post(
         "/tasks/{task_id}/retry",

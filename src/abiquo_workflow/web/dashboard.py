@@ -45,7 +45,7 @@ from abiquo_workflow.store.listing import InvalidCursor, ListingFilter, RequestS
 from abiquo_workflow.store.records import NotificationStatus
 from abiquo_workflow.web import dashboard_views as views
 from abiquo_workflow.web.bodies import BodyTooLarge, NotAForm, TooManyFields, read_form
-from abiquo_workflow.web.decisions import REASON_LIMIT
+from abiquo_workflow.web.decisions import REASON_LIMIT, time_and_quorum
 from abiquo_workflow.web.origin import from_another_site
 from abiquo_workflow.web.sessions import Session, SessionKeeper
 from abiquo_workflow.web.state import services
@@ -71,6 +71,8 @@ _DONE = {
     "accepted": "Accepted {n}. Abiquo is being told now, and the requester will be emailed.",
     "declined": "Declined {n}. Abiquo is being told now, and the requester will be emailed.",
     "already": "Nothing was changed: the tasks were already decided.",
+    "counted": "Your approval of {n} is recorded. More approvals are needed before anything is sent to "
+    "Abiquo.",
     "retried": "Queued again: {n}. The worker is on it; reload this page in a moment.",
     "nothing": "Nothing had failed, so nothing was queued again.",
 }
@@ -347,6 +349,7 @@ async def request_page(request: Request, request_id: str) -> Response:
         reason_limit=REASON_LIMIT,
         done=_DONE[done].format(n=display.name(count)) if done in _DONE else None,
         done_tone=done,
+        **(await time_and_quorum(services(request), pending, details) if pending else {}),
     )
     return _page(request, "dashboard/request.html", context, session)
 
@@ -505,6 +508,8 @@ async def decide(request: Request, request_id: str) -> Response:
     except Refused as refused:
         return _refusal_page(request, refused)
     if not result.decided:
+        if result.waiting:  # an approval that counted towards a quorum and decided nothing yet
+            return _done(request_id, "counted", len(result.waiting))
         return _done(request_id, "already")
     return _done(request_id, "accepted" if action is Action.ACCEPT else "declined", len(result.decided))
 

@@ -66,6 +66,9 @@ _ACTIONS = {
     "verified": "Checked with Abiquo",
     "rejected": "Rejected: Abiquo does not hold it as the callback said",
     "triaged": "Triaged",
+    "approved": "Approval counted",
+    "reminded": "Reminder sent",
+    "escalated": "Escalated",
     "emailed": "Email sent",
     "decided": "Decided",
     "settled": "Settled",
@@ -81,6 +84,7 @@ _ACTIONS = {
 
 _NOTIFICATION_KINDS = {
     "approval": "Approval request",
+    "reminder": "Reminder",
     "outcome": "Outcome, to the requester",
     "settled": "Settled, to an approver",
 }

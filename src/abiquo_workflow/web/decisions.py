@@ -286,12 +286,12 @@ async def _show(request: Request, asked: Asked) -> Response:
         approver=display.name(grant.approver),
         expires=words.moment_words(grant.expires_at),
         reason_limit=REASON_LIMIT,
-        **await _time_and_quorum(service, pending, details),
+        **await time_and_quorum(service, pending, details),
     )
     return page(request, "confirm.html", context)
 
 
-async def _time_and_quorum(
+async def time_and_quorum(
     service: Services, pending: list[TaskRecord], details: RequestDetails | None
 ) -> dict[str, str | None]:
     """The deadline and what happens then, and where the quorum stands, for the pages (None: not so)."""
@@ -386,7 +386,7 @@ async def _counted(
 ) -> dict[str, Any]:
     """The page of an approval that counted but did not decide: more approvals are needed, nothing is
     sent to Abiquo yet. "1 of 2 approvals, from Alice Smith; still waiting for Bob Jones or …"."""
-    extra = await _time_and_quorum(service, list(result.waiting), details)
+    extra = await time_and_quorum(service, list(result.waiting), details)
     context.update(
         title="Approval recorded",
         message=extra["quorum"] or "Your approval is recorded; more approvals are needed.",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from abiquo_workflow import display
-from abiquo_workflow.domain import DecisionState, RequestDetails, VirtualMachine, VmDetails
+from abiquo_workflow.domain import DecidedBy, DecisionState, RequestDetails, VirtualMachine, VmDetails
 from abiquo_workflow.mail import changes, words
 from abiquo_workflow.store.records import TaskRecord
 
@@ -45,14 +45,24 @@ def _storage(vm: VirtualMachine) -> str:
 
 
 def status_words(task: TaskRecord) -> str:
-    """ "Waiting for a decision", or "Accepted by Alice Smith <…> on 4 Mar 2025, 14:05 UTC"."""
+    """ "Waiting for a decision", "Accepted by Alice Smith <…> on 4 Mar 2025, 14:05 UTC", or what decided
+    it when no person here did: "Cancelled at its deadline on …", "Cancelled in Abiquo on …" (found by
+    reconciliation), "Accepted automatically on …" (a policy rule, or no approver; the reason says which).
+    """
     if task.decision is DecisionState.PENDING:
         return "Waiting for a decision"
     if task.decision is DecisionState.REJECTED:
         return "Not held by Abiquo as the callback said, so nobody decides it"
-    verb = "Accepted" if task.decision is DecisionState.ACCEPTED else "Declined"
+    accepted = task.decision is DecisionState.ACCEPTED
     when = f" on {words.moment_words(task.decided_at)}" if task.decided_at else ""
-    return f"{verb} by {words.or_unknown(task.actor)}{when}"
+    match task.decided_by:
+        case DecidedBy.DEADLINE:
+            return f"{'Accepted' if accepted else 'Cancelled'} at its deadline{when}"
+        case DecidedBy.EXTERNAL:
+            return f"{'Continued' if accepted else 'Cancelled'} in Abiquo{when}"
+        case DecidedBy.POLICY | DecidedBy.NO_APPROVER:
+            return f"{'Accepted' if accepted else 'Cancelled'} automatically{when}"
+    return f"{'Accepted' if accepted else 'Declined'} by {words.or_unknown(task.actor)}{when}"
 
 
 def task_rows(tasks: Sequence[TaskRecord], details: RequestDetails | None) -> list[TaskRow]:
