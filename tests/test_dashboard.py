@@ -701,10 +701,12 @@ async def test_a_request_page_says_how_many_approvals_are_needed_and_the_deadlin
         await sign_in(client, ALICE)
 
         text = html.unescape(page_text(await client.get(f"/requests/{acme['request_id']}"), 200))
+        listed = page_text(await client.get("/?state=pending"), 200)
 
     assert "0 of 2 approvals; still waiting for Alice Smith, Bob Jones or Zoë Zimmermann." in text
     assert "One decline cancels it." in text
     assert re.search(r"If nobody decides by [^<]+ UTC, it will be cancelled\.", text)
+    assert re.search(r'<span class="progress due">If undecided, cancelled on [^<]+ UTC</span>', listed)
 
 
 async def test_an_approval_short_of_the_quorum_is_counted_and_the_second_approver_decides(

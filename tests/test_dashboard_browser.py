@@ -204,6 +204,8 @@ async def test_a_quorum_and_a_deadline_show_on_the_request_page_before_and_after
         acme = await held(connector, vm=1)
         context, page = await signed_in(chromium_browser, connector, ALICE)
         try:
+            await expect(page.locator(".due")).to_contain_text("If undecided, cancelled on")
+            await draw(page, "dashboard-list-deadline")
             await page.goto(f"{connector.url}/requests/{acme['request_id']}")
             await expect(page.locator(".quorum")).to_contain_text("0 of 2 approvals")
             await expect(page.locator(".deadline")).to_contain_text("it will be cancelled")

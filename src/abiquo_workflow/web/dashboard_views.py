@@ -167,6 +167,8 @@ class RequestRow:
     state_words: str
     #: "2 of 3 pending", "1 failed"; empty when it adds nothing to `state_words`.
     progress: str
+    #: While pending under a deadline: "If undecided, cancelled on 6 Dec 2026, 13:49 UTC"; else empty.
+    due: str = ""
 
 
 def request_title(
@@ -199,7 +201,21 @@ def summary_row(summary: RequestSummary) -> RequestRow:
         state=summary.state.value,
         state_words=_STATE_WORDS[summary.state],
         progress=progress,
+        due=_due(request.details) if summary.state is RequestState.PENDING else "",
     )
+
+
+def _due(details: Mapping[str, Any] | None) -> str:
+    """The deadline from the stored snapshot as it is (a dict: see the module docstring), in words."""
+    stamp = details.get("deadline_at") if details else None
+    try:
+        deadline = datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
+    except ValueError:
+        return ""
+    if deadline is None:
+        return ""
+    outcome = "accepted" if details and details.get("at_deadline") == "accept" else "cancelled"
+    return f"If undecided, {outcome} on {words.moment_words(deadline)}"
 
 
 def state_words(state: RequestState) -> str:
