@@ -286,10 +286,10 @@ async def build_known_tasks(url: str) -> None:
 
 
 @pytest.fixture
-def tasks_env(database_url: str) -> dict[str, str]:
+def tasks_env(migrated_database_url: str) -> dict[str, str]:
     """Settings (by environment) pointing at a database holding the three known tasks."""
-    asyncio.run(build_known_tasks(database_url))
-    return {"AWF_DATABASE__URL": database_url}
+    asyncio.run(build_known_tasks(migrated_database_url))
+    return {"AWF_DATABASE__URL": migrated_database_url}
 
 
 async def build_tasks_received(url: str, ago: dict[str, timedelta]) -> None:
@@ -303,28 +303,28 @@ async def build_tasks_received(url: str, ago: dict[str, timedelta]) -> None:
 
 
 @pytest.fixture
-def aged_tasks_env(database_url: str) -> dict[str, str]:
+def aged_tasks_env(migrated_database_url: str) -> dict[str, str]:
     """Settings pointing at a database of three tasks received 3 days, 3 hours and 1 minute ago."""
     ago = {
         "three-days": timedelta(days=3),
         "three-hours": timedelta(hours=3),
         "a-minute": timedelta(minutes=1),
     }
-    asyncio.run(build_tasks_received(database_url, ago))
-    return {"AWF_DATABASE__URL": database_url}
+    asyncio.run(build_tasks_received(migrated_database_url, ago))
+    return {"AWF_DATABASE__URL": migrated_database_url}
 
 
 @pytest.fixture
-def lookalike_env(database_url: str) -> dict[str, str]:
+def lookalike_env(migrated_database_url: str) -> dict[str, str]:
     """Settings pointing at a database of three tasks whose ids share their first 6 characters."""
 
     async def build() -> None:
-        async with await Store.open(database_url) as store:
+        async with await Store.open(migrated_database_url) as store:
             for task_id in ("3f2a91", "3f2a91-aaa", "3f2a91-bbb"):
                 await receive_one(store, task_id, "web-01")
 
     asyncio.run(build())
-    return {"AWF_DATABASE__URL": database_url}
+    return {"AWF_DATABASE__URL": migrated_database_url}
 
 
 def table(stdout: str) -> list[list[str]]:
@@ -548,14 +548,16 @@ def test_tasks_show_of_a_prefix_shorter_than_6_characters_exits_1_saying_so(
     ]
 
 
-def test_tasks_retry_queues_a_failed_delivery_again(tasks_env: dict[str, str], database_url: str) -> None:
+def test_tasks_retry_queues_a_failed_delivery_again(
+    tasks_env: dict[str, str], migrated_database_url: str
+) -> None:
     result = invoke("tasks", "retry", "task-failed", env=tasks_env)
 
     assert result.exit_code == 0, result.output
     assert result.stdout == "task task-failed is queued for delivery again\n"
 
     async def stored() -> tuple[DeliveryState | None, list[str]]:
-        async with await Store.open(database_url, migrate=False) as store:
+        async with await Store.open(migrated_database_url, migrate=False) as store:
             task = await store.get_task("task-failed")
             jobs = await store.list_jobs(status=JobStatus.QUEUED)
         assert task is not None

@@ -173,7 +173,7 @@ async def test_a_crash_while_abiquo_is_answering_a_continue_delivers_it_exactly_
         accept = task_link(to(approvals, ALICE)[0], "/accept", task_id)
         async with httpx2.AsyncClient() as client:
             slow = await client.post(
-                f"{simulator.url}/_sim/faults", json={"count": 1, "latency": 20, "match": "/action/continue"}
+                f"{simulator.url}/_sim/faults", json={"count": 1, "latency": 5, "match": "/action/continue"}
             )
             assert slow.status_code == 201, slow.text
             assert (await confirm(client, accept)).status_code == 200
