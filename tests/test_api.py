@@ -272,6 +272,16 @@ async def test_a_bad_filter_is_422_naming_the_parameter(api: App) -> None:
     assert answer.status_code == 422 and answer.json()["error"].startswith("query.state:")
 
 
+async def test_a_time_must_be_iso_8601_not_a_bare_number(api: App) -> None:
+    refused = await get(api, "/requests?before=1700000000", auth=ADMIN)
+    taken = await get(api, "/requests?before=2099-01-01T00:00:00Z", auth=ADMIN)
+
+    assert refused.status_code == 422
+    assert refused.json()["error"].startswith("query.before: ")
+    assert "ISO 8601, such as 2026-12-03T14:00:00Z" in refused.json()["error"]
+    assert taken.status_code == 200 and len(taken.json()["items"]) == 1
+
+
 async def test_an_unknown_task_is_404_as_json(api: App) -> None:
     answer = await get(api, "/tasks/no-such-task", auth=ADMIN)
 

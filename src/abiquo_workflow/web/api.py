@@ -15,6 +15,7 @@ than one approval, an accept that does not complete the quorum is answered 202 w
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ import structlog
 from fastapi import APIRouter, Depends, FastAPI, Path, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -313,6 +314,17 @@ RequestId = Annotated[uuid.UUID, Path(description="the request's id")]
 TaskId = Annotated[str, Path(pattern=TASK_ID_PATTERN, description="the task's id, as Abiquo wrote it")]
 
 
+def _iso_8601(value: object) -> object:
+    """A time must be ISO 8601 text, as the OpenAPI document's `date-time` says: pydantic would also
+    read a bare number (`before=1.5e9`) as a Unix timestamp."""
+    if isinstance(value, str) and not re.match(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("expected a time in ISO 8601, such as 2026-12-03T14:00:00Z")
+    return value
+
+
+IsoTime = Annotated[datetime, BeforeValidator(_iso_8601)]
+
+
 def listing_filter(
     state: Annotated[RequestState | None, Query(description="pending, decided or failed (delivery)")] = None,
     enterprise: Annotated[
@@ -321,8 +333,8 @@ def listing_filter(
     task_type: Annotated[
         str | None, Query(max_length=64, pattern=r"^[A-Za-z_]+$", description="DEPLOY, UNDEPLOY…")
     ] = None,
-    since: Annotated[datetime | None, Query(description="received at or after (ISO 8601)")] = None,
-    before: Annotated[datetime | None, Query(description="received before (ISO 8601)")] = None,
+    since: Annotated[IsoTime | None, Query(description="received at or after (ISO 8601)")] = None,
+    before: Annotated[IsoTime | None, Query(description="received before (ISO 8601)")] = None,
     q: Annotated[
         str | None,
         Query(
