@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 
 from abiquo_simulator.faults import parse_fault
 from abiquo_workflow.domain import Action, Channel, DecidedBy, DecisionState, DeliveryState
@@ -365,6 +366,49 @@ async def test_abiquo_down_is_logged_and_the_next_run_still_queued(
 
     following = await chained.store.latest_job(Reconcile.kind)
     assert following is not None and following.dedupe_key == f"reconcile:after:{claimed.id}"
+
+
+async def test_a_run_that_fails_for_good_leaves_its_follower_queued(
+    chained: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await chained.reconciler.schedule()
+    claimed = await claim_run(chained)
+
+    async def broken() -> None:
+        raise RuntimeError("a fault of ours, not Abiquo's")
+
+    monkeypatch.setattr(chained.reconciler, "reconcile", broken)
+    with pytest.raises(RuntimeError):
+        await chained.reconciler.run_job(claimed)  # the worker retries it, and may give up on it
+
+    following = await chained.store.latest_job(Reconcile.kind)
+    assert following is not None and following.dedupe_key == f"reconcile:after:{claimed.id}"
+    assert following.status is JobStatus.QUEUED
+
+
+def counted(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_runs_and_what_they_mend_are_counted_in_the_metrics(
+    chained: Runtime, simulator: SimulatorServer
+) -> None:
+    before = {
+        "done": counted("awf_reconcile_runs_total", outcome="done"),
+        "failed": counted("awf_reconcile_runs_total", outcome="failed"),
+        "received": counted("awf_reconciled_tasks_total", action="received"),
+    }
+    await hold_lost(simulator, vapp=1)  # three VMs
+    await chained.reconciler.schedule()
+    await chained.reconciler.run_job(await claim_run(chained))
+    simulator.simulator.add_fault(parse_fault({"status": 503, "count": 1000, "match": "/admin/enterprises"}))
+    follower = await chained.store.latest_job(Reconcile.kind)
+    assert follower is not None
+    await chained.reconciler.run_job(follower)  # Abiquo down: logged and counted, not raised
+
+    assert counted("awf_reconcile_runs_total", outcome="done") - before["done"] == 1
+    assert counted("awf_reconcile_runs_total", outcome="failed") - before["failed"] == 1
+    assert counted("awf_reconciled_tasks_total", action="received") - before["received"] == 3
 
 
 async def test_a_run_queued_before_interval_zero_does_nothing_and_queues_no_other(

@@ -23,6 +23,17 @@ TASKS_REJECTED = Counter(
     "(bad_href, not_found, other_task, not_held, no_type, mixed)",
     ["reason"],
 )
+RECONCILE_RUNS = Counter(
+    "awf_reconcile_runs",
+    "Reconciliation runs with Abiquo, by outcome (done; failed: Abiquo could not be read, nothing changed)",
+    ["outcome"],
+)
+RECONCILED_TASKS = Counter(
+    "awf_reconciled_tasks",
+    "Tasks reconciliation mended, by action (received: held in Abiquo, its callback never reached us; "
+    "closed: settled in Abiquo while pending here)",
+    ["action"],
+)
 JOBS_DEAD = Counter("awf_jobs_dead", "Jobs that ran out of attempts, by kind", ["kind"])
 JOB_RETRIES = Counter(
     "awf_job_retries", "Failed job runs scheduled to run again after a backoff, by kind", ["kind"]

@@ -32,7 +32,8 @@ same. Each listing is read to its end by `AbiquoClient.pending_tasks`, which pag
 these listings link no `next` page (§6).
 
 When it runs. As a job of the queue (`jobs.Reconcile`, lowest priority), not a timer in memory: each run
-queues the next for `reconcile.interval` later, with a dedupe key naming the run it follows, and a
+first queues the next for `reconcile.interval` later (so a run whose job dies does not end the chain),
+with a dedupe key naming the run it follows, and a
 starting process (`schedule`) queues one only when none is queued or running. So two replicas on one
 PostgreSQL never reconcile at once (a job is claimed by one worker), a restart loses no run, and a run
 repeated after a crash queues its follower once. `reconcile.interval = 0` turns it off: nothing is
@@ -145,20 +146,26 @@ class Reconciler:
             return await self._enqueue(tx, Reconcile(after=latest.id if latest else 0), None)
 
     async def run_job(self, record: JobRecord) -> None:
-        """One run, then the next one queued an interval later. Abiquo failing is logged, not raised:
-        the next run is the retry (a job retried at once would only ask a failing Abiquo again)."""
+        """Queue the next run an interval later, then run. The follower goes first so that a run that
+        fails for good (the database gone, a bug: its job dies after its attempts) does not end the
+        chain; a repeated attempt queues no second follower (the dedupe key names this run). Abiquo
+        failing is logged, not raised: the next run is the retry (a job retried at once would only ask
+        a failing Abiquo again)."""
         read(Reconcile, record)  # a payload this version cannot read fails the job at once (MalformedJob)
         if not self.enabled:
             log.info("reconcile.off", reason="reconcile.interval is 0")
             return
-        try:
-            await self.reconcile()
-        except AbiquoError as exc:
-            log.warning("reconcile.failed", error=str(exc), retry_in=str(self.settings.reconcile.interval))
         async with self.store.transaction() as tx:
             await self._enqueue(
                 tx, Reconcile(after=record.id), self._clock() + self.settings.reconcile.interval
             )
+        try:
+            await self.reconcile()
+        except AbiquoError as exc:
+            metrics.RECONCILE_RUNS.labels("failed").inc()
+            log.warning("reconcile.failed", error=str(exc), retry_in=str(self.settings.reconcile.interval))
+        else:
+            metrics.RECONCILE_RUNS.labels("done").inc()
 
     async def _enqueue(self, tx: UnitOfWork, job: Reconcile, run_after: datetime | None) -> int | None:
         return await enqueue(tx, job, max_attempts=self.settings.worker.max_attempts, run_after=run_after)
@@ -175,6 +182,7 @@ class Reconciler:
         received = await self._receive_lost(held, started)
         closed = await self._close_settled(held)
         outcome = Reconciliation(len(enterprises), len(held), tuple(received), tuple(closed))
+        metrics.RECONCILED_TASKS.labels("closed").inc(len(closed))
         log.info(
             "reconcile.done",
             enterprises=outcome.enterprises,
@@ -207,6 +215,7 @@ class Reconciler:
             )
             if received.request_id is not None:
                 request_ids.append(received.request_id)
+                metrics.RECONCILED_TASKS.labels("received").inc(len(received.new_task_ids))
                 log.info(
                     "reconcile.found",
                     request_id=received.request_id,
