@@ -1060,6 +1060,22 @@ def test_the_settled_email_escapes_the_reason_and_takes_a_configured_subject() -
     assert "&lt;b&gt;no&lt;/b&gt;" in html_of(message) and "<b>no</b>" not in html_of(message)
 
 
+def in_abiquo(vm: VirtualMachine, decision: DecisionState) -> TaskResult:
+    """A task reconciliation closed: continued or cancelled in Abiquo itself."""
+    return dataclasses.replace(result(vm, decision, DecidedBy.EXTERNAL, actor="Abiquo"), decided_at=AT_10_42)
+
+
+def test_a_task_settled_in_abiquo_is_cancelled_or_accepted_in_abiquo_not_declined_by_it() -> None:
+    cancelled = words.settlement([in_abiquo(WEB, DECLINED)])
+    accepted = words.settlement([in_abiquo(WEB, ACCEPTED)])
+    several = words.settlement([in_abiquo(WEB, DECLINED), in_abiquo(DB, DECLINED)])
+
+    assert cancelled is not None and cancelled.sentence.startswith("Cancelled in Abiquo on ")
+    assert accepted is not None and accepted.sentence.startswith("Accepted in Abiquo on ")
+    assert several is not None and several.sentence.startswith("Settled in Abiquo on ")
+    assert several.sentence.endswith("declined 2 of 2")
+
+
 def test_a_request_with_a_task_still_pending_is_not_settled() -> None:
     waiting = result(DB, DecisionState.PENDING, None, delivery=None)
 

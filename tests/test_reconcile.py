@@ -230,7 +230,7 @@ async def test_the_approvers_are_told_it_is_settled_and_the_requester_its_outcom
     emails = await smtp_inbox.wait_for(7)
     settled = [m for m in emails if m.subject.startswith("Settled: ")]
     assert sorted(address for m in settled for address in m.rcpt_tos) == APPROVERS
-    assert "Declined by Abiquo" in (settled[0].text() or "")
+    assert "Cancelled in Abiquo on " in (settled[0].text() or "")
     [outcome] = [m for m in emails if JOHN in m.rcpt_tos]
     assert "Cancelled in Abiquo" in (outcome.text() or "")
     assert "did not apply" not in (outcome.text() or "")  # nothing was ours to deliver

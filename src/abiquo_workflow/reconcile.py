@@ -80,8 +80,8 @@ log = structlog.stdlib.get_logger(__name__)
 
 #: What a request found by reconciliation names as its source, and its `received` audit line as actor.
 SOURCE = "reconciliation"
-#: The actor of a task closed as decided in Abiquo (the pages and emails say "by Abiquo" for any
-#: external decision); its audit line names `SOURCE` as who found it.
+#: The actor of a task closed as decided in Abiquo (the pages and emails say "Cancelled in Abiquo" or
+#: "Accepted in Abiquo" for any external decision); its audit line names `SOURCE` as who found it.
 ACTOR = "Abiquo"
 #: Seconds a held task is left to its callback before reconciliation takes it as lost (Abiquo waits at
 #: most 10 s for the endpoint's answer, docs/protocol.md §2.3).

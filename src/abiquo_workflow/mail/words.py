@@ -262,6 +262,10 @@ REASONS_SHOWN = 5
 _AUTOMATIC = frozenset({DecidedBy.POLICY, DecidedBy.NO_APPROVER, DecidedBy.DEADLINE, DecidedBy.VERIFICATION})
 
 
+#: Who a decision taken in Abiquo itself (found by reconciliation) is told as.
+_EXTERNAL = "Abiquo"
+
+
 def person_name(actor: str | None) -> str:
     """Who an approver is, for a sentence: "Bob Jones" out of "Bob Jones <bob.jones@acme.example>",
     the address when the name is empty, cleaned by `display`."""
@@ -275,7 +279,7 @@ def decider_words(result: TaskResult) -> str:
     if result.decided_by in _AUTOMATIC:
         return "automatically"
     if result.decided_by is DecidedBy.EXTERNAL:
-        return "Abiquo"
+        return _EXTERNAL
     return person_name(result.actor) or "an approver"
 
 
@@ -347,8 +351,10 @@ def settlement(results: Sequence[TaskResult]) -> Settlement | None:
     moments = [r.decided_at for r in decided if r.decided_at is not None]
     when = f" on {moment_words(max(moments))}" if moments else ""
     only = next(iter(groups)) if len(groups) == 1 else None
-    by = "automatically" if only == "automatically" else f"by {only}"
-    if total == 1:
+    by = {"automatically": "automatically", _EXTERNAL: "in Abiquo"}.get(only or "", f"by {only}")
+    if total == 1 and only == _EXTERNAL:  # continued or cancelled there: "declined" was nobody's word
+        sentence = f"{'Accepted' if accepted else 'Cancelled'} {by}{when}"
+    elif total == 1:
         sentence = f"{'Accepted' if accepted else 'Declined'} {by}{when}"
     elif only is not None:
         sentence = f"Settled {by}{when} \u2014 {_tally(accepted, declined, total)}"

@@ -59,7 +59,7 @@ def status_words(task: TaskRecord) -> str:
         case DecidedBy.DEADLINE:
             return f"{'Accepted' if accepted else 'Cancelled'} at its deadline{when}"
         case DecidedBy.EXTERNAL:
-            return f"{'Continued' if accepted else 'Cancelled'} in Abiquo{when}"
+            return f"{'Accepted' if accepted else 'Cancelled'} in Abiquo{when}"
         case DecidedBy.POLICY | DecidedBy.NO_APPROVER:
             return f"{'Accepted' if accepted else 'Cancelled'} automatically{when}"
     return f"{'Accepted' if accepted else 'Declined'} by {words.or_unknown(task.actor)}{when}"
