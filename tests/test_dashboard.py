@@ -730,6 +730,8 @@ async def test_an_approval_short_of_the_quorum_is_counted_and_the_second_approve
     assert "Your approval of 1 task is recorded. More approvals are needed" in shown
     assert "1 of 2 approvals, from Alice Smith; still waiting for Bob Jones or Zoë Zimmermann." in shown
     assert "Approval counted" in shown  # on the timeline
+    assert "You have approved this; it now waits for the other approvals." in shown
+    assert 'value="accept:all"' not in shown and 'value="decline:all"' in shown  # a veto is still hers
     assert "done=accepted" in decided.headers["location"]
     assert call["action"] == "continue"
 
