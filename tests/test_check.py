@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import stamina
 
+from abiquo_simulator.faults import parse_fault
 from abiquo_workflow.mail.inbox import Inbox
 from abiquo_workflow.simulation import SimulatorServer
 from tests.cli_support import free_port, invoke, write_toml
@@ -70,6 +71,32 @@ def test_check_passes_with_one_ok_line_per_dependency(check_config: Config) -> N
     assert list(lines) == ["config", "database", "abiquo", "smtp"]
     assert all(detail.startswith("OK") for detail in lines.values()), result.stdout
     assert "role ENTERPRISE_ADMIN exists" in lines["abiquo"]
+    assert "; reconciliation reads pending tasks (" in lines["abiquo"]
+
+
+def test_pending_tasks_abiquo_refuses_to_list_fail_the_abiquo_check_naming_reconciliation(
+    check_config: Config, simulator: SimulatorServer
+) -> None:
+    simulator.simulator.add_fault(
+        parse_fault({"status": 403, "count": 1000, "match": "/action/pendingtasks"})
+    )
+
+    result = invoke("--config", str(check_config()), "check")
+
+    assert result.exit_code == 1
+    abiquo = check_lines(result.stdout)["abiquo"]
+    assert abiquo.startswith("FAIL") and "reconciliation cannot read the enterprises' pending tasks" in abiquo
+    assert "reconcile.interval = 0" in abiquo
+
+
+def test_with_reconciliation_off_the_check_reads_no_pending_tasks(
+    check_config: Config, simulator: SimulatorServer
+) -> None:
+    result = invoke("--config", str(check_config(reconcile={"interval": "0"})), "check")
+
+    assert result.exit_code == 0, result.output
+    assert "reconciliation" not in check_lines(result.stdout)["abiquo"]
+    assert not [c for c in simulator.simulator.api_calls() if c.path.endswith("/pendingtasks")]
 
 
 def test_check_reports_a_migrated_sqlite_database_as_up_to_date(check_config: Config) -> None:
@@ -123,8 +150,9 @@ def test_a_role_a_policy_rule_names_must_exist_in_abiquo(check_config: Config) -
         toml.write(
             '\n[[policy.rules]]\nname = "vdc"\nrequester_role = "USER"\napprover_roles = ["VDC_APPROVER"]\n'
         )
-    assert check_lines(invoke("--config", str(config), "check").stdout)["abiquo"].endswith(
-        "role ENTERPRISE_ADMIN exists (and the 2 other role(s) the policy rules name)"
+    assert (
+        "role ENTERPRISE_ADMIN exists (and the 2 other role(s) the policy rules name);"
+        in check_lines(invoke("--config", str(config), "check").stdout)["abiquo"]
     )
     with config.open("a", encoding="utf-8") as toml:
         toml.write('\n[[policy.rules]]\nname = "typo"\napprover_roles = ["VDC_APROVER"]\n')

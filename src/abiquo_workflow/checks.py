@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from abiquo_workflow import display
 from abiquo_workflow.abiquo.client import AbiquoClient
 from abiquo_workflow.config import Settings
 from abiquo_workflow.exceptions import AbiquoWorkflowError, ConfigError
 from abiquo_workflow.mail.send import Mailer
+from abiquo_workflow.reconcile import enterprise_href
 from abiquo_workflow.runtime import link_signer, sqlite_file
 from abiquo_workflow.store import Store
 from abiquo_workflow.store.urls import display_url
@@ -62,6 +64,7 @@ def named_roles(settings: Settings) -> dict[str, str]:
 
 async def check_abiquo(settings: Settings) -> CheckResult:
     role = settings.policy.approver_role
+    reconciling = ""
     try:
         async with AbiquoClient(settings.abiquo) as client:
             version = await client.version()
@@ -70,6 +73,17 @@ async def check_abiquo(settings: Settings) -> CheckResult:
                     return CheckResult(
                         "abiquo", False, f"Abiquo {version} answers, but has no role named {name} ({key})"
                     )
+            if settings.reconcile.interval.total_seconds() > 0:
+                try:
+                    reconciling = await _pending_tasks_readable(client)
+                except AbiquoWorkflowError as exc:
+                    return CheckResult(
+                        "abiquo",
+                        False,
+                        f"Abiquo {version} answers, but reconciliation cannot read the enterprises' pending "
+                        f"tasks ({exc}); the connector's user must see every enterprise, or set "
+                        "reconcile.interval = 0 to turn reconciliation off",
+                    )
     except AbiquoWorkflowError as exc:
         return CheckResult("abiquo", False, str(exc))
     others = len(named_roles(settings)) - 1
@@ -77,7 +91,24 @@ async def check_abiquo(settings: Settings) -> CheckResult:
     return CheckResult(
         "abiquo",
         True,
-        f"{settings.abiquo.base_url}: Abiquo {version}, credentials work, role {role} exists{more}",
+        f"{settings.abiquo.base_url}: Abiquo {version}, credentials work, role {role} exists{more}"
+        + reconciling,
+    )
+
+
+async def _pending_tasks_readable(client: AbiquoClient) -> str:
+    """Read what reconciliation reads: every enterprise, and the pending tasks of the first with workflow
+    on (one listing proves the permission). Said as a clause of the check's line."""
+    enterprises = await client.enterprises()
+    gated = [e for e in enterprises if e.workflow is not False]
+    if not gated:
+        return (
+            f"; none of its {len(enterprises)} enterprise(s) has workflow on, so Abiquo holds nothing for us"
+        )
+    held = await client.pending_tasks(enterprise_href(gated[0]))
+    return (
+        f"; reconciliation reads pending tasks ({len(gated)} of {len(enterprises)} enterprise(s) with "
+        f"workflow on; {display.name(gated[0].name)}: {len(held)} held)"
     )
 
 

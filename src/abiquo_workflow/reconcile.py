@@ -177,7 +177,7 @@ class Reconciler:
         how). Raises `AbiquoError`, having changed nothing, when a listing cannot be read."""
         started = self._clock()
         enterprises = [e for e in await self.abiquo.enterprises() if e.workflow is not False]
-        listings = await asyncio.gather(*(self.abiquo.pending_tasks(_href_of(e)) for e in enterprises))
+        listings = await asyncio.gather(*(self.abiquo.pending_tasks(enterprise_href(e)) for e in enterprises))
         held = {task.task_id: task for listing in listings for task in listing}
         received = await self._receive_lost(held, started)
         closed = await self._close_settled(held)
@@ -330,7 +330,8 @@ class Reconciler:
         return [t.task_id for t in closed]
 
 
-def _href_of(enterprise: Enterprise) -> str:
+def enterprise_href(enterprise: Enterprise) -> str:
+    """Where an enterprise is, as its listing gave it (or built from its id when the listing did not)."""
     return enterprise.href or f"admin/enterprises/{enterprise.id}"
 
 
