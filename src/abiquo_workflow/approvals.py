@@ -688,6 +688,14 @@ class Approvals:
             min(len(accepted), details.approvals_needed), details.approvals_needed, accepted, waiting
         )
 
+    async def has_accepted(self, task_ids: Sequence[str], actor: str) -> bool:
+        """Whether `actor`'s accept is counted on every one of these tasks (their quorum not reached
+        yet): the dashboard then offers them only Decline, as another accept would not count again."""
+        approver = _email_of(actor)
+        answers = await self.store.approvals_of(task_ids)
+        accepted = {a.task_id for a in answers if a.approver == approver and a.action == "accept"}
+        return bool(task_ids) and accepted >= set(task_ids)
+
     async def _queue_deliveries(self, tx: UnitOfWork, decided: Sequence[TaskRecord]) -> None:
         for task in decided:
             metrics.DECISIONS.labels(task.decision.value, str(task.channel)).inc()

@@ -351,7 +351,12 @@ def settlement(results: Sequence[TaskResult]) -> Settlement | None:
     moments = [r.decided_at for r in decided if r.decided_at is not None]
     when = f" on {moment_words(max(moments))}" if moments else ""
     only = next(iter(groups)) if len(groups) == 1 else None
-    by = {"automatically": "automatically", _EXTERNAL: "in Abiquo"}.get(only or "", f"by {only}")
+    if only == "automatically":
+        by = "automatically"
+    elif only == _EXTERNAL:
+        by = "in Abiquo"
+    else:
+        by = f"by {only}"
     if total == 1 and only == _EXTERNAL:  # continued or cancelled there: "declined" was nobody's word
         sentence = f"{'Accepted' if accepted else 'Cancelled'} {by}{when}"
     elif total == 1:

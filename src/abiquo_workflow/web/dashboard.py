@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict
-from email.utils import parseaddr
 from typing import Any, NoReturn
 from urllib.parse import urlencode
 
@@ -43,7 +42,7 @@ from abiquo_workflow.exceptions import AbiquoError, NotAnApprover
 from abiquo_workflow.mail import words
 from abiquo_workflow.store import utc_now
 from abiquo_workflow.store.listing import InvalidCursor, ListingFilter, RequestState, RequestTimeline
-from abiquo_workflow.store.records import NotificationStatus, TaskRecord
+from abiquo_workflow.store.records import NotificationStatus
 from abiquo_workflow.web import dashboard_views as views
 from abiquo_workflow.web.bodies import BodyTooLarge, NotAForm, TooManyFields, read_form
 from abiquo_workflow.web.decisions import REASON_LIMIT, time_and_quorum
@@ -316,7 +315,9 @@ async def request_page(request: Request, request_id: str) -> Response:
     context["shared_reason"] = shared_reason(context["rows"])  # said once, not on every row
     pending = [t for t in timeline.tasks if t.decision is DecisionState.PENDING]
     may_decide = bool(pending) and viewer.may_decide(timeline)
-    already_approved = may_decide and await _has_approved(request, viewer, pending)
+    already_approved = may_decide and await services(request).approvals.has_accepted(
+        [t.task_id for t in pending], viewer.actor
+    )
     failed_deliveries = [t for t in timeline.tasks if t.delivery is DeliveryState.FAILED]
     failed_emails = [n for n in timeline.notifications if n.status is NotificationStatus.FAILED]
     done = request.query_params.get("done", "")
@@ -355,15 +356,6 @@ async def request_page(request: Request, request_id: str) -> Response:
         **(await time_and_quorum(services(request), pending, details) if pending else {}),
     )
     return _page(request, "dashboard/request.html", context, session)
-
-
-async def _has_approved(request: Request, viewer: Viewer, pending: list[TaskRecord]) -> bool:
-    """Whether the viewer's accept is counted on every pending task (a quorum not yet reached): the page
-    then offers only Decline, since another accept of theirs would not count again."""
-    mine = parseaddr(viewer.actor)[1].lower()
-    answers = await services(request).store.approvals_of(t.task_id for t in pending)
-    accepted = {a.task_id for a in answers if a.approver == mine and a.action == "accept"}
-    return accepted >= {t.task_id for t in pending}
 
 
 # --- forms -----------------------------------------------------------------------------------------
