@@ -13,6 +13,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import trustme
 from pydantic import SecretStr
 
@@ -44,15 +45,36 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
     return context
 
 
-@pytest.fixture
-def starttls_inbox(server_tls: ssl.SSLContext) -> Iterator[Inbox]:
-    with Inbox(tls_context=server_tls, auth=("relay-user", RELAY_PASSWORD)) as inbox:
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for what the inbox's thread does a moment after our side is done (a session closing).
+
+    Polled: the inbox's thread sets no event when a connection ends, it only forgets it.
+    """
+    async with asyncio.timeout(GUARD):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def tls_relay(**options: Any) -> AsyncIterator[Inbox]:
+    """A relay that speaks TLS and wants a login; at the end of the test it waits, in the test's event
+    loop, until every client has hung up. A client closing a TLS session after a refused login first
+    exchanges TLS goodbyes, and its socket is closed only then: a loop that ends before that leaves the
+    socket to the garbage collector, whose ResourceWarning would fail a later test."""
+    with Inbox(auth=("relay-user", RELAY_PASSWORD), **options) as inbox:
+        yield inbox
+        await until(lambda: inbox.open_sessions == 0)
+
+
+@pytest_asyncio.fixture
+async def starttls_inbox(server_tls: ssl.SSLContext) -> AsyncIterator[Inbox]:
+    async with tls_relay(tls_context=server_tls) as inbox:
         yield inbox
 
 
-@pytest.fixture
-def tls_inbox(server_tls: ssl.SSLContext) -> Iterator[Inbox]:
-    with Inbox(tls_context=server_tls, implicit_tls=True, auth=("relay-user", RELAY_PASSWORD)) as inbox:
+@pytest_asyncio.fixture
+async def tls_inbox(server_tls: ssl.SSLContext) -> AsyncIterator[Inbox]:
+    async with tls_relay(tls_context=server_tls, implicit_tls=True) as inbox:
         yield inbox
 
 
@@ -316,16 +338,6 @@ def relay() -> Iterator[Inbox]:
     `smtp_inbox` may see sessions that other tests' mailers leave open."""
     with Inbox() as inbox:
         yield inbox
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait for what the inbox's thread does a moment after our side is done (a session closing).
-
-    Polled: the inbox's thread sets no event when a connection ends, it only forgets it.
-    """
-    async with asyncio.timeout(GUARD):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 def numbered(count: int) -> list[EmailMessage]:
