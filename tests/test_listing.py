@@ -33,10 +33,10 @@ async def fail_delivery(clocked: ClockedStore, task_id: str) -> None:
 
 
 async def four_requests(clocked: ClockedStore) -> list[str]:
-    """Newest last: r0 Acme vApp (a1, a2), r1 Globex (b1, decided), r2 Acme (c1, delivery failed),
+    """Newest last: r0 Acme vApp (v1, v2), r1 Globex (b1, decided), r2 Acme (c1, delivery failed),
     r3 Acme not triaged (d1)."""
     ids = [
-        await receive_at(clocked, T0, held("a1", vm=1), held("a2", vm=2), details=ACME),
+        await receive_at(clocked, T0, held("v1", vm=1), held("v2", vm=2), details=ACME),
         await receive_at(clocked, T0 + timedelta(minutes=1), held("b1", user_id="31"), details=GLOBEX),
         await receive_at(clocked, T0 + timedelta(minutes=2), held("c1", vm=3), details=ACME),
         await receive_at(clocked, T0 + timedelta(minutes=3), held("d1", vm=4)),
@@ -107,7 +107,8 @@ async def test_an_empty_scope_shows_nothing(clocked: ClockedStore) -> None:
 async def test_text_finds_requests_by_task_id_prefix_and_requester_nick(clocked: ClockedStore) -> None:
     ids = await four_requests(clocked)
 
-    by_task = await clocked.store.request_page(ListingFilter(text="a2"))
+    # "v2", not a hex digit: the text matches the start of request ids too, and those are random UUIDs.
+    by_task = await clocked.store.request_page(ListingFilter(text="v2"))
     by_nick = await clocked.store.request_page(ListingFilter(text="GRAC"))
 
     assert [s.request.id for s in by_task.items] == [ids[0]]
@@ -158,7 +159,7 @@ async def test_tasks_are_listed_newest_first_in_keyset_pages(clocked: ClockedSto
     rest = await clocked.store.task_page(limit=3, cursor=first.next_cursor)
 
     assert [t.task.task_id for t in first.items] == ["d1", "c1", "b1"]
-    assert [t.task.task_id for t in rest.items] == ["a2", "a1"]
+    assert [t.task.task_id for t in rest.items] == ["v2", "v1"]
     assert rest.next_cursor is None
 
 
@@ -171,7 +172,7 @@ async def test_tasks_filter_by_state_and_scope(clocked: ClockedStore) -> None:
     )
 
     assert [t.task.task_id for t in failed.items] == ["c1"]
-    assert [t.task.task_id for t in pending_acme.items] == ["a2", "a1"]
+    assert [t.task.task_id for t in pending_acme.items] == ["v2", "v1"]
     assert pending_acme.items[0].enterprise_id == "2"
 
 
