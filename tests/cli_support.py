@@ -26,6 +26,7 @@ import structlog
 from typer.testing import CliRunner, Result
 
 from abiquo_workflow.cli import app
+from tests.conftest import CLIENT_TLS
 
 EXECUTABLE = Path(sys.executable).parent / "abiquo-workflow"
 
@@ -82,7 +83,7 @@ def wait_until_answers(url: str, process: CliProcess | None = None, timeout: flo
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return httpx2.get(url, timeout=2)
+            return httpx2.get(url, timeout=2, verify=CLIENT_TLS)
         except httpx2.TransportError:
             if process is not None and process.process.poll() is not None:
                 raise AssertionError(

@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,12 @@ from abiquo_workflow.web.app import create_app
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser
+
+
+#: What every HTTP client a test makes verifies TLS with. Left to itself, httpx2 builds a new default
+#: context for each client, reading the system's certificate store: about 25 ms of CPU a client, for
+#: the several clients of each test and for each poll of a server that is starting.
+CLIENT_TLS = ssl.create_default_context()
 
 
 # --- mail: a real SMTP inbox, and Debian's Chromium ---------------------------------------------------
@@ -343,7 +350,7 @@ class Connector:
 
     async def request(self, **body: Any) -> dict[str, Any]:
         """Ask the simulator to hold tasks and POST the callback to this connector (`/_sim/requests`)."""
-        async with httpx2.AsyncClient() as client:
+        async with httpx2.AsyncClient(verify=CLIENT_TLS) as client:
             response = await client.post(f"{self.simulator.url}/_sim/requests", json=body, timeout=30)
         assert response.status_code == 201, response.text
         result: dict[str, Any] = response.json()
@@ -356,7 +363,7 @@ class Connector:
 
     def client(self) -> httpx2.AsyncClient:
         """An HTTP client for this connector: `async with connector.client() as client:`."""
-        return httpx2.AsyncClient(base_url=self.url, timeout=30)
+        return httpx2.AsyncClient(verify=CLIENT_TLS, base_url=self.url, timeout=30)
 
 
 ConnectorFactory = Callable[..., contextlib.AbstractContextManager[Connector]]

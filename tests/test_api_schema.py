@@ -16,7 +16,7 @@ from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from abiquo_workflow.access import token_digest
-from tests.conftest import ConnectorFactory
+from tests.conftest import CLIENT_TLS, ConnectorFactory
 
 TOKEN = "awf_schemathesis-decide-token"
 API_TOKENS = {"tokens": [{"name": "schemathesis", "scope": "decide", "sha256": token_digest(TOKEN)}]}
@@ -32,7 +32,7 @@ EXPLORE = os.environ.get("AWF_SCHEMATHESIS_EXPLORE") == "1"
 
 def handed_out_cursor(url: str, path: str) -> str:
     """The `next_cursor` of a one-row page of the list at `path`."""
-    cursor = httpx2.get(f"{url}/api/v1{path}?limit=1", headers=AUTH).json()["next_cursor"]
+    cursor = httpx2.get(f"{url}/api/v1{path}?limit=1", headers=AUTH, verify=CLIENT_TLS).json()["next_cursor"]
     assert isinstance(cursor, str)
     return cursor
 
@@ -58,7 +58,9 @@ def test_the_api_keeps_to_its_openapi_document(connector_factory: ConnectorFacto
         schema = schemathesis.openapi.from_url(f"{connector.url}/api/v1/openapi.json")
         operations = [result.ok() for result in schema.get_all_operations()]
         assert len(operations) == 9
-        declared = httpx2.get(f"{connector.url}/api/v1/openapi.json").json()["paths"].values()
+        declared = (
+            httpx2.get(f"{connector.url}/api/v1/openapi.json", verify=CLIENT_TLS).json()["paths"].values()
+        )
         locations = {p["in"] for path in declared for op in path.values() for p in op.get("parameters", [])}
         assert "header" not in locations, "unsent_negatives assumes no header parameters"
 

@@ -26,6 +26,7 @@ from abiquo_workflow.exceptions import AbiquoNotFound, AbiquoUnavailable, Config
 from abiquo_workflow.simulation import SimulatorServer
 from abiquo_workflow.store.records import TaskRecord
 from abiquo_workflow.verification import verify
+from tests.conftest import CLIENT_TLS
 
 ACME = "admin/enterprises/2"
 USERS = "/api/admin/enterprises/2/users"  # 40 users: two pages
@@ -109,7 +110,7 @@ async def burst(simulator: SimulatorServer) -> list[list[TaskRecord]]:
 
 
 async def arm_fault(simulator: SimulatorServer, **fault: object) -> None:
-    async with httpx2.AsyncClient() as control:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as control:
         response = await control.post(f"{simulator.url}/_sim/faults", json=fault)
     assert response.status_code == 201, response.text
 

@@ -37,6 +37,7 @@ from abiquo_workflow.servers import BackgroundServer
 from abiquo_workflow.simulation import SimulatorServer
 from abiquo_workflow.store import JobStatus, Store
 from tests.cli_support import WAIT, CliProcess, free_port, invoke, wait_until_answers, write_toml
+from tests.conftest import CLIENT_TLS
 
 SECRET_KEY = "cli-test-secret-key-2291-not-for-production"
 
@@ -639,7 +640,10 @@ def test_simulate_posts_a_held_task_to_the_callback_url_and_stops_on_sigint(tmp_
         try:
             wait_until_answers(f"http://127.0.0.1:{port}/_sim/settings", simulate)
             answer = httpx2.post(
-                f"http://127.0.0.1:{port}/_sim/requests", json={"action": "deploy", "vm": 1}, timeout=WAIT
+                f"http://127.0.0.1:{port}/_sim/requests",
+                json={"action": "deploy", "vm": 1},
+                timeout=WAIT,
+                verify=CLIENT_TLS,
             )
             ended = simulate.stop(signal.SIGINT, timeout=10)
         finally:
@@ -778,15 +782,18 @@ def test_a_worker_process_runs_the_jobs_a_serve_no_worker_process_queued(
     try:
         wait_until_answers(f"{url}/healthz", serve)
         held_task = httpx2.post(
-            f"{simulator.url}/_sim/requests", json={"action": "deploy", "vm": 1}, timeout=WAIT
+            f"{simulator.url}/_sim/requests",
+            json={"action": "deploy", "vm": 1},
+            timeout=WAIT,
+            verify=CLIENT_TLS,
         ).json()
         assert held_task["callback"]["status"] == 200, held_task
         task_id = held_task["tasks"][0]["task_id"]
 
         (approval, *_) = smtp_inbox.wait_for_sync(1, timeout=WAIT)
         link = accept_link(approval.text() or "")
-        assert httpx2.get(link, timeout=WAIT).status_code == 200
-        assert httpx2.post(link, timeout=WAIT).status_code == 200
+        assert httpx2.get(link, timeout=WAIT, verify=CLIENT_TLS).status_code == 200
+        assert httpx2.post(link, timeout=WAIT, verify=CLIENT_TLS).status_code == 200
         calls = wait_for(
             lambda: [c for c in simulator.simulator.decision_calls() if c.task_id == task_id],
             "the continue call",

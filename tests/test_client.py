@@ -27,6 +27,7 @@ from abiquo_workflow.exceptions import (
     AbiquoUnavailable,
 )
 from abiquo_workflow.simulation import SimulatorServer
+from tests.conftest import CLIENT_TLS
 
 ACME = "admin/enterprises/2"
 VAPP_1 = "cloud/virtualdatacenters/1/virtualappliances/1"
@@ -47,7 +48,7 @@ class RecordingTransport(httpx2.AsyncBaseTransport):
     """The real network transport, wrapped to keep every exchange and count requests in flight."""
 
     def __init__(self) -> None:
-        self._inner = httpx2.AsyncHTTPTransport()
+        self._inner = httpx2.AsyncHTTPTransport(verify=CLIENT_TLS)
         self.exchanges: list[tuple[httpx2.Request, httpx2.Response]] = []
         self.in_flight = 0
         self.peak = 0
@@ -127,7 +128,7 @@ async def json_client(simulator: SimulatorServer) -> AsyncIterator[AbiquoClient]
 
 async def arm_fault(simulator: SimulatorServer, **fault: object) -> None:
     """Arm a fault through the control surface (`POST /_sim/faults`): the next matching calls fail."""
-    async with httpx2.AsyncClient() as control:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as control:
         response = await control.post(f"{simulator.url}/_sim/faults", json=fault)
     assert response.status_code == 201, response.text
 

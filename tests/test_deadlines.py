@@ -21,7 +21,7 @@ from abiquo_workflow.simulation import SimulatorServer
 from abiquo_workflow.store import Clock, utc_now
 from abiquo_workflow.store.records import JobRecord, TaskRecord
 from tests.cli_support import WAIT, CliProcess, free_port, wait_until_answers, write_toml
-from tests.conftest import TEST_SECRET_KEY, AppFactory, ConnectorFactory, MovableClock, Running
+from tests.conftest import CLIENT_TLS, TEST_SECRET_KEY, AppFactory, ConnectorFactory, MovableClock, Running
 from tests.loop_support import confirm, open_store, task_link, to, wait_for_calls, wait_until, wait_until_idle
 
 HOUR = 3600
@@ -196,7 +196,12 @@ def test_a_real_serve_process_cancels_at_a_three_second_deadline(
     serve = CliProcess(tmp_path / "serve", "--config", str(config), "serve")
     try:
         wait_until_answers(f"{url}/healthz", serve)
-        held = httpx2.post(f"{simulator.url}/_sim/requests", json={"action": "deploy", "vm": 1}, timeout=WAIT)
+        held = httpx2.post(
+            f"{simulator.url}/_sim/requests",
+            json={"action": "deploy", "vm": 1},
+            timeout=WAIT,
+            verify=CLIENT_TLS,
+        )
         task_id = held.json()["tasks"][0]["task_id"]
         smtp_inbox.wait_for_sync(3, timeout=WAIT)
         asked_at = time.monotonic()

@@ -18,6 +18,7 @@ import httpx2
 import pytest
 
 from tests.cli_support import EXECUTABLE, WAIT, CliProcess, Ended, invoke, wait_until_answers
+from tests.conftest import CLIENT_TLS
 
 HOST = "127.0.0.1"
 
@@ -122,6 +123,7 @@ def request_vapp_deploy(demo: Demo) -> None:
         f"{demo.simulator}/_sim/requests",
         data={"action": "deploy", "target": "vapp:1", "user": "", "style": "json", "hrefs": "relative"},
         timeout=WAIT,
+        verify=CLIENT_TLS,
     )
     assert answer.status_code == 303, answer.text
 
@@ -129,12 +131,14 @@ def request_vapp_deploy(demo: Demo) -> None:
 def first_accept_link(demo: Demo) -> str:
     """Read message 1 on the inbox page and return its first Accept link."""
     deadline = time.monotonic() + WAIT
-    while (message := httpx2.get(f"{demo.inbox}/messages/1", timeout=WAIT)).status_code == 404:
+    while (
+        message := httpx2.get(f"{demo.inbox}/messages/1", timeout=WAIT, verify=CLIENT_TLS)
+    ).status_code == 404:
         assert time.monotonic() < deadline, "no approval email arrived in the demo's inbox"
         time.sleep(0.1)
     assert message.status_code == 200
     assert "Approval needed" in message.text
-    html = httpx2.get(f"{demo.inbox}/messages/1/html", timeout=WAIT)
+    html = httpx2.get(f"{demo.inbox}/messages/1/html", timeout=WAIT, verify=CLIENT_TLS)
     assert html.status_code == 200
     links = [unescape(href) for href in parse_page(html.text).hrefs if "/accept?" in href]
     assert links, html.text
@@ -143,11 +147,11 @@ def first_accept_link(demo: Demo) -> str:
 
 def accept(link: str) -> httpx2.Response:
     """Open the link (the confirmation page), then submit its form as the button does."""
-    confirmation = httpx2.get(link, timeout=WAIT)
+    confirmation = httpx2.get(link, timeout=WAIT, verify=CLIENT_TLS)
     assert confirmation.status_code == 200, confirmation.text
     form = parse_page(confirmation.text)
     assert form.form_action is not None
-    return httpx2.post(urljoin(link, form.form_action), data=form.fields, timeout=WAIT)
+    return httpx2.post(urljoin(link, form.form_action), data=form.fields, timeout=WAIT, verify=CLIENT_TLS)
 
 
 def test_the_demo_runs_the_whole_loop_over_http_and_stops_on_ctrl_c(
@@ -164,7 +168,7 @@ def test_the_demo_runs_the_whole_loop_over_http_and_stops_on_ctrl_c(
     task_id = link.split("task=", 1)[1].split("&", 1)[0]
     decided = accept(link)
     deadline = time.monotonic() + WAIT
-    while not (calls := httpx2.get(f"{demo.simulator}/_sim/calls", timeout=WAIT).json()):
+    while not (calls := httpx2.get(f"{demo.simulator}/_sim/calls", timeout=WAIT, verify=CLIENT_TLS).json()):
         assert time.monotonic() < deadline, "the simulator got no continue call"
         time.sleep(0.1)
     config = (data_dir / "abiquo-workflow.toml").resolve()
@@ -234,7 +238,7 @@ def test_the_printed_login_signs_in_to_the_dashboard_and_approves_there(
     request_vapp_deploy(demo)
     first_accept_link(demo)  # triaged: the approval emails are out
 
-    with httpx2.Client(base_url=demo.connector, timeout=WAIT) as browser:
+    with httpx2.Client(verify=CLIENT_TLS, base_url=demo.connector, timeout=WAIT) as browser:
         form = parse_page(browser.get("/").text).fields
         signed_in = browser.post("/sign-in", data={**form, "username": login[1], "password": login[2]})
         assert signed_in.status_code == 303, signed_in.text
@@ -245,7 +249,9 @@ def test_the_printed_login_signs_in_to_the_dashboard_and_approves_there(
         assert token is not None and "Accept all 3 pending" in page
         decided = browser.post(f"{request_page}/decide", data={"csrf": token[1], "choice": "accept:all"})
     deadline = time.monotonic() + WAIT
-    while len(calls := httpx2.get(f"{demo.simulator}/_sim/calls", timeout=WAIT).json()) < 3:
+    while (
+        len(calls := httpx2.get(f"{demo.simulator}/_sim/calls", timeout=WAIT, verify=CLIENT_TLS).json()) < 3
+    ):
         assert time.monotonic() < deadline, f"the simulator got {len(calls)} continue calls of 3"
         time.sleep(0.1)
     assert demo.stop().returncode == 0

@@ -14,7 +14,7 @@ import pytest
 
 from abiquo_workflow.domain import Channel, DecidedBy, DecisionState, DeliveryState
 from abiquo_workflow.store.records import NotificationStatus
-from tests.conftest import Connector, ConnectorFactory
+from tests.conftest import CLIENT_TLS, Connector, ConnectorFactory
 from tests.loop_support import (
     all_link,
     confirm,
@@ -95,7 +95,7 @@ async def test_vm_deploy_is_approved_by_email_and_continued_once(
         ("/decline", task_id),
     ]
 
-    async with httpx2.AsyncClient() as browser, open_store(connector) as store:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser, open_store(connector) as store:
         link = task_link(alice, "/accept", task_id)
         page, form = await open_confirmation(browser, link)
         assert "Accept the deploy of web-01?" in page_text(page.text)
@@ -162,7 +162,7 @@ async def test_accept_all_continues_every_vm_of_a_vapp_once(
     # It names the email, whose three tasks the store keeps, not the tasks: short for any vApp.
     assert set(accept_all.params) == {"action", "notice", "token"} and len(accept_all.url) < 300
 
-    async with httpx2.AsyncClient() as browser, open_store(connector) as store:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser, open_store(connector) as store:
         page, form = await open_confirmation(browser, accept_all)
         assert "Accept the deploy of 3 virtual machines?" in page_text(page.text)
         done = await submit(browser, accept_all.url, form, reason="all three")
@@ -198,7 +198,7 @@ async def test_per_vm_decisions_reach_abiquo_and_the_requester_hears_once_all_ar
     approvals = await connector.inbox.wait_for(3)
     alice, zoe = to(approvals, ALICE)[0], to(approvals, ZOE)[0]
 
-    async with httpx2.AsyncClient() as browser, open_store(connector) as store:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser, open_store(connector) as store:
         assert (await confirm(browser, task_link(alice, "/accept", first))).status_code == 200
         declined = await confirm(browser, task_link(zoe, "/decline", second), reason="no DB this quarter")
         assert declined.status_code == 200
@@ -245,7 +245,7 @@ async def test_a_callback_sent_twice_is_stored_once_and_emailed_once(
     task_id = held["tasks"][0]["task_id"]
     await connector.inbox.wait_for(3)
 
-    async with httpx2.AsyncClient() as client, open_store(connector) as store:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as client, open_store(connector) as store:
         task = await store.get_task(task_id)
         assert task is not None
         request = await store.get_request(task.request_id)
@@ -275,7 +275,7 @@ async def test_accept_all_after_one_vm_was_declined_accepts_only_the_rest(connec
     approvals = await connector.inbox.wait_for(3)
     alice, bob = to(approvals, ALICE)[0], to(approvals, BOB)[0]
 
-    async with httpx2.AsyncClient() as browser, open_store(connector) as store:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser, open_store(connector) as store:
         assert (
             await confirm(browser, task_link(bob, "/decline", second), reason="too big")
         ).status_code == 200
@@ -313,7 +313,7 @@ async def test_a_requester_without_an_email_address_is_not_emailed_and_the_audit
     approvals = await connector.inbox.wait_for(3)
     assert "Émile Zoëga (emile)" in (approvals[0].text() or "")
 
-    async with httpx2.AsyncClient() as browser, open_store(connector) as store:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser, open_store(connector) as store:
         assert (await confirm(browser, task_link(approvals[0], "/accept", task_id))).status_code == 200
         await wait_for_calls(connector, 1)
         task = await wait_for_task(
@@ -333,7 +333,7 @@ async def test_a_requester_without_an_email_address_is_not_emailed_and_the_audit
 async def test_every_job_of_the_loop_gets_the_configured_number_of_attempts(connector: Connector) -> None:
     held = await connector.request(action="deploy", vm=1)
     [approval, *_] = await connector.inbox.wait_for(3)
-    async with httpx2.AsyncClient() as browser, open_store(connector) as store:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser, open_store(connector) as store:
         accept = next(link for link in html_links(approval) if link.path == "/accept")
         _, form = await open_confirmation(browser, accept)
         await submit(browser, accept.url, form, reason="ok")

@@ -20,7 +20,7 @@ from abiquo_workflow.simulation import SimulatorServer
 from abiquo_workflow.store.records import AuditRecord
 from abiquo_workflow.task_commands import show_task
 from tests.cli_support import WAIT, CliProcess, free_port, wait_until_answers, write_toml
-from tests.conftest import TEST_SECRET_KEY, Connector, ConnectorFactory
+from tests.conftest import CLIENT_TLS, TEST_SECRET_KEY, Connector, ConnectorFactory
 from tests.loop_support import confirm, open_store, task_link, to, wait_for_calls, wait_until_idle
 
 ALICE = "alice.smith@acme.example"
@@ -58,14 +58,16 @@ async def test_the_audit_of_a_decided_and_delivered_request_lists_every_step_and
     held = await connector.request(action="deploy", vm=1)
     task_id = held["tasks"][0]["task_id"]
     alice = to(await connector.inbox.wait_for(3), ALICE)[0]
-    async with httpx2.AsyncClient() as client:  # Abiquo refuses the first continue with a 503
+    async with httpx2.AsyncClient(
+        verify=CLIENT_TLS
+    ) as client:  # Abiquo refuses the first continue with a 503
         armed = await client.post(
             f"{connector.simulator.url}/_sim/faults",
             json={"count": 1, "status": 503, "match": "/action/continue"},
         )
     assert armed.status_code == 201, armed.text
 
-    async with httpx2.AsyncClient() as browser, open_store(connector) as store:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser, open_store(connector) as store:
         answer = await confirm(browser, task_link(alice, "/accept", task_id), reason="go ahead")
         assert answer.status_code == 200
         await wait_for_calls(connector, 1)
@@ -144,14 +146,17 @@ def test_the_log_at_its_default_level_shows_each_step_of_the_loop_once_with_its_
     try:
         wait_until_answers(f"{url}/healthz", serve)
         held: dict[str, Any] = httpx2.post(
-            f"{simulator.url}/_sim/requests", json={"action": "deploy", "vm": 1}, timeout=WAIT
+            f"{simulator.url}/_sim/requests",
+            json={"action": "deploy", "vm": 1},
+            timeout=WAIT,
+            verify=CLIENT_TLS,
         ).json()
         assert held["callback"]["status"] == 200, held
         task_id = held["tasks"][0]["task_id"]
         approvals = smtp_inbox.wait_for_sync(3, timeout=WAIT)
         link = task_link(to(approvals, ALICE)[0], "/accept", task_id)
-        assert httpx2.get(link.url, timeout=WAIT).status_code == 200
-        assert httpx2.post(link.url, timeout=WAIT).status_code == 200
+        assert httpx2.get(link.url, timeout=WAIT, verify=CLIENT_TLS).status_code == 200
+        assert httpx2.post(link.url, timeout=WAIT, verify=CLIENT_TLS).status_code == 200
         smtp_inbox.wait_for_sync(6, timeout=WAIT)  # the requester's email and the two settled ones
         wait_until_sync(lambda: lines_of(serve.stderr, "task.delivered"), "the delivery's log line")
         ended = serve.stop(signal.SIGTERM)

@@ -14,7 +14,7 @@ from abiquo_workflow.approvals import retry_delivery
 from abiquo_workflow.domain import DecisionState, DeliveryState
 from abiquo_workflow.store.records import JobStatus, NotificationStatus
 from abiquo_workflow.task_commands import retry_task, show_task
-from tests.conftest import Connector, ConnectorFactory
+from tests.conftest import CLIENT_TLS, Connector, ConnectorFactory
 from tests.loop_support import (
     Link,
     confirm,
@@ -36,7 +36,7 @@ ACME_APPROVERS = sorted([ALICE, "bob.jones@acme.example", "zoe.zimmermann@acme.e
 
 async def control(connector: Connector, method: str, path: str, body: Any = None) -> httpx2.Response:
     """Call the simulator's control surface (`/_sim/…`)."""
-    async with httpx2.AsyncClient() as client:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as client:
         return await client.request(method, f"{connector.simulator.url}{path}", json=body)
 
 
@@ -76,7 +76,7 @@ async def test_abiquo_answering_503_for_a_while_gets_the_decision_delivered_once
     )
     assert armed.status_code == 201, armed.text
 
-    async with httpx2.AsyncClient() as browser, open_store(connector) as store:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser, open_store(connector) as store:
         assert (await confirm(browser, accept)).status_code == 200
         [call] = await wait_for_calls(connector, 1)
         await connector.inbox.wait_for(6)
@@ -109,7 +109,7 @@ async def test_abiquo_down_for_good_shows_a_failed_delivery_that_a_retry_deliver
     )
     max_attempts = connector.settings.worker.max_attempts
 
-    async with httpx2.AsyncClient() as browser, open_store(connector) as store:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser, open_store(connector) as store:
         assert (await confirm(browser, accept)).status_code == 200
         failed = await wait_for_task(store, task_id, lambda t: t.delivery is DeliveryState.FAILED, "failed")
         told = await connector.inbox.wait_for(6)
@@ -187,7 +187,7 @@ async def test_a_task_the_requester_cancelled_in_abiquo_is_superseded_and_the_re
     withdrawn = await control(connector, "POST", f"/_sim/tasks/{task_id}/cancel", {"reason": "not needed"})
     assert withdrawn.status_code == 200, withdrawn.text
 
-    async with httpx2.AsyncClient() as browser, open_store(connector) as store:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser, open_store(connector) as store:
         answer = await confirm(browser, accept, reason="fine by me")
         assert answer.status_code == 200  # we only learn from Abiquo that it was too late
         [call] = await wait_for_calls(connector, 1)
@@ -213,7 +213,7 @@ async def test_a_continue_that_already_got_through_is_recorded_as_delivered(conn
     async with open_store(connector) as store:
         stored = await store.get_task(task_id)
     assert stored is not None
-    async with httpx2.AsyncClient(auth=("admin", "xabiquo")) as client:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS, auth=("admin", "xabiquo")) as client:
         # Verified by triage: the continue link is Abiquo's own, absolute.
         first = await client.post(
             stored.continue_href,
@@ -222,7 +222,7 @@ async def test_a_continue_that_already_got_through_is_recorded_as_delivered(conn
         )
     assert first.status_code == 204
 
-    async with httpx2.AsyncClient() as browser, open_store(connector) as store:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser, open_store(connector) as store:
         assert (await confirm(browser, accept)).status_code == 200
         calls = await wait_for_calls(connector, 2)
         messages = await connector.inbox.wait_for(6)

@@ -19,7 +19,7 @@ import pytest
 
 from abiquo_workflow.domain import DecidedBy, DecisionState
 from abiquo_workflow.store.records import TaskRecord
-from tests.conftest import Connector, ConnectorFactory
+from tests.conftest import CLIENT_TLS, Connector, ConnectorFactory
 from tests.loop_support import open_store, wait_until, wait_until_idle
 
 #: A port nothing listens on: the simulator's own callback for the real task goes nowhere.
@@ -77,7 +77,7 @@ async def hold_quietly(connector: Connector, vm: int, action: str = "deploy") ->
 
 async def post_callback(connector: Connector, *tasks: dict[str, Any]) -> httpx2.Response:
     body = json.dumps({"links": [], "collection": list(tasks)}).encode()
-    async with httpx2.AsyncClient(timeout=30) as client:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS, timeout=30) as client:
         return await client.post(
             f"{connector.url}/callback", content=body, headers={"content-type": JSON_TYPE}
         )
@@ -230,7 +230,7 @@ async def test_a_callback_mixing_two_enterprises_tasks_keeps_only_the_first_requ
 
 async def rejected_count(connector: Connector, reason: str) -> float:
     """`awf_tasks_rejected_total{reason=…}` as `/metrics` shows it (0 before the first)."""
-    async with httpx2.AsyncClient() as client:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as client:
         metrics = (await client.get(f"{connector.url}/metrics")).text
     prefix = f'awf_tasks_rejected_total{{reason="{reason}"}} '
     return next(

@@ -13,7 +13,7 @@ from abiquo_workflow.domain import DecisionState, DeliveryState
 from abiquo_workflow.mail import words
 from abiquo_workflow.mail.inbox import ReceivedMessage
 from abiquo_workflow.store import Store
-from tests.conftest import Connector, ConnectorFactory
+from tests.conftest import CLIENT_TLS, Connector, ConnectorFactory
 from tests.loop_support import (
     open_confirmation,
     open_store,
@@ -60,7 +60,7 @@ async def test_a_second_click_on_the_same_button_decides_nothing_and_says_who_de
     alice = (await approval_emails(connector, task_id))[ALICE]
     link = task_link(alice, "/accept", task_id)
 
-    async with httpx2.AsyncClient() as browser, open_store(connector) as store:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser, open_store(connector) as store:
         _, form = await open_confirmation(browser, link)
         first = await submit(browser, link.url, form, reason="first click")
         second = await submit(browser, link.url, form, reason="second click")
@@ -91,7 +91,7 @@ async def race_accept_against_decline(connector: Connector, store: Store) -> Non
     accept = task_link(emails[ALICE], "/accept", task_id)
     decline = task_link(emails[BOB], "/decline", task_id)
     told_before = len(to(connector.inbox.messages, JOHN))
-    async with httpx2.AsyncClient() as alice, httpx2.AsyncClient() as bob:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as alice, httpx2.AsyncClient(verify=CLIENT_TLS) as bob:
         (_, accept_form), (_, decline_form) = await asyncio.gather(
             open_confirmation(alice, accept), open_confirmation(bob, decline)
         )

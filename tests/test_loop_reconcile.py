@@ -16,7 +16,7 @@ import pytest
 from abiquo_workflow.domain import DecidedBy, DecisionState, DeliveryState
 from abiquo_workflow.jobs import Reconcile
 from abiquo_workflow.store.records import JobStatus
-from tests.conftest import Connector, ConnectorFactory
+from tests.conftest import CLIENT_TLS, Connector, ConnectorFactory
 from tests.loop_support import open_store, page_text, task_link, to, wait_for_task, wait_until
 
 ALICE = "alice.smith@acme.example"
@@ -28,7 +28,7 @@ APPROVERS = sorted([ALICE, BOB, ZOE])
 
 async def hold_lost(simulator_url: str, **target: Any) -> list[str]:
     """Tasks Abiquo held two minutes ago whose callback never arrived (`lost_callback`): their ids."""
-    async with httpx2.AsyncClient() as client:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as client:
         response = await client.post(
             f"{simulator_url}/_sim/requests",
             json={"action": "deploy", **target, "lost_callback": True, "held_for": 120},
@@ -42,7 +42,7 @@ async def in_abiquo(
     connector: Connector, task_id: str, path: str, body: dict[str, str] | None = None
 ) -> None:
     """Act on a task in Abiquo itself, behind the connector's back (`/_sim/tasks/{id}/…`)."""
-    async with httpx2.AsyncClient() as client:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as client:
         response = await client.post(
             f"{connector.simulator.url}/_sim/tasks/{task_id}/{path}", json=body or {}
         )
@@ -108,7 +108,7 @@ async def test_the_link_of_a_task_cancelled_in_abiquo_answers_410_with_that_stor
     async with open_store(reconciling) as store:
         await wait_for_task(store, task_id, lambda t: t.decided_by is DecidedBy.EXTERNAL, "closed")
 
-    async with httpx2.AsyncClient() as browser:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser:
         page = await browser.get(task_link(alice, "/accept", task_id).url)
 
     assert page.status_code == 410

@@ -11,7 +11,7 @@ from __future__ import annotations
 import httpx2
 
 from abiquo_workflow.mail.inbox import ReceivedMessage
-from tests.conftest import Connector
+from tests.conftest import CLIENT_TLS, Connector
 from tests.loop_support import (
     confirm,
     open_confirmation,
@@ -40,7 +40,7 @@ async def approval_to(connector: Connector, address: str, action: str) -> Receiv
 async def test_a_reconfigure_email_shows_what_changed_since_the_vm_was_deployed(connector: Connector) -> None:
     deploy = await connector.request(action="deploy", vm=1)  # web-01: 2 CPUs, 4 GB RAM, one 20 GB disk
     deployed = await approval_to(connector, ALICE, "deploy")
-    async with httpx2.AsyncClient() as browser:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser:
         await confirm(browser, task_link(deployed, "/accept", deploy["tasks"][0]["task_id"]))
         await wait_for_calls(connector, 1)
 

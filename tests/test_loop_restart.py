@@ -26,7 +26,7 @@ from abiquo_workflow.runtime import web_lifespan
 from abiquo_workflow.servers import BackgroundServer
 from abiquo_workflow.simulation import SimulatorServer
 from abiquo_workflow.web.app import create_app
-from tests.conftest import TEST_SECRET_KEY, Connector, free_port
+from tests.conftest import CLIENT_TLS, TEST_SECRET_KEY, Connector, free_port
 from tests.loop_support import (
     confirm,
     open_store,
@@ -108,7 +108,7 @@ def serving(environment: Mapping[str, str], log: Path, *options: str) -> Iterato
 
 def _answers(url: str) -> bool:
     try:
-        return httpx2.get(url, timeout=1).status_code == 200
+        return httpx2.get(url, timeout=1, verify=CLIENT_TLS).status_code == 200
     except httpx2.TransportError:
         return False
 
@@ -136,7 +136,7 @@ async def test_a_decision_taken_just_before_a_crash_is_delivered_after_restart_o
 
     # A process without a worker takes the decision (and queues its delivery), then dies.
     with serving(environment, log, "--no-worker") as web_only:
-        async with httpx2.AsyncClient() as browser:
+        async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser:
             assert (await confirm(browser, accept, reason="before the crash")).status_code == 200
         kill(web_only)
     async with open_store(connector) as store:
@@ -171,7 +171,7 @@ async def test_a_crash_while_abiquo_is_answering_a_continue_delivers_it_exactly_
         task_id = held["tasks"][0]["task_id"]
         approvals = await smtp_inbox.wait_for(3)
         accept = task_link(to(approvals, ALICE)[0], "/accept", task_id)
-        async with httpx2.AsyncClient() as client:
+        async with httpx2.AsyncClient(verify=CLIENT_TLS) as client:
             slow = await client.post(
                 f"{simulator.url}/_sim/faults", json={"count": 1, "latency": 5, "match": "/action/continue"}
             )

@@ -17,7 +17,7 @@ from abiquo_workflow.domain import Action
 from abiquo_workflow.mail import words
 from abiquo_workflow.mail.inbox import ReceivedMessage
 from abiquo_workflow.store.records import NotificationStatus
-from tests.conftest import App, Connector, ConnectorFactory
+from tests.conftest import CLIENT_TLS, App, Connector, ConnectorFactory
 from tests.loop_support import (
     all_link,
     confirm,
@@ -55,7 +55,7 @@ async def test_the_other_approvers_get_one_settled_email_each_and_the_decider_no
     task_id = held["tasks"][0]["task_id"]
     alice = to(await connector.inbox.wait_for(3), ALICE)[0]
 
-    async with httpx2.AsyncClient() as browser, open_store(connector) as store:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser, open_store(connector) as store:
         answer = await confirm(browser, task_link(alice, "/accept", task_id), reason="Capacity checked")
         assert answer.status_code == 200
         await wait_for_calls(connector, 1)
@@ -89,7 +89,7 @@ async def test_accept_all_tells_each_other_approver_once_and_the_decider_never(
     assert len(held["tasks"]) == 3
     bob = to(await connector.inbox.wait_for(3), BOB)[0]
 
-    async with httpx2.AsyncClient() as browser, open_store(connector) as store:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser, open_store(connector) as store:
         assert (await confirm(browser, all_link(bob, "accept"), reason="all three")).status_code == 200
         await wait_for_calls(connector, 3)
         await connector.inbox.wait_for(6)
@@ -115,7 +115,7 @@ async def test_every_approver_who_decided_part_of_a_request_is_left_out_and_name
     approvals = await connector.inbox.wait_for(3)
     alice, zoe = to(approvals, ALICE)[0], to(approvals, ZOE)[0]
 
-    async with httpx2.AsyncClient() as browser, open_store(connector) as store:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser, open_store(connector) as store:
         assert (await confirm(browser, task_link(alice, "/accept", first))).status_code == 200
         declined = await confirm(browser, task_link(zoe, "/decline", second), reason="no DB this quarter")
         assert declined.status_code == 200

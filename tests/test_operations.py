@@ -34,6 +34,7 @@ from abiquo_workflow.web.app import create_app
 from abiquo_workflow.web.state import Services
 from abiquo_workflow.worker import HEARTBEAT_STALE_AFTER, Worker
 from tests.conftest import (
+    CLIENT_TLS,
     TEST_SECRET_KEY,
     App,
     AppFactory,
@@ -326,7 +327,7 @@ async def test_metrics_count_unfinished_jobs_for_every_kind_and_state(app: App) 
 async def test_a_delivery_retried_after_abiquo_failed_is_counted_by_kind(app: App) -> None:
     task_id = await held_task(app)
     before = await scrape(app)
-    async with httpx2.AsyncClient() as control:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as control:
         fault = {"count": 3, "status": 503, "match": "/action/continue"}  # every attempt of one run
         assert (await control.post(f"{app.simulator.url}/_sim/faults", json=fault)).status_code == 201
 

@@ -25,7 +25,7 @@ import pytest
 import uvicorn
 
 from abiquo_workflow.mail.inbox import Inbox, ReceivedMessage, inbox_app
-from tests.conftest import Connector, ConnectorFactory, MovableClock
+from tests.conftest import CLIENT_TLS, Connector, ConnectorFactory, MovableClock
 from tests.loop_support import all_link, confirm, task_link, to, wait_for_calls
 
 if TYPE_CHECKING:
@@ -342,7 +342,7 @@ async def test_the_settled_email_with_very_long_names_fits_a_phone_and_a_desktop
 ) -> None:
     rename(connector, LONG_NAMES, LONG_VAPP)
     bob = await approval_to(connector, BOB, vapp=1)
-    async with httpx2.AsyncClient() as browser:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as browser:
         assert (await confirm(browser, all_link(bob, "accept"), reason="x" * 300)).status_code == 200
     messages = await connector.inbox.wait_for(6, timeout=30)
     [settled] = [m for m in to(messages, ALICE) if m.subject.startswith("Settled: ")]

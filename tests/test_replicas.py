@@ -28,7 +28,7 @@ from abiquo_workflow.domain import DecisionState, DeliveryState
 from abiquo_workflow.mail.inbox import Inbox
 from abiquo_workflow.simulation import SimulatorServer
 from abiquo_workflow.store import Store
-from tests.conftest import TEST_SECRET_KEY, free_port
+from tests.conftest import CLIENT_TLS, TEST_SECRET_KEY, free_port
 from tests.loop_support import (
     Link,
     all_link,
@@ -79,7 +79,7 @@ def environment(database_url: str, port: int, simulator: SimulatorServer, inbox:
 
 def _ready(url: str) -> bool:
     try:
-        return httpx2.get(f"{url}/readyz", timeout=1).status_code == 200
+        return httpx2.get(f"{url}/readyz", timeout=1, verify=CLIENT_TLS).status_code == 200
     except httpx2.TransportError:
         return False
 
@@ -130,7 +130,7 @@ def database(migrated_database_url: str) -> str:
 
 async def hold(simulator: SimulatorServer, replica: Replica, **target: Any) -> list[str]:
     """The simulator holds tasks and POSTs the callback to `replica`; their ids."""
-    async with httpx2.AsyncClient(timeout=30) as client:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS, timeout=30) as client:
         response = await client.post(
             f"{simulator.url}/_sim/requests",
             json={"action": "deploy", **target, "callback_url": f"{replica.url}/callback"},
@@ -166,7 +166,7 @@ async def test_clicks_spread_over_two_replicas_make_one_decision_and_one_continu
         async def click(replica: Replica, link: Link) -> int:
             """The status of the confirmation page, when another click decided before it opened
             (410), or else of pressing its button."""
-            async with httpx2.AsyncClient(timeout=30) as browser:
+            async with httpx2.AsyncClient(verify=CLIENT_TLS, timeout=30) as browser:
                 page = await browser.get(on(replica, link).url)
                 if page.status_code == 410:
                     return 410
@@ -205,10 +205,10 @@ async def test_a_replica_killed_during_deliveries_leaves_them_to_the_other(
         messages = await smtp_inbox.wait_for(3)
         [alice] = [m for m in messages if ALICE in m.rcpt_tos]
         # Abiquo takes its time over the continues: they are in flight when the first replica dies.
-        async with httpx2.AsyncClient() as control:
+        async with httpx2.AsyncClient(verify=CLIENT_TLS) as control:
             slow = {"count": 3, "latency": 1.5, "match": "/action/continue"}
             assert (await control.post(f"{simulator.url}/_sim/faults", json=slow)).status_code == 201
-            async with httpx2.AsyncClient(timeout=30) as browser:
+            async with httpx2.AsyncClient(verify=CLIENT_TLS, timeout=30) as browser:
                 page, form = await open_confirmation(browser, on(first, all_link(alice, "accept")))
                 assert (await submit(browser, str(page.url), form)).status_code == 200
         await asyncio.sleep(0.5)

@@ -19,6 +19,7 @@ from defusedxml.ElementTree import fromstring
 
 from abiquo_simulator import Simulator
 from abiquo_workflow.simulation import SimulatorServer
+from tests.conftest import CLIENT_TLS
 
 ADMIN = ("admin", "xabiquo")
 JSON_USERS = "application/vnd.abiquo.users+json; version=3.10"
@@ -84,13 +85,13 @@ def receiver() -> Iterator[CallbackReceiver]:
 
 @pytest.fixture
 def api(simulator: SimulatorServer) -> Iterator[httpx2.Client]:
-    with httpx2.Client(base_url=simulator.api_url, auth=ADMIN) as client:
+    with httpx2.Client(verify=CLIENT_TLS, base_url=simulator.api_url, auth=ADMIN) as client:
         yield client
 
 
 @pytest.fixture
 def control(simulator: SimulatorServer) -> Iterator[httpx2.Client]:
-    with httpx2.Client(base_url=simulator.url) as client:
+    with httpx2.Client(verify=CLIENT_TLS, base_url=simulator.url) as client:
         yield client
 
 
@@ -119,7 +120,7 @@ def continue_href(task: dict[str, Any]) -> str:
 
 
 def test_api_answers_401_without_credentials(simulator: SimulatorServer) -> None:
-    response = httpx2.get(simulator.api_url + "/login")
+    response = httpx2.get(simulator.api_url + "/login", verify=CLIENT_TLS)
 
     assert response.status_code == 401
     assert response.headers["www-authenticate"].startswith("Basic")
@@ -127,13 +128,15 @@ def test_api_answers_401_without_credentials(simulator: SimulatorServer) -> None
 
 
 def test_api_answers_401_for_a_wrong_password(simulator: SimulatorServer) -> None:
-    response = httpx2.get(simulator.api_url + "/admin/enterprises", auth=("admin", "wrong"))
+    response = httpx2.get(
+        simulator.api_url + "/admin/enterprises", auth=("admin", "wrong"), verify=CLIENT_TLS
+    )
 
     assert response.status_code == 401
 
 
 def test_seeded_users_log_in_with_their_nick_as_password(simulator: SimulatorServer) -> None:
-    response = httpx2.get(simulator.api_url + "/login", auth=("jdoe", "jdoe"))
+    response = httpx2.get(simulator.api_url + "/login", auth=("jdoe", "jdoe"), verify=CLIENT_TLS)
 
     assert response.status_code == 200
     assert response.json()["nick"] == "jdoe"
@@ -320,7 +323,9 @@ def test_enterprise_list_shows_the_workflow_flags(api: httpx2.Client) -> None:
 
 
 def test_a_tenant_user_cannot_read_another_enterprise(simulator: SimulatorServer) -> None:
-    response = httpx2.get(simulator.api_url + "/admin/enterprises/3", auth=("jdoe", "jdoe"))
+    response = httpx2.get(
+        simulator.api_url + "/admin/enterprises/3", auth=("jdoe", "jdoe"), verify=CLIENT_TLS
+    )
 
     assert response.status_code == 403
 
@@ -817,7 +822,9 @@ def test_a_user_without_workflow_override_cannot_continue(
 ) -> None:
     _, callback = hold(control, receiver, action="deploy", vm=1, hrefs="absolute")
 
-    response = httpx2.post(continue_href(callback.json()["collection"][0]), auth=("jdoe", "jdoe"))
+    response = httpx2.post(
+        continue_href(callback.json()["collection"][0]), auth=("jdoe", "jdoe"), verify=CLIENT_TLS
+    )
 
     assert response.status_code == 403
 
@@ -827,7 +834,9 @@ def test_the_requester_may_cancel_their_own_task_through_the_api(
 ) -> None:
     _, callback = hold(control, receiver, action="deploy", vm=1, hrefs="absolute")
 
-    response = httpx2.post(links(callback.json()["collection"][0])["cancel"]["href"], auth=("jdoe", "jdoe"))
+    response = httpx2.post(
+        links(callback.json()["collection"][0])["cancel"]["href"], auth=("jdoe", "jdoe"), verify=CLIENT_TLS
+    )
 
     assert response.status_code == 204
     assert control.get("/_sim/tasks").json()[0]["decision"]["by"] == "requester-cancel"
@@ -925,7 +934,7 @@ def test_fault_with_match_hits_only_matching_paths(api: httpx2.Client, control: 
 def test_latency_fault_slows_one_call(simulator: SimulatorServer, control: httpx2.Client) -> None:
     control.post("/_sim/faults", json={"count": 1, "latency": 1.0})
 
-    with httpx2.Client(base_url=simulator.api_url, auth=ADMIN, timeout=0.25) as impatient:
+    with httpx2.Client(verify=CLIENT_TLS, base_url=simulator.api_url, auth=ADMIN, timeout=0.25) as impatient:
         with pytest.raises(httpx2.ReadTimeout):
             impatient.get("/login")
         assert impatient.get("/login").status_code == 200
@@ -978,7 +987,7 @@ def test_settings_latency_slows_every_api_call_but_not_the_control_surface(
 ) -> None:
     control.put("/_sim/settings", json={"latency": 1.0})
 
-    with httpx2.Client(base_url=simulator.url, auth=ADMIN, timeout=0.25) as impatient:
+    with httpx2.Client(verify=CLIENT_TLS, base_url=simulator.url, auth=ADMIN, timeout=0.25) as impatient:
         assert impatient.get("/_sim/settings").json()["latency"] == 1.0
         with pytest.raises(httpx2.ReadTimeout):
             impatient.get("/api/login")
@@ -1091,11 +1100,11 @@ def test_server_reports_the_port_it_bound_and_stops_its_thread() -> None:
     with SimulatorServer(Simulator()) as server:
         port = server.port
         assert port != 0
-        assert httpx2.get(server.url + "/_sim/settings").status_code == 200
+        assert httpx2.get(server.url + "/_sim/settings", verify=CLIENT_TLS).status_code == 200
 
     assert set(threading.enumerate()) == before
     with pytest.raises(httpx2.ConnectError):
-        httpx2.get(f"http://127.0.0.1:{port}/_sim/settings")
+        httpx2.get(f"http://127.0.0.1:{port}/_sim/settings", verify=CLIENT_TLS)
 
 
 @pytest.mark.skipif(not socket.has_ipv6, reason="this Python was built without IPv6")
@@ -1103,7 +1112,7 @@ def test_server_listens_on_ipv6_and_writes_the_address_in_brackets() -> None:
     with SimulatorServer(Simulator(), host="::1") as server:
         assert server.url == f"http://[::1]:{server.port}"
         assert server.simulator.public_api_url == f"{server.api_url}/"
-        assert httpx2.get(server.url + "/_sim/settings").status_code == 200
+        assert httpx2.get(server.url + "/_sim/settings", verify=CLIENT_TLS).status_code == 200
 
     assert server.simulator.public_api_url is None
 
@@ -1111,7 +1120,7 @@ def test_server_listens_on_ipv6_and_writes_the_address_in_brackets() -> None:
 def test_basic_auth_header_is_parsed_strictly(simulator: SimulatorServer) -> None:
     garbage = {"Authorization": "Basic " + base64.b64encode(b"no-colon-here").decode()}
 
-    assert httpx2.get(simulator.api_url + "/login", headers=garbage).status_code == 401
+    assert httpx2.get(simulator.api_url + "/login", headers=garbage, verify=CLIENT_TLS).status_code == 401
 
 
 def test_an_administrator_can_take_a_users_approver_role_away(

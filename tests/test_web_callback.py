@@ -19,7 +19,7 @@ import pytest_asyncio
 from sqlalchemy.engine import make_url
 
 from abiquo_workflow.store import Store
-from tests.conftest import App, AppFactory, Connector, ConnectorFactory, Running, drop_database
+from tests.conftest import CLIENT_TLS, App, AppFactory, Connector, ConnectorFactory, Running, drop_database
 
 PAYLOADS = Path(__file__).parent / "payloads"
 XML_TYPE = "application/vnd.abiquo.tasks+xml"
@@ -360,7 +360,7 @@ async def healthz_while(connector: Connector, work: Any) -> tuple[Any, list[int]
     done = asyncio.Event()
 
     async def probe() -> None:
-        async with httpx2.AsyncClient(timeout=30) as client:
+        async with httpx2.AsyncClient(verify=CLIENT_TLS, timeout=30) as client:
             while not done.is_set():
                 statuses.append((await client.get(f"{connector.url}/healthz")).status_code)
                 await asyncio.sleep(0.02)

@@ -29,7 +29,7 @@ from abiquo_workflow.links import LinkSigner
 from abiquo_workflow.mail import words
 from abiquo_workflow.store import Store
 from abiquo_workflow.store.records import JobStatus, TaskRecord
-from tests.conftest import TEST_SECRET_KEY, App, AppFactory
+from tests.conftest import CLIENT_TLS, TEST_SECRET_KEY, App, AppFactory
 
 ALICE = "Alice Smith <alice.smith@acme.example>"
 BOB = "Bob Jones <bob.jones@acme.example>"
@@ -648,7 +648,7 @@ async def test_a_decision_while_abiquo_cannot_confirm_the_approver_is_503_and_de
 ) -> None:
     [task] = await hold(connector, vm=1)
     url = signer_for(connector).task_url(task, Action.ACCEPT, ALICE)
-    async with httpx2.AsyncClient() as client:
+    async with httpx2.AsyncClient(verify=CLIENT_TLS) as client:
         fault = {"count": 100, "status": 503, "match": "/users"}
         assert (await client.post(f"{connector.simulator.url}/_sim/faults", json=fault)).status_code == 201
 

@@ -32,6 +32,7 @@ from abiquo_workflow.servers import BackgroundServer
 from abiquo_workflow.simulation import SimulatorServer
 from abiquo_workflow.web.app import create_app
 from tests.conftest import (
+    CLIENT_TLS,
     TEST_SECRET_KEY,
     App,
     Connector,
@@ -75,7 +76,11 @@ def relative(url: str) -> str:
 
 async def fetch(target: Running | str, method: str, path: str, **kw: Any) -> httpx2.Response:
     """A request to the app (in-process), to a connector, or to a server's URL."""
-    client = httpx2.AsyncClient(base_url=target, timeout=30) if isinstance(target, str) else target.client()
+    client = (
+        httpx2.AsyncClient(verify=CLIENT_TLS, base_url=target, timeout=30)
+        if isinstance(target, str)
+        else target.client()
+    )
     async with client:
         return await client.request(method, path, **kw)
 
