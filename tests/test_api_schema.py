@@ -22,8 +22,10 @@ TOKEN = "awf_schemathesis-decide-token"
 API_TOKENS = {"tokens": [{"name": "schemathesis", "scope": "decide", "sha256": token_digest(TOKEN)}]}
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 #: Examples generated per operation and mode: 9 operations, valid and invalid inputs, 360 requests in all
-#: (40 each took 42 s of the suite; 20 is half of that, for the same operations and checks).
-EXAMPLES = 20
+#: (40 each took 42 s of the suite; 20 is half of that, for the same operations and checks). In
+#: `make test-fast` (AWF_TEST_FAST=1), as for the other properties, a tenth: every operation and check
+#: still runs, on two examples each.
+EXAMPLES = 2 if os.environ.get("AWF_TEST_FAST") == "1" else 20
 #: The examples are the same on every run (Hypothesis derives them from the test), so a red run means
 #: the code changed, not the dice: random ones found a real looseness and a false alarm in CI, each
 #: once in several runs. `AWF_SCHEMATHESIS_EXPLORE=1` draws new ones, to look for more.
