@@ -8,6 +8,7 @@ compared with four rules, one test each, one case per module. Imports inside fun
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,22 +47,21 @@ def _imported(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, 
     return found or {base}
 
 
-def read_modules() -> dict[str, Module]:
-    paths = sorted(SRC.rglob("*.py"))
-    known = {_module_name(path) for path in paths}
-    modules: dict[str, Module] = {}
-    for path in paths:
-        name = _module_name(path)
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        imports: set[str] = set()
-        for node in ast.walk(tree):  # walks into functions and `if TYPE_CHECKING:` blocks too
-            if isinstance(node, ast.Import | ast.ImportFrom):
-                imports |= _imported(node, name, path.name == "__init__.py", known)
-        modules[name] = Module(name, frozenset(imports - {"__future__"}))
-    return modules
+#: Every module under src/, by dotted name: what the rules are parametrized over.
+PATHS = {_module_name(path): path for path in sorted(SRC.rglob("*.py"))}
 
 
-MODULES = read_modules()
+@functools.cache
+def read(name: str) -> Module:
+    """The module `name` with its imports, parsed when a test first asks for it (not at collection, where
+    every test process would parse all of src/)."""
+    path = PATHS[name]
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    imports: set[str] = set()
+    for node in ast.walk(tree):  # walks into functions and `if TYPE_CHECKING:` blocks too
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            imports |= _imported(node, name, path.name == "__init__.py", set(PATHS))
+    return Module(name, frozenset(imports - {"__future__"}))
 
 
 def within(name: str, *packages: str) -> bool:
@@ -80,12 +80,13 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}
 
 
 def cases(rule: str, modules: Iterable[str]) -> list[object]:
-    """One pytest case per module, id = its name; a KNOWN_VIOLATIONS entry makes it a strict xfail."""
+    """One pytest case per module (its name, also the id); a KNOWN_VIOLATIONS entry makes it a strict
+    xfail."""
     params: list[object] = []
     for name in sorted(modules):
         reason = KNOWN_VIOLATIONS.get((rule, name))
         marks = [pytest.mark.xfail(strict=True, reason=f"KNOWN_VIOLATIONS: {reason}")] if reason else []
-        params.append(pytest.param(MODULES[name], id=name, marks=marks))
+        params.append(pytest.param(name, id=name, marks=marks))
     return params
 
 
@@ -95,8 +96,9 @@ def cases(rule: str, modules: Iterable[str]) -> list[object]:
 SIMULATOR_FORBIDDEN = (PRODUCT, "uvicorn")
 
 
-@pytest.mark.parametrize("module", cases("simulator", (m for m in MODULES if within(m, SIMULATOR))))
-def test_the_simulator_imports_nothing_of_the_product(module: Module) -> None:
+@pytest.mark.parametrize("name", cases("simulator", (m for m in PATHS if within(m, SIMULATOR))))
+def test_the_simulator_imports_nothing_of_the_product(name: str) -> None:
+    module = read(name)
     bad = offending(module, *SIMULATOR_FORBIDDEN)
     assert not bad, (
         f"{module.name} imports {', '.join(bad)}, but the simulator imports nothing of {PRODUCT}: it stands "
@@ -125,8 +127,9 @@ PURE = {
 }
 
 
-@pytest.mark.parametrize("module", cases("pure", PURE))
-def test_pure_modules_import_no_io_and_nothing_above_them(module: Module) -> None:
+@pytest.mark.parametrize("name", cases("pure", PURE))
+def test_pure_modules_import_no_io_and_nothing_above_them(name: str) -> None:
+    module = read(name)
     allowed = PURE[module.name]
     io = offending(module, *IO_MODULES)
     upward = [name for name in offending(module, PRODUCT, SIMULATOR) if name not in allowed]
@@ -145,8 +148,9 @@ def test_pure_modules_import_no_io_and_nothing_above_them(module: Module) -> Non
 SQL_MODULES = ("sqlalchemy", "alembic", "psycopg", "sqlite3")
 
 
-@pytest.mark.parametrize("module", cases("sql", (m for m in MODULES if not within(m, f"{PRODUCT}.store"))))
-def test_only_the_store_speaks_sql(module: Module) -> None:
+@pytest.mark.parametrize("name", cases("sql", (m for m in PATHS if not within(m, f"{PRODUCT}.store"))))
+def test_only_the_store_speaks_sql(name: str) -> None:
+    module = read(name)
     bad = offending(module, *SQL_MODULES)
     assert not bad, (
         f"{module.name} imports {', '.join(bad)}, but only {PRODUCT}.store speaks SQL: "
@@ -170,9 +174,10 @@ WEB_EXCEPTIONS = (
 
 
 @pytest.mark.parametrize(
-    "module", cases("web", (m for m in MODULES if not within(m, f"{PRODUCT}.web", *WEB_EXCEPTIONS)))
+    "name", cases("web", (m for m in PATHS if not within(m, f"{PRODUCT}.web", *WEB_EXCEPTIONS)))
 )
-def test_only_the_web_speaks_http_to_people(module: Module) -> None:
+def test_only_the_web_speaks_http_to_people(name: str) -> None:
+    module = read(name)
     bad = offending(module, *WEB_FRAMEWORKS)
     assert not bad, (
         f"{module.name} imports {', '.join(bad)}, but only {PRODUCT}.web serves pages and routes "
@@ -187,4 +192,4 @@ def test_every_module_the_rules_name_exists() -> None:
     """A renamed module must not make a rule pass by checking nothing."""
     named = [*PURE, *(m for allowed in PURE.values() for m in allowed), *WEB_EXCEPTIONS]
     named += [module for _, module in KNOWN_VIOLATIONS] + [f"{PRODUCT}.store", f"{PRODUCT}.web"]
-    assert [name for name in named if name not in MODULES] == []
+    assert [name for name in named if name not in PATHS] == []
