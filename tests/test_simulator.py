@@ -1030,6 +1030,18 @@ def test_reset_restores_the_seeded_world_and_keeps_settings(
     )
 
 
+def test_reset_gives_a_reconfigured_vm_its_seeded_sizes_back(
+    api: httpx2.Client, control: httpx2.Client, receiver: CallbackReceiver
+) -> None:
+    _, callback = hold(control, receiver, action="reconfigure", vm=2, cpu=8)
+    assert api.post(continue_href(callback.json())).status_code == 204
+
+    control.post("/_sim/reset")
+    control.post("/_sim/reset")  # a second reset copies the seed again, which the first left untouched
+
+    assert vm_sizes(api, VM_2) == (4, 8192, [20480, 51200])
+
+
 def test_every_api_call_is_recorded(api: httpx2.Client, control: httpx2.Client) -> None:
     api.get("/login")
     api.get("/admin/enterprises/99")
