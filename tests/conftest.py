@@ -38,6 +38,10 @@ if TYPE_CHECKING:
     from playwright.async_api import Browser
 
 
+#: `make test-fast` sets AWF_TEST_FAST=1: the property tests then try a tenth as many examples, and
+#: the tests that repeat a race to catch it repeat it once.
+FAST = os.environ.get("AWF_TEST_FAST") == "1"
+
 #: What every HTTP client a test makes verifies TLS with. Left to itself, httpx2 builds a new default
 #: context for each client, reading the system's certificate store: about 25 ms of CPU a client, for
 #: the several clients of each test and for each poll of a server that is starting.

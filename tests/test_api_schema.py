@@ -16,7 +16,7 @@ from schemathesis.core.parameters import ParameterLocation
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from abiquo_workflow.access import token_digest
-from tests.conftest import CLIENT_TLS, ConnectorFactory
+from tests.conftest import CLIENT_TLS, FAST, ConnectorFactory
 
 TOKEN = "awf_schemathesis-decide-token"
 API_TOKENS = {"tokens": [{"name": "schemathesis", "scope": "decide", "sha256": token_digest(TOKEN)}]}
@@ -25,7 +25,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 #: (40 each took 42 s of the suite; 20 is half of that, for the same operations and checks). In
 #: `make test-fast` (AWF_TEST_FAST=1), as for the other properties, a tenth: every operation and check
 #: still runs, on two examples each.
-EXAMPLES = 2 if os.environ.get("AWF_TEST_FAST") == "1" else 20
+EXAMPLES = 2 if FAST else 20
 #: The examples are the same on every run (Hypothesis derives them from the test), so a red run means
 #: the code changed, not the dice: random ones found a real looseness and a false alarm in CI, each
 #: once in several runs. `AWF_SCHEMATHESIS_EXPLORE=1` draws new ones, to look for more.

@@ -13,7 +13,7 @@ from abiquo_workflow.domain import DecisionState, DeliveryState
 from abiquo_workflow.mail import words
 from abiquo_workflow.mail.inbox import ReceivedMessage
 from abiquo_workflow.store import Store
-from tests.conftest import CLIENT_TLS, Connector, ConnectorFactory
+from tests.conftest import CLIENT_TLS, FAST, Connector, ConnectorFactory
 from tests.loop_support import (
     open_confirmation,
     open_store,
@@ -121,7 +121,11 @@ async def race_accept_against_decline(connector: Connector, store: Store) -> Non
     assert len(to(connector.inbox.messages, JOHN)) == told_before + 1
 
 
-@pytest.mark.parametrize("attempt", range(5))
+#: Each attempt races twice, on a connector of its own; in `make test-fast`, one attempt.
+ATTEMPTS = 1 if FAST else 5
+
+
+@pytest.mark.parametrize("attempt", range(ATTEMPTS))
 async def test_concurrent_accept_and_decline_make_exactly_one_decision(
     connector_on: Connector, attempt: int
 ) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +23,7 @@ from hypothesis import strategies as st
 from abiquo_workflow.abiquo.payload import is_task_id, parse_callback, parse_task_json, parse_task_xml
 from abiquo_workflow.domain import Callback, HeldTask, Link, PayloadFormat, TaskJob
 from abiquo_workflow.exceptions import PayloadError
-
-#: `make test-fast` sets AWF_TEST_FAST=1: the properties then try a tenth as many examples.
-FAST = os.environ.get("AWF_TEST_FAST") == "1"
+from tests.conftest import FAST
 
 
 def examples(full: int) -> int:
