@@ -33,7 +33,9 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imported(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, known: set[str]) -> set[str]:
+def _imported(
+    node: ast.Import | ast.ImportFrom, module: str, is_package: bool, known: frozenset[str]
+) -> set[str]:
     """The modules one import statement names. `from pkg import sub` names `pkg.sub` when that is a
     module of ours, so that `from abiquo_workflow import display` counts as importing display."""
     if isinstance(node, ast.Import):
@@ -49,6 +51,7 @@ def _imported(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, 
 
 #: Every module under src/, by dotted name: what the rules are parametrized over.
 PATHS = {_module_name(path): path for path in sorted(SRC.rglob("*.py"))}
+KNOWN = frozenset(PATHS)
 
 
 @functools.cache
@@ -60,7 +63,7 @@ def read(name: str) -> Module:
     imports: set[str] = set()
     for node in ast.walk(tree):  # walks into functions and `if TYPE_CHECKING:` blocks too
         if isinstance(node, ast.Import | ast.ImportFrom):
-            imports |= _imported(node, name, path.name == "__init__.py", set(PATHS))
+            imports |= _imported(node, name, path.name == "__init__.py", KNOWN)
     return Module(name, frozenset(imports - {"__future__"}))
 
 
