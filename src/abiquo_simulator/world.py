@@ -269,7 +269,7 @@ def _vm(
 
 def seed_world() -> World:
     """A fresh copy of the seeded world described in the project brief (each reset makes one: copying
-    costs a tenth of building it)."""
+    takes microseconds, building it milliseconds)."""
     return _SEEDED.copy()
 
 
