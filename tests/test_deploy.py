@@ -10,6 +10,7 @@ that needs a container engine).
 from __future__ import annotations
 
 import configparser
+import functools
 import http.client
 import http.server
 import ipaddress
@@ -509,12 +510,17 @@ class Site:
     def access_log(self) -> Path:
         return self.directory / "abiquo-workflow.access.log"
 
+    @functools.cached_property
+    def tls(self) -> ssl.SSLContext:
+        """Trusts the site's CA; built once (a default context reads the system's CA store)."""
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
     def request(
         self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
     ) -> int:
-        context = ssl.create_default_context()
-        self.ca.configure_trust(context)
-        connection = http.client.HTTPSConnection("127.0.0.1", self.https_port, context=context, timeout=10)
+        connection = http.client.HTTPSConnection("127.0.0.1", self.https_port, context=self.tls, timeout=10)
         try:
             connection.request(method, path, body=body or None, headers=headers or {})
             response = connection.getresponse()
