@@ -14,10 +14,12 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from sqlalchemy import text
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from abiquo_workflow.domain import Callback, HeldTask, PayloadFormat
 from abiquo_workflow.exceptions import StoreError
@@ -276,3 +278,26 @@ async def test_the_wal_is_checkpointed_so_it_does_not_grow_with_every_commit(
     assert len(await store.list_tasks(limit=1000)) == 600
     # About 7 WAL pages a callback: 18 MB for 600 without checkpoints, 3 MB with one every 100 commits.
     assert wal < 8_000_000
+
+
+async def test_a_second_store_runs_the_statements_the_first_compiled_without_compiling_them_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled: list[SQLCompiler] = []
+    compile_statement = SQLCompiler.__init__
+
+    def counted(compiler: SQLCompiler, *args: Any, **kwargs: Any) -> None:
+        compiled.append(compiler)
+        compile_statement(compiler, *args, **kwargs)
+
+    async with (
+        await Store.open(f"sqlite:///{tmp_path / 'first.db'}") as first,
+        await Store.open(f"sqlite:///{tmp_path / 'second.db'}") as second,
+    ):
+        await receive(first, "t1")
+        await first.audit_log()
+        monkeypatch.setattr(SQLCompiler, "__init__", counted)
+        await receive(second, "t1")
+        await second.audit_log()
+
+    assert compiled == []
