@@ -49,9 +49,13 @@ TEST_PROCESSES ?= 3
 pytest:
 	$(UV) run pytest -n $(TEST_PROCESSES) --dist worksteal $(PYTEST_ARGS)
 
-# For the edit-test loop: no subprocesses, no PostgreSQL, no Chromium, fewer property examples.
+# For the edit-test loop: no subprocesses, no PostgreSQL, no Chromium, fewer property examples. Its
+# tests wait on timers more than the full suite's do, so a fourth process pays here (0.90 of the time
+# of three, three pairs) where it does not in the full suite (1.07 of the time of three, two pairs).
+TEST_FAST_PROCESSES ?= 4
+
 test-fast: setup
-	AWF_TEST_FAST=1 $(UV) run pytest -n $(TEST_PROCESSES) --dist worksteal -m "not slow and not postgres and not browser" $(PYTEST_ARGS)
+	AWF_TEST_FAST=1 $(UV) run pytest -n $(TEST_FAST_PROCESSES) --dist worksteal -m "not slow and not postgres and not browser" $(PYTEST_ARGS)
 
 bench: setup
 	$(UV) run python bench/loop.py $(BENCH_ARGS)
